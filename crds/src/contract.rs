@@ -1,0 +1,270 @@
+//! The contract between the operator and the sidecars.
+//!
+//! The operator writes the objects named here; the sidecars read them and publish their own state through
+//! the pod label/annotation below and their REST API ([`MemberReport`] is what `GET /patroni` returns).
+//! Changing anything here changes both sides: keep them in this one file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Field manager for every server-side apply by the operator.
+pub const FIELD_MANAGER: &str = "pgpilot-operator";
+/// Field manager for the sidecars' writes (Lease, their own pod's role label).
+pub const SIDECAR_FIELD_MANAGER: &str = "pgpilot-sidecar";
+
+/// Label on every child object and pod: the owning cluster's name.
+pub const LABEL_CLUSTER: &str = "pgpilot.io/cluster";
+/// Label on every pod: the member (pod) name.
+pub const LABEL_INSTANCE: &str = "pgpilot.io/instance";
+/// Label on every pod, set by its sidecar: [`ROLE_PRIMARY`] or [`ROLE_REPLICA`]. Services select on it.
+pub const LABEL_ROLE: &str = "pgpilot.io/role";
+/// Annotation on a pod, set by its sidecar with the role label: the Lease epoch (`leaseTransitions`) the
+/// role was taken under (DESIGN.md L7), so a stale primary's label can be recognised.
+pub const ANNOTATION_EPOCH: &str = "pgpilot.io/epoch";
+/// Annotation on the Lease, written by the holder only when it changes: comma-separated names of the
+/// members PostgreSQL currently treats as synchronous. In `sync`/`strictSync` mode only these (or the
+/// holder) may acquire the Lease (DESIGN.md L3).
+pub const ANNOTATION_SYNC_MEMBERS: &str = "pgpilot.io/sync-members";
+/// Label and annotation keys applied by the operator alongside `app.kubernetes.io/*`.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY: &str = "pgpilot";
+
+pub const ROLE_PRIMARY: &str = "primary";
+pub const ROLE_REPLICA: &str = "replica";
+
+/// Port of the sidecar's REST API (Patroni's default).
+pub const REST_PORT: u16 = 8008;
+/// PostgreSQL port inside the pod.
+pub const PG_PORT: u16 = 5432;
+
+/// Name of the PostgreSQL container, whose entrypoint is the sidecar.
+pub const POSTGRES_CONTAINER: &str = "postgres";
+/// Where the init container copies the sidecar binary; an emptyDir shared with the PostgreSQL container.
+pub const SIDECAR_BIN_DIR: &str = "/pgpilot/bin";
+pub const SIDECAR_BINARY: &str = "pgpilot-sidecar";
+/// Mount point of the data volume; PGDATA is a subdirectory so the volume's root can hold lost+found.
+pub const DATA_MOUNT: &str = "/var/lib/postgresql/data";
+pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
+/// Where the Secrets are mounted: `<SECRETS_DIR>/<kind>/{username,password}` for kind in
+/// superuser, replication, app; `<SECRETS_DIR>/api/{username,password}` guards mutating REST calls.
+pub const SECRETS_DIR: &str = "/etc/pgpilot/secrets";
+/// Unix user id of PostgreSQL in the stock image (and our local stand-in).
+pub const POSTGRES_UID: i64 = 999;
+
+/// Environment the StatefulSet gives the sidecar (values from the downward API where they vary by pod).
+pub const ENV_CLUSTER: &str = "PGPILOT_CLUSTER";
+pub const ENV_POD_NAME: &str = "POD_NAME";
+pub const ENV_POD_NAMESPACE: &str = "POD_NAMESPACE";
+pub const ENV_POD_IP: &str = "POD_IP";
+pub const ENV_PGDATA: &str = "PGDATA";
+
+/// Key in the cluster's ConfigMap that holds the [`SidecarConfig`] as JSON.
+pub const CONFIG_KEY: &str = "config.json";
+
+/// Secret kinds the operator generates (random, once, never overwritten).
+pub const SECRET_KINDS: [&str; 4] = ["superuser", "replication", "app", "api"];
+
+pub fn lease_name(cluster: &str) -> String {
+    format!("{cluster}-leader")
+}
+pub fn config_map_name(cluster: &str) -> String {
+    format!("{cluster}-config")
+}
+pub fn headless_service_name(cluster: &str) -> String {
+    format!("{cluster}-pods")
+}
+/// `kind` is one of [`SECRET_KINDS`].
+pub fn secret_name(cluster: &str, kind: &str) -> String {
+    format!("{cluster}-{kind}")
+}
+pub fn service_account_name(cluster: &str) -> String {
+    format!("{cluster}-sidecar")
+}
+/// DNS name of a member inside the namespace, through the headless Service.
+pub fn member_host(cluster: &str, member: &str) -> String {
+    format!("{member}.{}", headless_service_name(cluster))
+}
+
+/// Everything the sidecars need from the spec, rendered by the operator into the cluster's ConfigMap
+/// (key [`CONFIG_KEY`]) and read by every sidecar. Defaults here equal the CRD's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct SidecarConfig {
+    pub ha: HaTimings,
+    /// Keep serving as primary while the apiserver is unreachable if every member confirms over REST.
+    pub failsafe: bool,
+    pub replication: ReplicationConfig,
+    /// PostgreSQL parameters from the spec (pgpilot-owned ones are rejected by the CRD).
+    pub parameters: BTreeMap<String, String>,
+    /// Extra pg_hba.conf lines, placed before pgpilot's own.
+    pub pg_hba: Vec<String>,
+    /// Pause mode: change nothing automatically; the holder keeps renewing.
+    pub paused: bool,
+    pub bootstrap: BootstrapConfig,
+    /// Per-member tags, keyed by member (pod) name. Absent members have default tags.
+    pub tags: BTreeMap<String, MemberTags>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HaTimings {
+    pub lease_duration_seconds: u32,
+    pub renew_deadline_seconds: u32,
+    pub retry_period_seconds: u32,
+}
+
+impl Default for HaTimings {
+    fn default() -> Self {
+        Self { lease_duration_seconds: 15, renew_deadline_seconds: 10, retry_period_seconds: 2 }
+    }
+}
+
+impl HaTimings {
+    /// DESIGN.md L6: `leaseDuration > renewDeadline > 1.2 · retryPeriod`. The CRD enforces the same rule.
+    pub fn is_valid(&self) -> bool {
+        self.lease_duration_seconds > self.renew_deadline_seconds
+            && u64::from(self.renew_deadline_seconds) * 10 > u64::from(self.retry_period_seconds) * 12
+            && self.retry_period_seconds > 0
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicationMode {
+    #[default]
+    Async,
+    Sync,
+    StrictSync,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ReplicationConfig {
+    pub mode: ReplicationMode,
+    /// How many synchronous standbys PostgreSQL waits for (sync modes only).
+    pub sync_replicas: u32,
+    /// A replica further behind the best reachable member than this many bytes may not take over.
+    pub maximum_lag_on_failover_bytes: u64,
+}
+
+impl Default for ReplicationConfig {
+    fn default() -> Self {
+        Self { mode: ReplicationMode::Async, sync_replicas: 1, maximum_lag_on_failover_bytes: 1024 * 1024 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct BootstrapConfig {
+    /// Database created at initdb, owned by the app user.
+    pub database: String,
+    /// Name of the application role (its password is in the `app` Secret).
+    pub owner: String,
+}
+
+impl Default for BootstrapConfig {
+    fn default() -> Self {
+        Self { database: "app".into(), owner: "app".into() }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct MemberTags {
+    pub no_failover: bool,
+    pub no_load_balance: bool,
+    /// Higher wins a tie between equally eligible members; 0 behaves like `noFailover` (as in Patroni).
+    pub failover_priority: Option<u32>,
+}
+
+/// What a sidecar answers on `GET /patroni` (and `GET /`): Patroni's fields, so existing tooling parses it,
+/// plus pgpilot's own under `pgpilot`. The operator builds `status.members` from it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct MemberReport {
+    /// `running`, `starting`, `stopped`, `crashed`, `creating replica`, `restarting` … (Patroni's words).
+    pub state: String,
+    /// `primary`, `replica` or `uninitialized`.
+    pub role: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_version: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub xlog: Option<Xlog>,
+    /// `streaming` when a replica's WAL receiver is connected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replication_state: Option<String>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pending_restart: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub pause: bool,
+    pub patroni: AgentInfo,
+    pub pgpilot: PgpilotInfo,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Xlog {
+    /// Primary: current WAL write position, as a byte offset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub location: Option<u64>,
+    /// Replica: last received and replayed positions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub received_location: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_location: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentInfo {
+    pub version: String,
+    /// The cluster name (Patroni's "scope").
+    pub scope: String,
+    /// The member name.
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PgpilotInfo {
+    /// The Lease epoch (`leaseTransitions`) this member last saw; a primary's is the one it holds (L7).
+    pub epoch: u64,
+    /// Bytes this replica's replay lags behind the primary's write position, as last measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<u64>,
+    /// The last HA decision, for humans (`kubectl describe`, failing tests).
+    pub last_decision: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_timings_satisfy_l6() {
+        assert!(HaTimings::default().is_valid());
+    }
+
+    #[test]
+    fn l6_rejects_each_broken_inequality() {
+        let t = |l, d, r| HaTimings { lease_duration_seconds: l, renew_deadline_seconds: d, retry_period_seconds: r };
+        assert!(!t(10, 10, 2).is_valid(), "lease must exceed renew deadline");
+        assert!(!t(15, 12, 10).is_valid(), "renew deadline must exceed 1.2 x retry");
+        assert!(!t(15, 6, 5).is_valid(), "6 is exactly 1.2 x 5: not greater");
+        assert!(t(15, 7, 5).is_valid());
+        assert!(!t(15, 10, 0).is_valid(), "retry period must be positive");
+    }
+
+    #[test]
+    fn config_round_trips_and_fills_defaults() {
+        let c: SidecarConfig = serde_json::from_str(r#"{"replication":{"mode":"strictSync"}}"#).unwrap();
+        assert_eq!(c.replication.mode, ReplicationMode::StrictSync);
+        assert_eq!(c.replication.sync_replicas, 1);
+        assert_eq!(c.ha, HaTimings::default());
+        let back: SidecarConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        assert_eq!(back, c);
+    }
+}
