@@ -1,0 +1,50 @@
+# pgpilot: `make demo` brings up the local cluster and a 3-instance PostgresCluster; `make test` runs
+# everything CI runs. Both install what they need (e2e/install-host.sh) and reuse cached builds.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+export PATH := $(CURDIR)/target/e2e/bin:$(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
+export KUBECONFIG ?= $(CURDIR)/target/e2e/kubeconfig
+
+CARGO ?= cargo
+CRD_FILE := charts/pgpilot/crds/postgresclusters.pgpilot.io.yaml
+
+.PHONY: demo test host components cluster cluster-down images lint unit crd crd-check helm-lint e2e bench
+
+## Set-up steps (idempotent, cached)
+host:            ## Debian packages, Go-built components' prerequisites, PostgreSQL 15
+	e2e/install-host.sh
+components: host ## Kubernetes, etcd, containerd, runc, CoreDNS, helm ... from their Go modules (cached)
+	e2e/build-components.sh
+cluster: components ## control plane + 3 kubelet nodes on this machine; writes target/e2e/kubeconfig
+	e2e/cluster-up.sh
+cluster-down:    ## stop everything `make cluster` started and remove its state
+	e2e/cluster-down.sh
+images: cluster  ## build operator, sidecar and postgres:15 images with buildah; import into every node
+	e2e/images.sh
+
+## Checks
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+crd:             ## regenerate the CRD YAML from the Rust types
+	$(CARGO) run -q -p pgpilot-crds --bin crdgen > $(CRD_FILE)
+crd-check:       ## fail when the committed CRD YAML drifts from the Rust types
+	$(CARGO) run -q -p pgpilot-crds --bin crdgen | diff -u $(CRD_FILE) - \
+	  || { echo "CRD YAML drifted from the Rust types: run 'make crd' and commit"; exit 1; }
+helm-lint: components
+	helm lint charts/pgpilot
+	helm template pgpilot charts/pgpilot > /dev/null
+unit: host       ## unit tests and integration tests against real PostgreSQL
+	$(CARGO) test --workspace
+e2e: images      ## tests on the local cluster: the environment itself, then the operator and HA scenarios
+	e2e/tests/cluster-test.sh
+	$(CARGO) test --workspace -- --ignored --test-threads=1
+
+test: host lint crd-check unit helm-lint e2e
+
+## The demo: a 3-instance cluster on the local Kubernetes
+demo: images
+	e2e/demo.sh
+
+bench: images
+	e2e/bench.sh
