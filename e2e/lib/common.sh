@@ -1,5 +1,6 @@
 # Shared settings and helpers for the e2e scripts. Source it; it sets no traps and runs nothing.
 set -euo pipefail
+shopt -s inherit_errexit
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO_DIR=$(cd "$E2E_DIR/.." && pwd)
@@ -12,8 +13,51 @@ CACHE_DIR=${PGPILOT_CACHE:-/var/cache/pgpilot}
 STATE_DIR=${PGPILOT_STATE:-/var/lib/pgpilot-e2e}
 # Files the user and tests read: kubeconfig, kubectl/helm links, logs.
 OUT_DIR="$REPO_DIR/target/e2e"
+LOG_DIR="$OUT_DIR/logs"
+KUBECONFIG_FILE="$OUT_DIR/kubeconfig"
+TEMPLATES="$E2E_DIR/templates"
 
 export GOTOOLCHAIN=local GOFLAGS=-buildvcs=false
+
+# Where each built component is (see build-components.sh).
+K8S_BIN="$CACHE_DIR/bin/kubernetes-$K8S_VERSION"
+ETCD_BIN="$CACHE_DIR/bin/etcd-$ETCD_VERSION"
+CONTAINERD_BIN="$CACHE_DIR/bin/containerd-$CONTAINERD_VERSION"
+RUNC_BIN="$CACHE_DIR/bin/runc-$RUNC_VERSION"
+COREDNS_BIN="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
+LOCAL_PATH_BIN="$CACHE_DIR/bin/local-path-provisioner-$LOCAL_PATH_VERSION"
+CNI_BIN_DIR=/usr/lib/cni
+
+# The cluster's layout. Every address is this environment's own: loopback, the node bridges and the pods
+# behind them. 10.244/16 and 10.96/16 collide with nothing on this machine (checked with `ip route`).
+NODE_COUNT=3
+POD_CIDR=10.244.0.0/16          # node i: bridge pgp-br<i>, pods in 10.244.i.0/24, host side 10.244.i.1
+SERVICE_CIDR=10.96.0.0/16
+KUBERNETES_SERVICE_IP=10.96.0.1
+DNS_SERVICE_IP=10.96.0.10
+CLUSTER_DOMAIN=cluster.local
+APISERVER_PORT=6443
+ETCD_CLIENT_URL=http://127.0.0.1:2379
+ETCD_PEER_URL=http://127.0.0.1:2380
+# node-0's bridge address: what the apiserver advertises (the `kubernetes` Service's endpoint).
+APISERVER_ADVERTISE_IP=10.244.0.1
+# Our own cgroup subtree in every v1 hierarchy: control-plane/ and node-<i>/ below it.
+CGROUP_PARENT=pgpilot
+NFT_TABLE=pgpilot                # inet table holding our guard rules and the fault hooks' rules
+
+node_name() { echo "node-$1"; }
+node_ip() { echo "10.244.$1.1"; }
+node_subnet() { echo "10.244.$1.0/24"; }
+node_bridge() { echo "pgp-br$1"; }
+node_dir() { echo "$STATE_DIR/nodes/node-$1"; }
+kubelet_port() { echo $((10250 + 10 * $1)); }
+kubelet_healthz_port() { echo $((10248 + 10 * $1)); }
+containerd_socket() { echo "$(node_dir "$1")/containerd.sock"; }
+# node_index NAME: node-2 -> 2.
+node_index() {
+  [[ $1 =~ ^node-([0-9]+)$ ]] && (( BASH_REMATCH[1] < NODE_COUNT )) || die "no such node: $1"
+  echo "${BASH_REMATCH[1]}"
+}
 
 log() { printf '%s [%s] %s\n' "$(date -u +%H:%M:%S.%3N)" "${LOG_TAG:-e2e}" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -27,3 +71,24 @@ wait_for() {
     sleep 0.5
   done
 }
+
+# render TEMPLATE DEST: substitutes the ${VARS} named in TEMPLATE (and only those; every one must be set) and
+# writes DEST only when its content changes; sets RENDER_CHANGED to true or false accordingly.
+render() {
+  local template=$1 dest=$2 var vars=()
+  for var in $(grep -o '\${[A-Za-z_][A-Za-z_0-9]*}' "$template" | sort -u | tr -d '${}'); do
+    [[ -v $var ]] || die "$template needs \$$var"
+    vars+=("$var")
+  done
+  local content
+  content=$(export "${vars[@]}"; envsubst "${vars[*]/#/\$}" <"$template")
+  RENDER_CHANGED=false
+  if [[ -f $dest ]] && [[ $(<"$dest") == "$content" ]]; then return 0; fi
+  RENDER_CHANGED=true
+  mkdir -p "$(dirname "$dest")"
+  printf '%s\n' "$content" >"$dest.tmp" && mv "$dest.tmp" "$dest"
+  log "wrote $dest"
+}
+
+# kubectl against the local cluster as its admin.
+k() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_FILE" "$@"; }
