@@ -26,6 +26,9 @@ pub const ANNOTATION_EPOCH: &str = "pgpilot.io/epoch";
 /// members PostgreSQL currently treats as synchronous. In `sync`/`strictSync` mode only these (or the
 /// holder) may acquire the Lease (DESIGN.md L3).
 pub const ANNOTATION_SYNC_MEMBERS: &str = "pgpilot.io/sync-members";
+/// Annotation on the Lease, written by a primary handing the Lease over in a switchover: the member it
+/// named as holder, which confirms with its own conditional write (clearing this) before promoting.
+pub const ANNOTATION_HANDOVER: &str = "pgpilot.io/handover-to";
 /// Label and annotation keys applied by the operator alongside `app.kubernetes.io/*`.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "pgpilot";
