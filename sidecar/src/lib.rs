@@ -1,0 +1,6 @@
+//! pgpilot's per-pod agent as a library, so integration tests can drive its parts; `main.rs` is the
+//! thin binary.
+//!
+//! - [`postgres`]: the PostgreSQL lifecycle (files, child process, server tools) the HA loop calls.
+
+pub mod postgres;

@@ -1,0 +1,341 @@
+//! The server's own programs on the data directory: `initdb`, `pg_basebackup`, `pg_rewind`,
+//! `pg_controldata`, and wiping PGDATA for a re-clone. IO: runs those programs and writes PGDATA.
+//! None of them runs while the child does.
+
+use std::{os::unix::fs::PermissionsExt, path::Path, process::Stdio};
+
+use tokio_postgres::NoTls;
+use tracing::{info, instrument, warn};
+
+use super::{ControlData, Error, Postgres, Result, Upstream, config::conninfo, sql::QUERY_TIMEOUT};
+
+impl Postgres {
+    /// Runs a server program to completion; its stderr (tail) is the error on failure.
+    async fn run(
+        &self,
+        tool: &'static str,
+        args: &[&std::ffi::OsStr],
+        env: &[(&str, &str)],
+    ) -> Result<String> {
+        let mut cmd = self.command(tool);
+        cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().await.map_err(|source| Error::Io {
+            context: format!("run {tool}"),
+            source,
+        })?;
+        if !out.status.success() {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let tail: Vec<&str> = stderr.lines().rev().take(8).collect();
+            return Err(Error::Tool {
+                tool,
+                status: out.status.to_string(),
+                stderr: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn refuse_while_running(&mut self) -> Result<()> {
+        match self.pid() {
+            Some(pid) if self.is_running() => Err(Error::AlreadyRunning { pid }),
+            _ => Ok(()),
+        }
+    }
+
+    /// A fresh cluster in an empty PGDATA: data checksums on, SCRAM for local and host connections, the
+    /// superuser from the credentials (its password passed in a file that is removed afterwards). The
+    /// other roles and the database are created by [`Postgres::bootstrap_roles`] once it runs as primary.
+    #[instrument(skip(self), fields(member = %self.settings.member))]
+    pub async fn initdb(&mut self) -> Result<()> {
+        self.refuse_while_running()?;
+        let data = self.settings.data_dir.clone();
+        self.prepare_empty_data_dir()?;
+        let pwfile = sibling(&data, ".pgpilot-pwfile");
+        write_private(&pwfile, &self.creds.superuser.password)?;
+        self.chown(&pwfile)?;
+        let username = format!("--username={}", self.creds.superuser.username);
+        let pwarg = format!("--pwfile={}", pwfile.display());
+        let result = self
+            .run(
+                "initdb",
+                &[
+                    "-D".as_ref(),
+                    data.as_os_str(),
+                    "--data-checksums".as_ref(),
+                    "--auth-local=scram-sha-256".as_ref(),
+                    "--auth-host=scram-sha-256".as_ref(),
+                    username.as_ref(),
+                    pwarg.as_ref(),
+                    "--encoding=UTF8".as_ref(),
+                    "--locale=C".as_ref(),
+                ],
+                &[],
+            )
+            .await;
+        if let Err(err) = std::fs::remove_file(&pwfile) {
+            warn!(path = %pwfile.display(), error = %err, "cannot remove the initdb password file");
+        }
+        result?;
+        info!(data_dir = %data.display(), "initdb done");
+        Ok(())
+    }
+
+    /// Clones the upstream into PGDATA with `pg_basebackup` (WAL streamed alongside, fast checkpoint) as
+    /// the replication user, and writes `standby.signal` so the copy can never start as a primary. PGDATA
+    /// must not hold a complete data directory (wipe it first); leftovers of a failed clone are removed.
+    /// `slot`: use that existing slot on the upstream for the backup's WAL (None: a temporary one).
+    #[instrument(skip(self), fields(member = %self.settings.member))]
+    pub async fn basebackup(&mut self, from: &Upstream, slot: Option<&str>) -> Result<()> {
+        self.refuse_while_running()?;
+        if self.is_initialized() {
+            return Err(Error::NotEmpty(self.settings.data_dir.clone()));
+        }
+        let data = self.settings.data_dir.clone();
+        if data.exists() {
+            remove_dir(&data)?;
+        }
+        self.prepare_empty_data_dir()?;
+        self.mark_incomplete("basebackup")?;
+        let port = from.port.to_string();
+        let conn = conninfo(&[
+            ("host", &from.host),
+            ("port", &port),
+            ("user", &self.creds.replication.username),
+            ("application_name", &self.settings.member),
+            ("connect_timeout", "5"),
+        ]);
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "-D".as_ref(),
+            data.as_os_str(),
+            "-d".as_ref(),
+            conn.as_ref(),
+            "-X".as_ref(),
+            "stream".as_ref(),
+            "--checkpoint=fast".as_ref(),
+            "--no-password".as_ref(),
+        ];
+        if let Some(slot) = slot {
+            args.push("-S".as_ref());
+            args.push(slot.as_ref());
+        }
+        self.run(
+            "pg_basebackup",
+            &args,
+            &[("PGPASSWORD", &self.creds.replication.password)],
+        )
+        .await?;
+        self.write_standby_signal()?;
+        self.clear_incomplete()?;
+        info!(upstream = %from.host, port = from.port, "basebackup done");
+        Ok(())
+    }
+
+    /// Rewinds a stopped, diverged former primary to the upstream's history with `pg_rewind` (which first
+    /// completes crash recovery itself when the server was not shut down cleanly, e.g. after
+    /// [`Postgres::fence`]), then writes `standby.signal`: the rewound directory only ever starts as a
+    /// replica. "No rewind required" is success.
+    ///
+    /// An unreachable upstream fails with [`Error::Unreachable`] before anything is touched. Any other
+    /// failure may leave PGDATA half-rewound: the marker beside PGDATA stays, [`Postgres::is_initialized`]
+    /// turns false, and the caller must [`Postgres::wipe`] and re-clone — never rewind again.
+    #[instrument(skip(self), fields(member = %self.settings.member))]
+    pub async fn rewind(&mut self, from: &Upstream) -> Result<()> {
+        self.refuse_while_running()?;
+        if !self.is_initialized() {
+            return Err(Error::Tool {
+                tool: "pg_rewind",
+                status: "not attempted".into(),
+                stderr: "no complete data directory to rewind".into(),
+            });
+        }
+        let port = from.port.to_string();
+        let repl = &self.creds.replication;
+        let conn = conninfo(&[
+            ("host", &from.host),
+            ("port", &port),
+            ("user", &repl.username),
+            ("password", &repl.password),
+            ("dbname", "postgres"),
+            ("application_name", &self.settings.member),
+            ("connect_timeout", "5"),
+        ]);
+        let probe =
+            tokio::time::timeout(QUERY_TIMEOUT, tokio_postgres::connect(&conn, NoTls)).await;
+        match probe {
+            Ok(Ok((_client, connection))) => drop(connection),
+            Ok(Err(source)) => {
+                return Err(Error::Unreachable {
+                    host: from.host.clone(),
+                    port: from.port,
+                    source,
+                });
+            }
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: "connect to the rewind source",
+                    timeout: QUERY_TIMEOUT,
+                });
+            }
+        }
+        self.mark_incomplete("pg_rewind")?;
+        let data = format!("--target-pgdata={}", self.settings.data_dir.display());
+        let source = format!("--source-server={conn}");
+        let out = self
+            .run("pg_rewind", &[data.as_ref(), source.as_ref()], &[])
+            .await?;
+        self.write_standby_signal()?;
+        self.clear_incomplete()?;
+        info!(upstream = %from.host, output = %out.trim(), "pg_rewind done");
+        Ok(())
+    }
+
+    /// Removes PGDATA entirely (and the incomplete-operation marker), for a re-clone. The server must
+    /// be stopped.
+    #[instrument(skip(self), fields(member = %self.settings.member))]
+    pub async fn wipe(&mut self) -> Result<()> {
+        self.refuse_while_running()?;
+        let data = self.settings.data_dir.clone();
+        if data.exists() {
+            remove_dir(&data)?;
+        }
+        self.clear_incomplete()?;
+        warn!(data_dir = %data.display(), "data directory wiped");
+        Ok(())
+    }
+
+    /// What `pg_controldata` says about PGDATA (meaningful while stopped).
+    pub async fn controldata(&self) -> Result<ControlData> {
+        let out = self
+            .run(
+                "pg_controldata",
+                &["-D".as_ref(), self.settings.data_dir.as_os_str()],
+                &[("LC_ALL", "C")],
+            )
+            .await?;
+        parse_controldata(&out).ok_or_else(|| Error::Tool {
+            tool: "pg_controldata",
+            status: "unparsable output".into(),
+            stderr: out.lines().take(8).collect::<Vec<_>>().join("\n"),
+        })
+    }
+
+    /// Creates PGDATA (0700, owned by `run_as`) when missing; fails when it holds anything.
+    fn prepare_empty_data_dir(&self) -> Result<()> {
+        let data = &self.settings.data_dir;
+        if let Some(parent) = data.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+                context: format!("create {}", parent.display()),
+                source,
+            })?;
+        }
+        let io = |source| Error::Io {
+            context: format!("prepare {}", data.display()),
+            source,
+        };
+        if data.exists() {
+            if std::fs::read_dir(data).map_err(io)?.next().is_some() {
+                return Err(Error::NotEmpty(data.clone()));
+            }
+        } else {
+            std::fs::create_dir(data).map_err(io)?;
+        }
+        std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        self.chown(data)
+    }
+
+    pub(super) fn write_standby_signal(&self) -> Result<()> {
+        let path = self.settings.data_dir.join("standby.signal");
+        write_private(&path, "")?;
+        self.chown(&path)
+    }
+
+    fn mark_incomplete(&self, operation: &str) -> Result<()> {
+        let marker = self.incomplete_marker();
+        write_private(&marker, operation)
+    }
+
+    fn clear_incomplete(&self) -> Result<()> {
+        let marker = self.incomplete_marker();
+        match std::fs::remove_file(&marker) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::Io {
+                context: format!("remove {}", marker.display()),
+                source: e,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `path` with `suffix` appended to its last component.
+fn sibling(path: &Path, suffix: &str) -> std::path::PathBuf {
+    let mut name = path.to_path_buf().into_os_string();
+    name.push(suffix);
+    name.into()
+}
+
+/// Writes a file readable by its owner only.
+pub(super) fn write_private(path: &Path, contents: &str) -> Result<()> {
+    use std::io::Write;
+    let io = |source| Error::Io {
+        context: format!("write {}", path.display()),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .map_err(io)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
+        .map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)
+}
+
+fn remove_dir(path: &Path) -> Result<()> {
+    std::fs::remove_dir_all(path).map_err(|source| Error::Io {
+        context: format!("remove {}", path.display()),
+        source,
+    })
+}
+
+/// Reads the fields of [`ControlData`] from `pg_controldata` output (C locale).
+fn parse_controldata(text: &str) -> Option<ControlData> {
+    let field = |key: &str| {
+        text.lines().find_map(|l| {
+            l.strip_prefix(key)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .map(str::trim)
+        })
+    };
+    Some(ControlData {
+        state: field("Database cluster state")?.to_owned(),
+        timeline: field("Latest checkpoint's TimeLineID")?.parse().ok()?,
+        checkpoint_lsn: super::sql::parse_lsn(field("Latest checkpoint location")?)?,
+        data_checksums: field("Data page checksum version")?.parse::<u32>().ok()? > 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn controldata_fields() {
+        let text = "pg_control version number:            1300\n\
+                    Database cluster state:               shut down in recovery\n\
+                    Latest checkpoint location:           0/5000060\n\
+                    Latest checkpoint's REDO location:    0/5000028\n\
+                    Latest checkpoint's TimeLineID:       3\n\
+                    Data page checksum version:           1\n";
+        let c = parse_controldata(text).unwrap();
+        assert_eq!(c.state, "shut down in recovery");
+        assert_eq!(c.timeline, 3);
+        assert_eq!(c.checkpoint_lsn, 0x500_0060);
+        assert!(c.data_checksums);
+        assert!(!c.is_clean_primary_shutdown());
+        assert_eq!(parse_controldata("garbage"), None);
+    }
+}
