@@ -1,0 +1,399 @@
+//! The Lease IO shell: read the cluster's Lease and write it *only* conditionally (DESIGN.md L1).
+//!
+//! Every write is a `replace` carrying the `metadata.resourceVersion` of the object just read, so the
+//! apiserver refuses it with 409 when anyone wrote in between; that surfaces as
+//! [`LeaseError::Conflict`] and the caller re-reads — nothing here retries. Every request has a timeout
+//! so a hanging apiserver cannot stall the HA loop past its fencing deadline (L5).
+//!
+//! The new object for each write is computed by a pure function ([`renewed`], [`acquired`],
+//! [`released`], [`handed_over`], [`with_sync_members`]), unit-tested below.
+
+use std::time::Duration;
+
+use k8s_openapi::{
+    api::coordination::v1::{Lease, LeaseSpec},
+    apimachinery::pkg::apis::meta::v1::MicroTime,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client,
+    api::{ObjectMeta, PostParams},
+};
+use pgpilot_crds::contract::{ANNOTATION_HANDOVER, ANNOTATION_SYNC_MEMBERS, SIDECAR_FIELD_MANAGER};
+use tracing::debug;
+
+use super::LeaseRecord;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// 409: someone wrote the Lease since it was read (L1). Re-read; never retry the same write.
+    #[error("lost the race: the Lease changed since it was read")]
+    Conflict,
+    #[error("Lease {name} does not exist (the operator creates it)")]
+    NotFound { name: String },
+    #[error("Lease request failed: {source}")]
+    Api {
+        #[source]
+        source: kube::Error,
+    },
+    #[error("Lease request timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl LeaseError {
+    /// The variant's name: the metric label and the Event reason.
+    pub fn category(&self) -> &'static str {
+        match self {
+            LeaseError::Conflict => "Conflict",
+            LeaseError::NotFound { .. } => "NotFound",
+            LeaseError::Api { .. } => "Api",
+            LeaseError::Timeout(_) => "Timeout",
+        }
+    }
+}
+
+/// The cluster's Lease as seen by one member.
+#[derive(Clone)]
+pub struct LeaseClient {
+    api: Api<Lease>,
+    name: String,
+    me: String,
+    lease_duration_seconds: i32,
+    timeout: Duration,
+}
+
+impl LeaseClient {
+    /// `timeout` bounds every request; use at most the retry period.
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        me: &str,
+        lease_duration: Duration,
+        timeout: Duration,
+    ) -> Self {
+        Self {
+            api: Api::namespaced(client, namespace),
+            name: name.to_owned(),
+            me: me.to_owned(),
+            lease_duration_seconds: i32::try_from(lease_duration.as_secs()).unwrap_or(i32::MAX),
+            timeout,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        &self.me
+    }
+
+    /// Reads the Lease.
+    pub async fn read(&self) -> Result<Lease, LeaseError> {
+        let name = self.name.clone();
+        self.bounded(async { self.api.get(&name).await }).await
+    }
+
+    /// Holder: moves `renewTime` (L5). Confirms a handover addressed to this member.
+    pub async fn renew(&self, current: &Lease) -> Result<Lease, LeaseError> {
+        self.write(renewed(
+            current,
+            &self.me,
+            now(),
+            self.lease_duration_seconds,
+        ))
+        .await
+    }
+
+    /// Takes the Lease: holder = this member, `leaseTransitions` + 1 when the holder changes (L7).
+    pub async fn acquire(&self, current: &Lease) -> Result<Lease, LeaseError> {
+        self.write(acquired(
+            current,
+            &self.me,
+            now(),
+            self.lease_duration_seconds,
+        ))
+        .await
+    }
+
+    /// Clean release after PostgreSQL is stopped or demoted (L4): empty holder, transitions kept.
+    pub async fn release(&self, current: &Lease) -> Result<Lease, LeaseError> {
+        self.write(released(current)).await
+    }
+
+    /// Switchover: names `candidate` as holder (a new epoch) and marks the handover, which the candidate
+    /// confirms with its own conditional write before promoting (L4).
+    pub async fn hand_over(&self, current: &Lease, candidate: &str) -> Result<Lease, LeaseError> {
+        self.write(handed_over(
+            current,
+            candidate,
+            now(),
+            self.lease_duration_seconds,
+        ))
+        .await
+    }
+
+    /// Holder: records the synchronous members (L3), written only when they change.
+    pub async fn set_sync_members(
+        &self,
+        current: &Lease,
+        members: &[String],
+    ) -> Result<Lease, LeaseError> {
+        self.write(with_sync_members(current, members)).await
+    }
+
+    async fn write(&self, lease: Lease) -> Result<Lease, LeaseError> {
+        debug!(
+            lease = %self.name,
+            holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or(""),
+            resource_version = lease.metadata.resource_version.as_deref().unwrap_or(""),
+            "conditional Lease write"
+        );
+        let params = PostParams {
+            field_manager: Some(SIDECAR_FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        let name = self.name.clone();
+        self.bounded(async { self.api.replace(&name, &params, &lease).await })
+            .await
+    }
+
+    async fn bounded(
+        &self,
+        request: impl Future<Output = Result<Lease, kube::Error>>,
+    ) -> Result<Lease, LeaseError> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Err(_) => Err(LeaseError::Timeout(self.timeout)),
+            Ok(Ok(lease)) => Ok(lease),
+            Ok(Err(kube::Error::Api(status))) if status.is_conflict() => Err(LeaseError::Conflict),
+            Ok(Err(kube::Error::Api(status))) if status.is_not_found() => {
+                Err(LeaseError::NotFound {
+                    name: self.name.clone(),
+                })
+            }
+            Ok(Err(source)) => Err(LeaseError::Api { source }),
+        }
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// What the election rules read from a Lease object.
+pub fn record_of(lease: &Lease) -> LeaseRecord {
+    let spec = lease.spec.clone().unwrap_or_default();
+    let annotation = |key: &str| {
+        lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    LeaseRecord {
+        holder: spec.holder_identity.filter(|h| !h.is_empty()),
+        renew_time: spec.renew_time.map(|t| t.0.to_string()),
+        resource_version: lease.metadata.resource_version.clone().unwrap_or_default(),
+        transitions: spec
+            .lease_transitions
+            .and_then(|t| u64::try_from(t).ok())
+            .unwrap_or(0),
+        sync_members: annotation(ANNOTATION_SYNC_MEMBERS).map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect()
+        }),
+        handover_to: annotation(ANNOTATION_HANDOVER).filter(|h| !h.is_empty()),
+    }
+}
+
+/// A copy that keeps `metadata.resourceVersion` (the condition of the write, L1) and drops what the
+/// server manages.
+fn base(current: &Lease) -> (ObjectMeta, LeaseSpec) {
+    let meta = ObjectMeta {
+        managed_fields: None,
+        ..current.metadata.clone()
+    };
+    (meta, current.spec.clone().unwrap_or_default())
+}
+
+fn remove_annotation(meta: &mut ObjectMeta, key: &str) {
+    if let Some(a) = meta.annotations.as_mut() {
+        a.remove(key);
+    }
+}
+
+fn transitions(spec: &LeaseSpec) -> i32 {
+    spec.lease_transitions.unwrap_or(0)
+}
+
+/// The holder's renewal: only `renewTime` moves (and a handover to it is confirmed).
+pub fn renewed(current: &Lease, me: &str, now: Timestamp, duration: i32) -> Lease {
+    let (mut meta, mut spec) = base(current);
+    spec.holder_identity = Some(me.to_owned());
+    spec.renew_time = Some(MicroTime(now));
+    spec.lease_duration_seconds = Some(duration);
+    remove_annotation(&mut meta, ANNOTATION_HANDOVER);
+    Lease {
+        metadata: meta,
+        spec: Some(spec),
+    }
+}
+
+/// A takeover: a new epoch (L7) unless this member already was the holder (a restart's confirmation or a
+/// handover, whose epoch the previous holder already advanced).
+pub fn acquired(current: &Lease, me: &str, now: Timestamp, duration: i32) -> Lease {
+    let (mut meta, mut spec) = base(current);
+    let already = spec.holder_identity.as_deref() == Some(me);
+    if !already {
+        spec.lease_transitions = Some(transitions(&spec).saturating_add(1));
+        spec.acquire_time = Some(MicroTime(now));
+    }
+    spec.holder_identity = Some(me.to_owned());
+    spec.renew_time = Some(MicroTime(now));
+    spec.lease_duration_seconds = Some(duration);
+    remove_annotation(&mut meta, ANNOTATION_HANDOVER);
+    Lease {
+        metadata: meta,
+        spec: Some(spec),
+    }
+}
+
+/// A clean release (L4): no holder, so anyone eligible may claim it at once (L2); the epoch is kept.
+pub fn released(current: &Lease) -> Lease {
+    let (mut meta, mut spec) = base(current);
+    spec.holder_identity = None;
+    spec.acquire_time = None;
+    spec.renew_time = None;
+    remove_annotation(&mut meta, ANNOTATION_HANDOVER);
+    Lease {
+        metadata: meta,
+        spec: Some(spec),
+    }
+}
+
+/// A switchover: the candidate becomes holder under a new epoch, marked as a handover it must confirm.
+pub fn handed_over(current: &Lease, candidate: &str, now: Timestamp, duration: i32) -> Lease {
+    let (mut meta, mut spec) = base(current);
+    spec.holder_identity = Some(candidate.to_owned());
+    spec.lease_transitions = Some(transitions(&spec).saturating_add(1));
+    spec.acquire_time = Some(MicroTime(now));
+    spec.renew_time = Some(MicroTime(now));
+    spec.lease_duration_seconds = Some(duration);
+    meta.annotations
+        .get_or_insert_default()
+        .insert(ANNOTATION_HANDOVER.into(), candidate.to_owned());
+    Lease {
+        metadata: meta,
+        spec: Some(spec),
+    }
+}
+
+/// The synchronous members annotation (L3), comma-separated.
+pub fn with_sync_members(current: &Lease, members: &[String]) -> Lease {
+    let (mut meta, spec) = base(current);
+    meta.annotations
+        .get_or_insert_default()
+        .insert(ANNOTATION_SYNC_MEMBERS.into(), members.join(","));
+    Lease {
+        metadata: meta,
+        spec: Some(spec),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(holder: Option<&str>, transitions: i32) -> Lease {
+        Lease {
+            metadata: ObjectMeta {
+                name: Some("c-leader".into()),
+                resource_version: Some("41".into()),
+                ..ObjectMeta::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: holder.map(str::to_owned),
+                lease_transitions: Some(transitions),
+                renew_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+                ..LeaseSpec::default()
+            }),
+        }
+    }
+
+    fn ts(secs: i64) -> Timestamp {
+        Timestamp::from_second(secs).unwrap()
+    }
+
+    #[test]
+    fn l1_every_write_carries_the_resource_version_read() {
+        let current = lease(Some("a"), 3);
+        for written in [
+            renewed(&current, "a", ts(5), 15),
+            acquired(&current, "b", ts(5), 15),
+            released(&current),
+            handed_over(&current, "b", ts(5), 15),
+            with_sync_members(&current, &["b".into()]),
+        ] {
+            assert_eq!(written.metadata.resource_version.as_deref(), Some("41"));
+        }
+    }
+
+    #[test]
+    fn l7_transitions_count_holder_changes_only() {
+        let current = lease(Some("a"), 3);
+        assert_eq!(record_of(&renewed(&current, "a", ts(5), 15)).transitions, 3);
+        assert_eq!(
+            record_of(&acquired(&current, "b", ts(5), 15)).transitions,
+            4
+        );
+        assert_eq!(
+            record_of(&acquired(&current, "a", ts(5), 15)).transitions,
+            3,
+            "a restart's confirmation"
+        );
+        let released = released(&current);
+        assert_eq!(record_of(&released).holder, None);
+        assert_eq!(
+            record_of(&released).transitions,
+            3,
+            "release keeps the epoch"
+        );
+        assert_eq!(
+            record_of(&acquired(&released, "a", ts(6), 15)).transitions,
+            4
+        );
+        let handed = handed_over(&current, "b", ts(5), 15);
+        let rec = record_of(&handed);
+        assert_eq!(
+            (
+                rec.holder.as_deref(),
+                rec.transitions,
+                rec.handover_to.as_deref()
+            ),
+            (Some("b"), 4, Some("b"))
+        );
+        // The candidate's confirmation keeps the epoch and clears the mark.
+        let confirmed = record_of(&acquired(&handed, "b", ts(6), 15));
+        assert_eq!((confirmed.transitions, confirmed.handover_to), (4, None));
+    }
+
+    #[test]
+    fn renewal_moves_renew_time_only() {
+        let current = lease(Some("a"), 3);
+        let r = record_of(&renewed(&current, "a", ts(99), 15));
+        assert_ne!(r.renew_time, record_of(&current).renew_time);
+        assert_eq!(r.holder.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn sync_members_round_trip() {
+        let current = with_sync_members(&lease(Some("a"), 1), &["b".into(), "c".into()]);
+        assert_eq!(
+            record_of(&current).sync_members,
+            Some(vec!["b".to_owned(), "c".to_owned()])
+        );
+        let empty = with_sync_members(&current, &[]);
+        assert_eq!(record_of(&empty).sync_members, Some(vec![]));
+    }
+}

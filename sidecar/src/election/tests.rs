@@ -1,0 +1,669 @@
+//! `decide()` branch by branch, one group per rule of DESIGN.md. Time is injected: `t(s)` is `s` seconds
+//! after a fixed origin; nothing sleeps.
+
+use std::{
+    sync::LazyLock,
+    time::{Duration, Instant},
+};
+
+use pgpilot_crds::contract::{HaTimings, MemberTags, ROLE_PRIMARY, ROLE_REPLICA, ReplicationMode};
+
+use super::*;
+
+static ORIGIN: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+fn t(secs: f64) -> Instant {
+    *ORIGIN + Duration::from_secs_f64(secs)
+}
+
+fn timings() -> Timings {
+    Timings::new(&HaTimings::default()).unwrap()
+}
+
+fn record(holder: Option<&str>, rv: &str, transitions: u64) -> LeaseRecord {
+    LeaseRecord {
+        holder: holder.map(str::to_owned),
+        renew_time: Some(format!("renew-{rv}")),
+        resource_version: rv.into(),
+        transitions,
+        sync_members: None,
+        handover_to: None,
+    }
+}
+
+fn healthy_replica(wal: u64) -> LocalPg {
+    LocalPg {
+        initialized: true,
+        healthy: true,
+        primary: false,
+        timeline: Some(1),
+        wal: Some(wal),
+    }
+}
+
+fn running_primary(wal: u64) -> LocalPg {
+    LocalPg {
+        primary: true,
+        ..healthy_replica(wal)
+    }
+}
+
+fn replica_report(wal: u64) -> PeerReport {
+    PeerReport {
+        initialized: true,
+        healthy: true,
+        primary: false,
+        timeline: Some(1),
+        wal: Some(wal),
+    }
+}
+
+fn peer(name: &str, report: Option<PeerReport>) -> Peer {
+    Peer {
+        name: name.into(),
+        report,
+    }
+}
+
+fn pod(uid: &str, terminated: bool, restarts: u32) -> PodStatus {
+    PodStatus::Present {
+        uid: uid.into(),
+        terminated,
+        restarts,
+    }
+}
+
+/// `c-1`, a healthy replica, watching a Lease held by `c-0` since `t(0)`; peers `c-0` (unreachable) and
+/// `c-2` (a replica behind it).
+fn replica_obs(lease: LeaseRecord) -> Observation {
+    let holder_pod = pod("uid-0", false, 0);
+    let mut watch = LeaseWatch::default();
+    watch.observe(&lease, &holder_pod, t(0.0));
+    Observation {
+        me: "c-1".into(),
+        lease: Some(lease),
+        watch,
+        holder_pod,
+        local: healthy_replica(1000),
+        peers: vec![peer("c-0", None), peer("c-2", Some(replica_report(900)))],
+        renewed_sent_at: None,
+        failsafe_confirmed: false,
+        policy: Policy {
+            maximum_lag_on_failover: 1 << 20,
+            ..Policy::default()
+        },
+    }
+}
+
+/// `c-0` holding the Lease, its last renewal sent at `t(0)`.
+fn holder_obs() -> Observation {
+    let mut obs = replica_obs(record(Some("c-0"), "10", 1));
+    obs.me = "c-0".into();
+    obs.local = running_primary(1000);
+    obs.renewed_sent_at = Some(t(0.0));
+    obs.peers = vec![
+        peer("c-1", Some(replica_report(1000))),
+        peer("c-2", Some(replica_report(1000))),
+    ];
+    obs
+}
+
+// ---- L1: every write conditional; the loser re-reads ----------------------------------------------
+
+#[test]
+fn l1_a_lost_write_leaves_no_holder_belief() {
+    // The shell clears `renewed_sent_at` after a 409 and re-reads: the record now names c-2, so c-0 (still
+    // running as primary) demotes instead of renewing blindly.
+    let mut obs = holder_obs();
+    obs.renewed_sent_at = None;
+    obs.lease = Some(record(Some("c-2"), "11", 2));
+    assert_eq!(
+        decide(&obs, t(1.0), &timings()),
+        Decision::Demote {
+            leader: Some("c-2".into())
+        }
+    );
+}
+
+#[test]
+fn l1_a_confirmed_holder_that_reads_another_holder_stops_renewing() {
+    let mut obs = holder_obs();
+    obs.lease = Some(record(Some("c-2"), "11", 2));
+    assert_eq!(
+        decide(&obs, t(1.0), &timings()),
+        Decision::Demote {
+            leader: Some("c-2".into())
+        }
+    );
+}
+
+// ---- L2: takeover only after leaseDuration unchanged on the local clock; empty holder at once --------
+
+#[test]
+fn l2_no_takeover_before_lease_duration() {
+    let obs = replica_obs(record(Some("c-0"), "10", 1));
+    assert_eq!(
+        decide(&obs, t(14.9), &timings()),
+        Decision::Follow {
+            leader: Some("c-0".into()),
+            why: FollowReason::Leader
+        }
+    );
+    assert_eq!(
+        decide(&obs, t(15.0), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+}
+
+#[test]
+fn l2_any_change_of_the_record_restarts_the_clock() {
+    let mut obs = replica_obs(record(Some("c-0"), "10", 1));
+    // A renewal at t=10 changes renewTime and resourceVersion.
+    let renewed = record(Some("c-0"), "11", 1);
+    obs.watch.observe(&renewed, &obs.holder_pod, t(10.0));
+    obs.lease = Some(renewed.clone());
+    assert!(matches!(
+        decide(&obs, t(20.0), &timings()),
+        Decision::Follow { .. }
+    ));
+    assert_eq!(
+        decide(&obs, t(25.0), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+    // Observing the same record again does not move the clock.
+    obs.watch.observe(&renewed, &obs.holder_pod, t(24.0));
+    assert_eq!(
+        decide(&obs, t(25.0), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+}
+
+#[test]
+fn l2_remote_timestamps_are_not_read_as_time() {
+    // A renewTime far in the past (skewed clock) does not count as expired: only the local clock does.
+    let mut stale = record(Some("c-0"), "10", 1);
+    stale.renew_time = Some("1970-01-01T00:00:00.000000Z".into());
+    let obs = replica_obs(stale);
+    assert!(matches!(
+        decide(&obs, t(1.0), &timings()),
+        Decision::Follow { .. }
+    ));
+}
+
+#[test]
+fn l2_an_empty_holder_is_claimed_at_once() {
+    let obs = replica_obs(record(None, "12", 3));
+    assert_eq!(
+        decide(&obs, t(0.1), &timings()),
+        Decision::Acquire(AcquireReason::Released)
+    );
+    let mut empty_string = record(Some(""), "12", 3);
+    empty_string.holder = Some(String::new());
+    assert_eq!(
+        decide(&replica_obs(empty_string), t(0.1), &timings()),
+        Decision::Acquire(AcquireReason::Released)
+    );
+}
+
+#[test]
+fn bootstrap_only_when_nobody_has_data() {
+    let mut obs = replica_obs(record(None, "1", 0));
+    obs.local = LocalPg::default();
+    obs.peers = vec![peer("c-0", None), peer("c-2", Some(PeerReport::default()))];
+    assert_eq!(
+        decide(&obs, t(0.0), &timings()),
+        Decision::Acquire(AcquireReason::Bootstrap)
+    );
+    // A peer with data: no second initdb; an empty member may not lead either.
+    obs.peers[1].report = Some(replica_report(5));
+    assert_eq!(
+        decide(&obs, t(0.0), &timings()),
+        follow_none(FollowReason::Ineligible(Ineligible::Unhealthy))
+    );
+    // Held before (transitions > 0) and a peer unreachable: it may have data, so wait.
+    obs.lease = Some(record(None, "9", 2));
+    obs.peers[1].report = Some(PeerReport::default());
+    assert_eq!(
+        decide(&obs, t(0.0), &timings()),
+        follow_none(FollowReason::Ineligible(Ineligible::Unhealthy))
+    );
+    // ... but when everyone answers and nobody has data (the holder died during initdb), bootstrap again.
+    obs.peers[0].report = Some(PeerReport::default());
+    assert_eq!(
+        decide(&obs, t(0.0), &timings()),
+        Decision::Acquire(AcquireReason::Bootstrap)
+    );
+}
+
+// ---- L3: only eligible members race; they step back for better peers --------------------------------
+
+fn expired_obs() -> Observation {
+    replica_obs(record(Some("c-0"), "10", 1))
+}
+
+const EXPIRED: f64 = 16.0;
+
+fn ineligible(obs: &Observation, why: Ineligible) {
+    assert_eq!(
+        decide(obs, t(EXPIRED), &timings()),
+        Decision::Follow {
+            leader: Some("c-0".into()),
+            why: FollowReason::Ineligible(why)
+        }
+    );
+}
+
+#[test]
+fn l3_unhealthy_members_do_not_race() {
+    let mut obs = expired_obs();
+    obs.local.healthy = false;
+    ineligible(&obs, Ineligible::Unhealthy);
+    let mut obs = expired_obs();
+    obs.local.wal = None;
+    ineligible(&obs, Ineligible::Unhealthy);
+}
+
+#[test]
+fn l3_nofailover_and_priority_zero_do_not_race() {
+    let mut obs = expired_obs();
+    obs.policy.tags.insert(
+        "c-1".into(),
+        MemberTags {
+            no_failover: true,
+            ..MemberTags::default()
+        },
+    );
+    ineligible(&obs, Ineligible::NoFailover);
+    obs.policy.tags.insert(
+        "c-1".into(),
+        MemberTags {
+            failover_priority: Some(0),
+            ..MemberTags::default()
+        },
+    );
+    ineligible(&obs, Ineligible::NoFailover);
+}
+
+#[test]
+fn l3_steps_back_when_a_peer_is_ahead() {
+    let mut obs = expired_obs();
+    obs.peers[1].report = Some(replica_report(1001));
+    ineligible(&obs, Ineligible::PeerAhead("c-2".into()));
+    // An unhealthy or nofailover peer cannot object.
+    obs.peers[1].report = Some(PeerReport {
+        healthy: false,
+        ..replica_report(5000)
+    });
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+    obs.peers[1].report = Some(replica_report(1001));
+    obs.policy.tags.insert(
+        "c-2".into(),
+        MemberTags {
+            no_failover: true,
+            ..MemberTags::default()
+        },
+    );
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+}
+
+#[test]
+fn l3_lag_limit_against_the_best_reachable_peer() {
+    // c-2 is nofailover (cannot win itself) but 2 MiB ahead: c-1 lost too much to lead.
+    let mut obs = expired_obs();
+    obs.policy.tags.insert(
+        "c-2".into(),
+        MemberTags {
+            no_failover: true,
+            ..MemberTags::default()
+        },
+    );
+    obs.peers[1].report = Some(replica_report(1000 + (2 << 20)));
+    ineligible(&obs, Ineligible::TooFarBehind { behind: 2 << 20 });
+    obs.peers[1].report = Some(replica_report(1000 + (1 << 20)));
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+}
+
+#[test]
+fn l3_steps_back_for_a_newer_timeline_and_a_running_primary() {
+    let mut obs = expired_obs();
+    obs.peers[1].report = Some(PeerReport {
+        timeline: Some(2),
+        ..replica_report(10)
+    });
+    ineligible(&obs, Ineligible::OlderTimeline("c-2".into()));
+    let mut obs = expired_obs();
+    obs.peers[0].report = Some(PeerReport {
+        primary: true,
+        ..replica_report(10)
+    });
+    ineligible(&obs, Ineligible::PrimaryRunning("c-0".into()));
+}
+
+#[test]
+fn l3_failover_priority_breaks_ties_then_the_name() {
+    let mut obs = expired_obs();
+    obs.peers[1].report = Some(replica_report(1000));
+    // Equal WAL, equal priority: the smaller name (c-1) goes, c-2 would step back.
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+    obs.policy.tags.insert(
+        "c-2".into(),
+        MemberTags {
+            failover_priority: Some(5),
+            ..MemberTags::default()
+        },
+    );
+    ineligible(&obs, Ineligible::PeerAhead("c-2".into()));
+}
+
+#[test]
+fn l3_sync_mode_only_recorded_synchronous_members() {
+    let mut lease = record(Some("c-0"), "10", 1);
+    lease.sync_members = Some(vec!["c-2".into()]);
+    let mut obs = replica_obs(lease.clone());
+    obs.policy.mode = ReplicationMode::Sync;
+    ineligible(&obs, Ineligible::NotSynchronous);
+    // Recorded: eligible, and the asynchronous c-2 ... is the synchronous one here, so swap roles.
+    lease.sync_members = Some(vec!["c-1".into()]);
+    obs.lease = Some(lease);
+    obs.peers[1].report = Some(replica_report(5000));
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Acquire(AcquireReason::Expired),
+        "an asynchronous peer further ahead does not outrank the synchronous member"
+    );
+    obs.policy.mode = ReplicationMode::StrictSync;
+    obs.lease.as_mut().unwrap().sync_members = None;
+    ineligible(&obs, Ineligible::NotSynchronous);
+}
+
+// ---- L4: acquire before promote; a restarted holder confirms first ---------------------------------
+
+#[test]
+fn l4_a_restarted_holder_confirms_with_a_write_before_anything() {
+    // The Lease names c-0 but this process never wrote it: it must not renew-and-serve on belief.
+    let mut obs = holder_obs();
+    obs.renewed_sent_at = None;
+    obs.local = healthy_replica(1000);
+    obs.peers = vec![peer("c-1", None), peer("c-2", None)];
+    assert_eq!(
+        decide(&obs, t(1.0), &timings()),
+        Decision::Acquire(AcquireReason::Confirm)
+    );
+    // A peer that is equally far along wins the tie: the restarted holder defers to it.
+    obs.peers[0].report = Some(replica_report(1000));
+    assert_eq!(
+        decide(&obs, t(1.0), &timings()),
+        follow_none(FollowReason::Ineligible(Ineligible::PeerAhead(
+            "c-1".into()
+        )))
+    );
+    // Ahead of every peer (writes they never received): it reclaims rather than lose them.
+    obs.local.wal = Some(2000);
+    assert_eq!(
+        decide(&obs, t(1.0), &timings()),
+        Decision::Acquire(AcquireReason::Confirm)
+    );
+}
+
+#[test]
+fn l4_a_handover_target_confirms_then_promotes() {
+    let mut lease = record(Some("c-1"), "20", 2);
+    lease.handover_to = Some("c-1".into());
+    let obs = replica_obs(lease.clone());
+    assert_eq!(
+        decide(&obs, t(0.5), &timings()),
+        Decision::Acquire(AcquireReason::Handover)
+    );
+    // The others follow the named member while it confirms.
+    let mut other = replica_obs(lease);
+    other.me = "c-2".into();
+    other.local = healthy_replica(1000);
+    assert_eq!(
+        decide(&other, t(0.5), &timings()),
+        Decision::Follow {
+            leader: Some("c-1".into()),
+            why: FollowReason::HandoverPending
+        }
+    );
+}
+
+#[test]
+fn l4_a_primary_without_the_lease_demotes() {
+    let mut obs = replica_obs(record(None, "30", 4));
+    obs.local = running_primary(1000);
+    assert_eq!(
+        decide(&obs, t(0.0), &timings()),
+        Decision::Demote { leader: None }
+    );
+}
+
+// ---- L5: the holder fences itself within renewDeadline ---------------------------------------------
+
+#[test]
+fn l5_holder_renews_until_the_deadline_then_fences() {
+    let mut obs = holder_obs();
+    assert_eq!(decide(&obs, t(9.9), &timings()), Decision::Renew);
+    assert_eq!(decide(&obs, t(10.0), &timings()), Decision::Fence);
+    // Also when the Lease cannot be read at all.
+    obs.lease = None;
+    assert_eq!(decide(&obs, t(9.9), &timings()), Decision::Renew);
+    assert_eq!(decide(&obs, t(10.0), &timings()), Decision::Fence);
+    // Once fenced (no longer a running primary) it keeps trying to renew.
+    obs.local.primary = false;
+    assert_eq!(decide(&obs, t(12.0), &timings()), Decision::Renew);
+}
+
+#[test]
+fn l5_the_holder_is_fenced_before_anyone_may_take_over() {
+    // The replica saw the last renewal no earlier than the holder sent it, so the earliest takeover
+    // (last change + leaseDuration) comes after the holder's fence (sent + renewDeadline).
+    let holder = holder_obs();
+    let replica = replica_obs(record(Some("c-0"), "10", 1));
+    let first_takeover = (0..400)
+        .map(|i| t(f64::from(i) * 0.1))
+        .find(|now| matches!(decide(&replica, *now, &timings()), Decision::Acquire(_)))
+        .unwrap();
+    let first_fence = (0..400)
+        .map(|i| t(f64::from(i) * 0.1))
+        .find(|now| decide(&holder, *now, &timings()) == Decision::Fence)
+        .unwrap();
+    assert!(
+        first_fence + timings().retry_period < first_takeover,
+        "fence {first_fence:?} takeover {first_takeover:?}"
+    );
+}
+
+#[test]
+fn l5_failsafe_keeps_serving_only_when_every_member_confirms() {
+    let mut obs = holder_obs();
+    obs.lease = None;
+    obs.policy.failsafe = true;
+    assert_eq!(
+        decide(&obs, t(11.0), &timings()),
+        Decision::Fence,
+        "no confirmation, no failsafe"
+    );
+    obs.failsafe_confirmed = true;
+    assert_eq!(decide(&obs, t(11.0), &timings()), Decision::FailsafeHold);
+    obs.policy.failsafe = false;
+    assert_eq!(
+        decide(&obs, t(11.0), &timings()),
+        Decision::Fence,
+        "failsafe is opt-in"
+    );
+}
+
+// ---- L6: timings ----------------------------------------------------------------------------------
+
+#[test]
+fn l6_invalid_timings_are_refused_at_start() {
+    let bad = HaTimings {
+        lease_duration_seconds: 10,
+        renew_deadline_seconds: 10,
+        retry_period_seconds: 2,
+    };
+    assert!(Timings::new(&bad).is_err());
+    let bad = HaTimings {
+        lease_duration_seconds: 15,
+        renew_deadline_seconds: 6,
+        retry_period_seconds: 5,
+    };
+    assert!(Timings::new(&bad).is_err());
+    let ok = Timings::new(&HaTimings::default()).unwrap();
+    assert_eq!(ok.lease_duration, Duration::from_secs(15));
+    assert_eq!(ok.renew_deadline, Duration::from_secs(10));
+    assert_eq!(ok.retry_period, Duration::from_secs(2));
+}
+
+// ---- L7: the epoch -------------------------------------------------------------------------------
+
+#[test]
+fn l7_stale_primary_labels_are_found_for_the_new_holder() {
+    let mark = |role: &str, epoch| RoleMark {
+        role: Some(role.into()),
+        epoch: Some(epoch),
+    };
+    let pods = [
+        ("c-0", mark(ROLE_PRIMARY, 3)),
+        ("c-1", mark(ROLE_PRIMARY, 4)),
+        ("c-2", mark(ROLE_REPLICA, 3)),
+    ];
+    let stale = stale_primaries(pods.iter().map(|(n, m)| (*n, m)), "c-1", ROLE_PRIMARY);
+    assert_eq!(stale, vec!["c-0".to_owned()]);
+}
+
+// ---- L8: a dead holder's Lease is taken without waiting for expiry ----------------------------------
+
+#[test]
+fn l8_container_restart_or_termination_or_pod_gone_allows_early_takeover() {
+    let mut obs = expired_obs();
+    assert!(matches!(
+        decide(&obs, t(3.0), &timings()),
+        Decision::Follow { .. }
+    ));
+    for dead in [
+        pod("uid-0", false, 1),
+        pod("uid-0", true, 0),
+        pod("uid-new", false, 0),
+        PodStatus::Gone,
+    ] {
+        obs.holder_pod = dead.clone();
+        assert_eq!(
+            decide(&obs, t(3.0), &timings()),
+            Decision::Acquire(AcquireReason::HolderDead),
+            "{dead:?}"
+        );
+    }
+    // Unknown (pods not listed) is no signal: only L2 applies.
+    obs.holder_pod = PodStatus::Unknown;
+    assert!(matches!(
+        decide(&obs, t(3.0), &timings()),
+        Decision::Follow { .. }
+    ));
+}
+
+#[test]
+fn l8_a_renewal_after_the_restart_resets_the_baseline() {
+    // The holder restarted, then (confirmed and) renewed: the restart is history, not a signal.
+    let mut obs = expired_obs();
+    let restarted = pod("uid-0", false, 1);
+    let renewed = record(Some("c-0"), "11", 1);
+    obs.watch.observe(&renewed, &restarted, t(2.0));
+    obs.lease = Some(renewed);
+    obs.holder_pod = restarted;
+    assert!(matches!(
+        decide(&obs, t(3.0), &timings()),
+        Decision::Follow { .. }
+    ));
+}
+
+#[test]
+fn l8_still_needs_eligibility() {
+    let mut obs = expired_obs();
+    obs.holder_pod = PodStatus::Gone;
+    obs.local.healthy = false;
+    assert_eq!(
+        decide(&obs, t(3.0), &timings()),
+        Decision::Follow {
+            leader: Some("c-0".into()),
+            why: FollowReason::Ineligible(Ineligible::Unhealthy)
+        }
+    );
+}
+
+#[test]
+fn l8_a_restarted_holder_loses_the_tie_to_a_replica() {
+    // After a container kill the former holder comes back as a replica with the same WAL: the replica
+    // that saw the restart outranks it, so the primary moves.
+    let mut obs = expired_obs();
+    obs.holder_pod = pod("uid-0", false, 1);
+    obs.peers[0].report = Some(replica_report(1000));
+    assert_eq!(
+        decide(&obs, t(3.0), &timings()),
+        Decision::Acquire(AcquireReason::HolderDead)
+    );
+}
+
+// ---- L9: only changes are written ------------------------------------------------------------------
+
+#[test]
+fn l9_role_label_patched_on_change_only() {
+    let wanted = RoleMark {
+        role: Some(ROLE_REPLICA.into()),
+        epoch: Some(4),
+    };
+    assert_eq!(role_patch(&wanted.clone(), &wanted), None);
+    assert_eq!(
+        role_patch(&RoleMark::default(), &wanted),
+        Some(wanted.clone())
+    );
+    let older = RoleMark {
+        epoch: Some(3),
+        ..wanted.clone()
+    };
+    assert_eq!(role_patch(&older, &wanted), Some(wanted));
+}
+
+#[test]
+fn l9_followers_decide_nothing_that_writes_in_steady_state() {
+    // A follower of a live holder: many loops, never an Acquire (the only write a non-holder makes).
+    let obs = replica_obs(record(Some("c-0"), "10", 1));
+    for i in 0..70 {
+        assert!(!matches!(
+            decide(&obs, t(f64::from(i) * 0.2), &timings()),
+            Decision::Acquire(_)
+        ));
+    }
+}
+
+// ---- pause ---------------------------------------------------------------------------------------
+
+#[test]
+fn pause_holder_keeps_renewing_others_change_nothing() {
+    let mut obs = holder_obs();
+    obs.policy.paused = true;
+    assert_eq!(
+        decide(&obs, t(30.0), &timings()),
+        Decision::Renew,
+        "no fencing in pause"
+    );
+    let mut obs = replica_obs(record(Some("c-0"), "10", 1));
+    obs.policy.paused = true;
+    obs.holder_pod = PodStatus::Gone;
+    assert_eq!(
+        decide(&obs, t(60.0), &timings()),
+        Decision::Wait(WaitReason::Paused)
+    );
+}
