@@ -8,7 +8,7 @@
 //! The new object for each write is computed by a pure function ([`renewed`], [`acquired`],
 //! [`released`], [`handed_over`], [`with_sync_members`]), unit-tested below.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::{
     api::coordination::v1::{Lease, LeaseSpec},
@@ -20,9 +20,9 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use pgpilot_crds::contract::{ANNOTATION_HANDOVER, ANNOTATION_SYNC_MEMBERS, SIDECAR_FIELD_MANAGER};
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::LeaseRecord;
+use super::{LeaseRecord, LeaseWatch, PodStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -171,6 +171,140 @@ impl LeaseClient {
             Ok(Err(source)) => Err(LeaseError::Api { source }),
         }
     }
+}
+
+/// The election's IO state for one member: the Lease as last read, the [`LeaseWatch`] (L2/L8), and when
+/// this process's last successful write was *sent* (L5 measures from there).
+pub struct Elector {
+    client: LeaseClient,
+    watch: LeaseWatch,
+    current: Option<Lease>,
+    renewed_sent_at: Option<Instant>,
+}
+
+impl Elector {
+    pub fn new(client: LeaseClient) -> Self {
+        Self {
+            client,
+            watch: LeaseWatch::default(),
+            current: None,
+            renewed_sent_at: None,
+        }
+    }
+
+    pub fn me(&self) -> &str {
+        self.client.me()
+    }
+
+    /// Reads the Lease and feeds the watch; `holder_pod` says what the kubelet reports about the holder's
+    /// pod (L8). `None` when the read failed: the caller decides without a record (L5 still applies).
+    pub async fn observe(
+        &mut self,
+        holder_pod: impl Fn(&str) -> PodStatus,
+    ) -> Option<(LeaseRecord, PodStatus)> {
+        match self.client.read().await {
+            Ok(lease) => {
+                let record = record_of(&lease);
+                let pod = record.holder().map_or(PodStatus::Unknown, &holder_pod);
+                self.watch.observe(&record, &pod, Instant::now());
+                if record.holder() != Some(self.me()) {
+                    // Someone else holds it (or nobody): whatever this process wrote before is void.
+                    self.renewed_sent_at = None;
+                }
+                self.current = Some(lease);
+                Some((record, pod))
+            }
+            Err(error) => {
+                warn!(error = %error, category = error.category(), "cannot read the Lease");
+                None
+            }
+        }
+    }
+
+    pub fn watch(&self) -> &LeaseWatch {
+        &self.watch
+    }
+
+    /// When this process's last successful write was sent; `None` if it does not hold the Lease.
+    pub fn renewed_sent_at(&self) -> Option<Instant> {
+        self.renewed_sent_at
+    }
+
+    /// The record as last read or written.
+    pub fn record(&self) -> Option<LeaseRecord> {
+        self.current.as_ref().map(record_of)
+    }
+
+    /// The holder's renewal (L5).
+    pub async fn renew(&mut self) -> Result<(), LeaseError> {
+        self.write(Write::Renew).await
+    }
+
+    /// A conditional takeover (L1); on success this member holds the Lease and may promote (L4).
+    pub async fn acquire(&mut self) -> Result<(), LeaseError> {
+        self.write(Write::Acquire).await
+    }
+
+    /// Empty holder, epoch kept; call only after PostgreSQL is stopped or demoted (L4).
+    pub async fn release(&mut self) -> Result<(), LeaseError> {
+        self.write(Write::Release).await
+    }
+
+    /// Switchover: the candidate becomes holder; call only after PostgreSQL is stopped (L4).
+    pub async fn hand_over(&mut self, candidate: &str) -> Result<(), LeaseError> {
+        self.write(Write::HandOver(candidate.to_owned())).await
+    }
+
+    /// Holder: record the synchronous members if they differ from the Lease's (L3, L9: on change only).
+    pub async fn record_sync_members(&mut self, members: &[String]) -> Result<bool, LeaseError> {
+        if self.record().and_then(|r| r.sync_members).as_deref() == Some(members) {
+            return Ok(false);
+        }
+        self.write(Write::SyncMembers(members.to_vec()))
+            .await
+            .map(|()| true)
+    }
+
+    async fn write(&mut self, what: Write) -> Result<(), LeaseError> {
+        let Some(current) = &self.current else {
+            return Err(LeaseError::NotFound {
+                name: self.client.name.clone(),
+            });
+        };
+        let sent = Instant::now();
+        let result = match &what {
+            Write::Renew => self.client.renew(current).await,
+            Write::Acquire => self.client.acquire(current).await,
+            Write::Release => self.client.release(current).await,
+            Write::HandOver(candidate) => self.client.hand_over(current, candidate).await,
+            Write::SyncMembers(members) => self.client.set_sync_members(current, members).await,
+        };
+        match result {
+            Ok(lease) => {
+                let record = record_of(&lease);
+                self.renewed_sent_at = (record.holder() == Some(self.me())).then_some(sent);
+                self.watch.observe(&record, &PodStatus::Unknown, sent);
+                self.current = Some(lease);
+                Ok(())
+            }
+            Err(error) => {
+                if matches!(error, LeaseError::Conflict) {
+                    // L1: lost the race. Forget the stale copy and any belief of holding it; re-read next.
+                    self.current = None;
+                    self.renewed_sent_at = None;
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+enum Write {
+    Renew,
+    Acquire,
+    Release,
+    HandOver(String),
+    SyncMembers(Vec<String>),
 }
 
 fn now() -> Timestamp {
