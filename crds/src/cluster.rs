@@ -1,0 +1,568 @@
+//! The `PostgresCluster` custom resource (`pgpilot.io/v1alpha1`, short name `pgc`).
+//!
+//! Types only: serde + schemars + kube derive. Every `///` becomes the field's description in the CRD;
+//! the OpenAPI bounds and CEL rules (`x-kubernetes-validations`) make the apiserver reject bad input with
+//! a message a user can act on. The operator re-checks the same rules in its `validate` step, so an object
+//! stored before a rule existed still ends up `Ready=False` with a reason instead of half-applied.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::core::v1::{Affinity, ResourceRequirements, Toleration, TopologySpreadConstraint},
+    apimachinery::pkg::{
+        apis::meta::v1::{Condition, Time},
+        util::intstr::IntOrString,
+    },
+};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::contract::{HaTimings, MemberTags, ReplicationMode};
+
+/// PostgreSQL parameters that pgpilot sets itself; the CRD rejects them in `spec.postgresql.parameters`.
+pub const OWNED_PARAMETERS: [&str; 16] = [
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "hot_standby",
+    "primary_conninfo",
+    "primary_slot_name",
+    "promote_trigger_file",
+    "recovery_target_timeline",
+    "restore_command",
+    "synchronous_standby_names",
+    "cluster_name",
+    "wal_log_hints",
+];
+
+/// The CEL rule rejecting [`OWNED_PARAMETERS`], built from the one list so the two cannot disagree.
+fn owned_parameters_rule() -> kube::core::Rule {
+    let list = OWNED_PARAMETERS
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    kube::core::Rule::new(format!("self.all(k, !(k in [{list}]))")).message(
+        kube::core::Message::Message(format!(
+            "postgresql.parameters may not set parameters pgpilot manages itself: {}",
+            OWNED_PARAMETERS.join(", ")
+        )),
+    )
+}
+
+/// A highly-available PostgreSQL cluster: one primary and streaming replicas, elected through a Lease by
+/// the pgpilot sidecar in every pod.
+#[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[kube(
+    group = "pgpilot.io",
+    version = "v1alpha1",
+    kind = "PostgresCluster",
+    plural = "postgresclusters",
+    shortname = "pgc",
+    category = "all",
+    namespaced,
+    status = "PostgresClusterStatus",
+    derive = "PartialEq",
+    doc = "A highly-available PostgreSQL cluster managed by pgpilot.",
+    scale(
+        spec_replicas_path = ".spec.instances",
+        status_replicas_path = ".status.instances",
+        label_selector_path = ".status.selector"
+    ),
+    printcolumn(name = "Instances", type_ = "integer", json_path = ".spec.instances", description = "Desired members"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyInstances", description = "Ready members"),
+    printcolumn(name = "Primary", type_ = "string", json_path = ".status.primary", description = "Current primary"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Overall state"),
+    printcolumn(name = "Timeline", type_ = "integer", json_path = ".status.timeline", description = "PostgreSQL timeline"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.switchover) || (self.spec.switchover.targetInstance.startsWith(self.metadata.name + '-') \
+         && self.spec.switchover.targetInstance.substring(size(self.metadata.name) + 1).matches('^(0|[1-9][0-9]?)$') \
+         && int(self.spec.switchover.targetInstance.substring(size(self.metadata.name) + 1)) < self.spec.instances)"
+    )
+    .message("switchover.targetInstance must name a member: <cluster name>-<ordinal> with ordinal < instances")
+    .field_path(".spec.switchover.targetInstance"),
+    validation = kube::core::Rule::new(
+        "!has(self.spec.tags) || self.spec.tags.all(m, m.startsWith(self.metadata.name + '-') \
+         && m.substring(size(self.metadata.name) + 1).matches('^(0|[1-9][0-9]?)$'))"
+    )
+    .message("tags keys must be member names: <cluster name>-<ordinal>")
+    .field_path(".spec.tags")
+)]
+#[x_kube(
+    validation = kube::core::Rule::new(
+        "self.replication.mode == 'async' || self.replication.syncReplicas < self.instances"
+    )
+    .message("replication.syncReplicas must be less than instances (the primary cannot be its own synchronous standby)")
+    .field_path(".replication.syncReplicas")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresClusterSpec {
+    /// Number of PostgreSQL members (pods), 1 to 9. `kubectl scale pgc/<name> --replicas=N` changes it.
+    #[schemars(range(min = 1, max = 9))]
+    #[serde(default = "default_instances")]
+    pub instances: i32,
+    /// A stock PostgreSQL image (Docker's official `postgres` or compatible); the sidecar is copied into it.
+    #[serde(default = "default_image")]
+    #[schemars(length(min = 1))]
+    pub image: String,
+    /// The volume each member keeps its data directory on.
+    #[serde(default)]
+    pub storage: StorageSpec,
+    /// CPU and memory for the PostgreSQL container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// PostgreSQL configuration.
+    #[serde(default)]
+    pub postgresql: PostgresqlSpec,
+    /// Streaming replication and failover limits.
+    #[serde(default)]
+    pub replication: ReplicationSpec,
+    /// Lease timings and failsafe mode of the election between members.
+    #[serde(default)]
+    pub ha: HaSpec,
+    /// Ask for a switchover to a named member (once per change of the spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<SwitchoverSpec>,
+    /// Pause automatic failover: members keep their roles and the primary keeps its Lease.
+    #[serde(default)]
+    pub paused: bool,
+    /// The database and owner created when the cluster is first initialised.
+    #[serde(default)]
+    pub bootstrap: BootstrapSpec,
+    /// Scheduling and metadata of the member pods.
+    #[serde(default)]
+    pub pod: PodSpecOptions,
+    /// Per-member tags, keyed by member name (`<cluster>-<ordinal>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 9))]
+    pub tags: Option<BTreeMap<String, MemberTagsSpec>>,
+    /// Which client Services to create and their type.
+    #[serde(default)]
+    pub services: ServicesSpec,
+}
+
+fn default_instances() -> i32 {
+    1
+}
+
+/// The default image: a current PostgreSQL major.
+pub const DEFAULT_IMAGE: &str = "postgres:17";
+
+fn default_image() -> String {
+    DEFAULT_IMAGE.into()
+}
+
+/// The volume claim template of each member.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = kube::core::Rule::new(
+    "has(self.storageClassName) == has(oldSelf.storageClassName) \
+     && (!has(self.storageClassName) || self.storageClassName == oldSelf.storageClassName)"
+)
+.message("storage.storageClassName cannot be changed after creation")
+.field_path(".storageClassName"))]
+pub struct StorageSpec {
+    /// Size of each member's volume, a positive quantity such as `10Gi`. Fixed after creation.
+    #[serde(default = "default_storage_size")]
+    #[x_kube(
+        validation = kube::core::Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))")
+            .message("storage.size must be a positive quantity such as 1Gi"),
+        validation = kube::core::Rule::new("self == oldSelf")
+            .message("storage.size cannot be changed after creation (volume expansion is not supported yet)")
+    )]
+    #[schemars(length(max = 64))]
+    pub size: String,
+    /// StorageClass of the volumes; the cluster default when unset. Fixed after creation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253))]
+    pub storage_class_name: Option<String>,
+}
+
+fn default_storage_size() -> String {
+    "1Gi".into()
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        Self {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
+    }
+}
+
+/// PostgreSQL server configuration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresqlSpec {
+    /// `postgresql.conf` parameters (values as strings). Parameters pgpilot manages itself are rejected.
+    #[serde(default)]
+    #[x_kube(validation = owned_parameters_rule())]
+    #[schemars(extend("maxProperties" = 256))]
+    pub parameters: BTreeMap<String, String>,
+    /// Extra `pg_hba.conf` lines, placed before pgpilot's own rules.
+    #[serde(default)]
+    #[schemars(length(max = 128))]
+    pub pg_hba: Vec<String>,
+}
+
+/// Replication between the primary and the replicas.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplicationSpec {
+    /// `async` (default), `sync` (synchronous, falls back to async when no standby is available) or
+    /// `strictSync` (writes wait for a synchronous standby, always).
+    #[serde(default)]
+    pub mode: ReplicationModeSpec,
+    /// How many synchronous standbys a commit waits for in the sync modes; must be less than instances.
+    #[serde(default = "default_sync_replicas")]
+    #[schemars(range(min = 1, max = 8))]
+    pub sync_replicas: i32,
+    /// A replica further behind than this (bytes, or a quantity such as `1Mi`) may not take over.
+    #[serde(default = "default_max_lag")]
+    #[x_kube(validation = kube::core::Rule::new(
+        "type(self) == int ? self >= 0 : (isQuantity(self) && !quantity(self).isLessThan(quantity('0')) && quantity(self).isInteger())"
+    )
+    .message("replication.maximumLagOnFailover must be a non-negative byte count such as 1048576 or 1Mi"))]
+    pub maximum_lag_on_failover: IntOrString,
+}
+
+fn default_sync_replicas() -> i32 {
+    1
+}
+
+fn default_max_lag() -> IntOrString {
+    IntOrString::String("1Mi".into())
+}
+
+impl Default for ReplicationSpec {
+    fn default() -> Self {
+        Self {
+            mode: ReplicationModeSpec::default(),
+            sync_replicas: default_sync_replicas(),
+            maximum_lag_on_failover: default_max_lag(),
+        }
+    }
+}
+
+/// The replication mode, as in the CRD (`async` | `sync` | `strictSync`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicationModeSpec {
+    #[default]
+    Async,
+    Sync,
+    StrictSync,
+}
+
+impl From<ReplicationModeSpec> for ReplicationMode {
+    fn from(m: ReplicationModeSpec) -> Self {
+        match m {
+            ReplicationModeSpec::Async => Self::Async,
+            ReplicationModeSpec::Sync => Self::Sync,
+            ReplicationModeSpec::StrictSync => Self::StrictSync,
+        }
+    }
+}
+
+/// Lease timings of the election (DESIGN.md L6: leaseDuration > renewDeadline > 1.2 x retryPeriod).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = kube::core::Rule::new("self.leaseDurationSeconds > self.renewDeadlineSeconds")
+        .message("ha.leaseDurationSeconds must be greater than ha.renewDeadlineSeconds"),
+    validation = kube::core::Rule::new("self.renewDeadlineSeconds * 10 > self.retryPeriodSeconds * 12")
+        .message("ha.renewDeadlineSeconds must be greater than 1.2 x ha.retryPeriodSeconds")
+)]
+pub struct HaSpec {
+    /// How long a Lease is valid without renewal; a failed primary is replaced after about this long.
+    #[serde(default = "default_lease_duration")]
+    #[schemars(range(min = 2, max = 600))]
+    pub lease_duration_seconds: i32,
+    /// The primary stops accepting writes when it could not renew the Lease for this long.
+    #[serde(default = "default_renew_deadline")]
+    #[schemars(range(min = 2, max = 600))]
+    pub renew_deadline_seconds: i32,
+    /// How often members renew or try the Lease.
+    #[serde(default = "default_retry_period")]
+    #[schemars(range(min = 1, max = 300))]
+    pub retry_period_seconds: i32,
+    /// Keep the primary writable while the apiserver is unreachable, as long as every member confirms
+    /// it over the REST API (like Patroni's failsafe mode).
+    #[serde(default)]
+    pub failsafe: bool,
+}
+
+fn default_lease_duration() -> i32 {
+    i32::try_from(HaTimings::default().lease_duration_seconds).unwrap_or(15)
+}
+fn default_renew_deadline() -> i32 {
+    i32::try_from(HaTimings::default().renew_deadline_seconds).unwrap_or(10)
+}
+fn default_retry_period() -> i32 {
+    i32::try_from(HaTimings::default().retry_period_seconds).unwrap_or(2)
+}
+
+impl Default for HaSpec {
+    fn default() -> Self {
+        Self {
+            lease_duration_seconds: default_lease_duration(),
+            renew_deadline_seconds: default_renew_deadline(),
+            retry_period_seconds: default_retry_period(),
+            failsafe: false,
+        }
+    }
+}
+
+/// A requested switchover.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverSpec {
+    /// The member that should become primary, e.g. `pg-1`.
+    #[schemars(length(min = 3, max = 63))]
+    pub target_instance: String,
+    /// Do not start before this time (RFC 3339); at once when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled_at: Option<Time>,
+}
+
+/// What is created at initialisation.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapSpec {
+    /// The application database.
+    #[serde(default = "default_app")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    pub database: String,
+    /// The role owning the application database; its password is in the `<cluster>-app` Secret.
+    #[serde(default = "default_app")]
+    #[schemars(regex(pattern = r"^[a-z_][a-z0-9_]{0,62}$"))]
+    pub owner: String,
+}
+
+fn default_app() -> String {
+    "app".into()
+}
+
+impl Default for BootstrapSpec {
+    fn default() -> Self {
+        Self {
+            database: default_app(),
+            owner: default_app(),
+        }
+    }
+}
+
+/// Scheduling and metadata of the member pods.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpecOptions {
+    /// Affinity rules; when unset, members prefer different nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Tolerations of the member pods.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Topology spread constraints of the member pods (their label selector is filled in when unset).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub topology_spread_constraints: Vec<TopologySpreadConstraint>,
+    /// PriorityClass of the member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Node selector of the member pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Extra labels on the member pods (pgpilot's own `pgpilot.io/*` labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on the member pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Tags of one member, as in Patroni.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberTagsSpec {
+    /// Never promote this member.
+    #[serde(default)]
+    pub no_failover: bool,
+    /// Keep this member out of the `-ro` and `-r` Services.
+    #[serde(default)]
+    pub no_load_balance: bool,
+    /// Higher wins among equally eligible members; 0 means never promote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub failover_priority: Option<i32>,
+}
+
+impl From<&MemberTagsSpec> for MemberTags {
+    fn from(t: &MemberTagsSpec) -> Self {
+        Self {
+            no_failover: t.no_failover,
+            no_load_balance: t.no_load_balance,
+            failover_priority: t.failover_priority.and_then(|p| u32::try_from(p).ok()),
+        }
+    }
+}
+
+/// The client Services: `<cluster>-rw` (primary), `<cluster>-ro` (replicas), `<cluster>-r` (any member).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesSpec {
+    /// Create `<cluster>-rw`, routing to the primary.
+    #[serde(default = "default_true")]
+    pub rw: bool,
+    /// Create `<cluster>-ro`, routing to the replicas.
+    #[serde(default = "default_true")]
+    pub ro: bool,
+    /// Create `<cluster>-r`, routing to any member.
+    #[serde(default = "default_true")]
+    pub r: bool,
+    /// Type of the client Services.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceTypeSpec,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for ServicesSpec {
+    fn default() -> Self {
+        Self {
+            rw: true,
+            ro: true,
+            r: true,
+            type_: ServiceTypeSpec::default(),
+        }
+    }
+}
+
+/// Kubernetes Service type of the client Services.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceTypeSpec {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceTypeSpec {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Observed state, written by the operator from the StatefulSet, the pods, the Lease and the sidecars'
+/// reports.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresClusterStatus {
+    /// `Pending`, `Creating`, `Running`, `Degraded`, `NoPrimary` or `Invalid`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The member holding the Lease and labelled primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// The last member confirmed as primary; kept while there is none, so a failover names its origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_primary: Option<String>,
+    /// The primary's PostgreSQL timeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// The election epoch: the Lease's `leaseTransitions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<i64>,
+    /// Members that exist (pods), for the scale subresource.
+    #[serde(default)]
+    pub instances: i32,
+    /// Members whose pod is Ready.
+    #[serde(default)]
+    pub ready_instances: i32,
+    /// Label selector of the member pods, for the scale subresource.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// One entry per member pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// The last change of primary the operator observed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRecord>,
+    /// `Ready`, `Progressing`, `Degraded`, `FailoverBlocked`, `SwitchoverInProgress`, `Paused`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// The `metadata.generation` this status was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// One member as observed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Member (pod) name.
+    pub name: String,
+    /// `primary`, `replica`, `uninitialized` or `unknown` (sidecar not reachable).
+    pub role: String,
+    /// PostgreSQL state as the sidecar reports it (`running`, `starting`, ...) or `unreachable`.
+    pub state: String,
+    /// PostgreSQL timeline of the member.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<i64>,
+    /// WAL position: written (primary) or replayed (replica), as `X/Y`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lsn: Option<String>,
+    /// Bytes this replica's replay is behind the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag_bytes: Option<i64>,
+    /// The pod's Ready condition.
+    pub ready: bool,
+    /// A changed parameter needs a restart of this member.
+    #[serde(default)]
+    pub pending_restart: bool,
+}
+
+/// A change of primary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRecord {
+    /// When the operator observed the new primary.
+    pub time: Time,
+    /// The previous primary.
+    pub from: String,
+    /// The new primary.
+    pub to: String,
+    /// `Switchover` (requested through the spec) or `Failover`.
+    pub reason: String,
+}
+
+/// Condition types of `status.conditions`.
+pub mod condition {
+    pub const READY: &str = "Ready";
+    pub const PROGRESSING: &str = "Progressing";
+    pub const DEGRADED: &str = "Degraded";
+    pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
+    pub const SWITCHOVER_IN_PROGRESS: &str = "SwitchoverInProgress";
+    pub const PAUSED: &str = "Paused";
+}
+
+/// Values of `status.phase`.
+pub mod phase {
+    pub const PENDING: &str = "Pending";
+    pub const CREATING: &str = "Creating";
+    pub const RUNNING: &str = "Running";
+    pub const DEGRADED: &str = "Degraded";
+    pub const NO_PRIMARY: &str = "NoPrimary";
+    pub const INVALID: &str = "Invalid";
+}
