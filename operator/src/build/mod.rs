@@ -1,0 +1,204 @@
+//! Step 2 of the reconcile: build the children of a cluster. Pure functions, no IO.
+//!
+//! Reads a [`ValidatedCluster`]; returns the objects to server-side apply ([`Children`]) and, separately,
+//! the Secrets to create when absent ([`secrets`]). Every object carries the cluster's labels and a
+//! controller owner reference, so deleting the cluster garbage-collects it.
+
+pub mod rbac;
+pub mod secrets;
+pub mod services;
+pub mod statefulset;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        coordination::v1::{Lease, LeaseSpec},
+        core::v1::{ConfigMap, Service, ServiceAccount},
+        policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec},
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::{
+        apis::meta::v1::{LabelSelector, ObjectMeta},
+        util::intstr::IntOrString,
+    },
+};
+use pgpilot_crds::contract::{self, CONFIG_KEY, LABEL_CLUSTER, LABEL_MANAGED_BY, MANAGED_BY};
+
+use crate::validate::ValidatedCluster;
+
+/// Everything applied with server-side apply, in the order [`crate::apply`] applies it.
+#[derive(Clone, Debug)]
+pub struct Children {
+    pub service_account: ServiceAccount,
+    pub role: Role,
+    pub role_binding: RoleBinding,
+    pub config_map: ConfigMap,
+    pub lease: Lease,
+    /// The headless Service first, then the enabled client Services.
+    pub services: Vec<Service>,
+    pub pdb: PodDisruptionBudget,
+    pub statefulset: StatefulSet,
+}
+
+/// Builds every child applied by server-side apply.
+pub fn build_children(c: &ValidatedCluster) -> Result<Children, serde_json::Error> {
+    Ok(Children {
+        service_account: rbac::build_service_account(c),
+        role: rbac::build_role(c),
+        role_binding: rbac::build_role_binding(c),
+        config_map: build_config_map(c)?,
+        lease: build_lease(c),
+        services: services::build_services(c),
+        pdb: build_pdb(c),
+        statefulset: statefulset::build_statefulset(c),
+    })
+}
+
+/// Labels on every child: which cluster it belongs to and who manages it.
+pub fn labels(c: &ValidatedCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_CLUSTER.to_owned(), c.name.clone()),
+        (LABEL_MANAGED_BY.to_owned(), MANAGED_BY.to_owned()),
+        ("app.kubernetes.io/name".to_owned(), "postgresql".to_owned()),
+        ("app.kubernetes.io/instance".to_owned(), c.name.clone()),
+    ])
+}
+
+/// The label selector matching the cluster's member pods (immutable in the StatefulSet: keep it minimal).
+pub fn selector_labels(c: &ValidatedCluster) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_CLUSTER.to_owned(), c.name.clone())])
+}
+
+/// Metadata of a child named `name`: namespace, labels, owner reference.
+pub fn meta(c: &ValidatedCluster, name: String) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name),
+        namespace: Some(c.namespace.clone()),
+        labels: Some(labels(c)),
+        owner_references: Some(vec![c.owner.clone()]),
+        ..ObjectMeta::default()
+    }
+}
+
+/// The ConfigMap the sidecars read their [`contract::SidecarConfig`] from.
+pub fn build_config_map(c: &ValidatedCluster) -> Result<ConfigMap, serde_json::Error> {
+    let json = serde_json::to_string_pretty(&c.sidecar_config)?;
+    Ok(ConfigMap {
+        metadata: meta(c, contract::config_map_name(&c.name)),
+        data: Some(BTreeMap::from([(CONFIG_KEY.to_owned(), json)])),
+        ..ConfigMap::default()
+    })
+}
+
+/// The election Lease, as the operator applies it: no holder, only `leaseDurationSeconds`.
+///
+/// The sidecars write holderIdentity/renewTime/acquireTime/leaseTransitions under their own field
+/// manager by conditional replace (DESIGN.md L1). Server-side apply only touches the fields in the applied
+/// object, so leaving those out here means the operator never resets an election; it only keeps the
+/// duration in sync with the spec.
+pub fn build_lease(c: &ValidatedCluster) -> Lease {
+    Lease {
+        metadata: meta(c, contract::lease_name(&c.name)),
+        spec: Some(LeaseSpec {
+            lease_duration_seconds: Some(c.spec.ha.lease_duration_seconds),
+            ..LeaseSpec::default()
+        }),
+    }
+}
+
+/// One voluntary disruption (drain, eviction) at a time.
+pub fn build_pdb(c: &ValidatedCluster) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata: meta(c, c.name.clone()),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector_labels(c)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pgpilot_crds::contract::SidecarConfig;
+
+    use super::*;
+    use crate::{testutil::example, validate::validate};
+
+    fn three() -> ValidatedCluster {
+        validate(&example("cluster-3.yaml"), "sidecar:t").unwrap()
+    }
+
+    #[test]
+    fn every_child_is_owned_by_the_cluster_and_labelled() {
+        let c = three();
+        let ch = build_children(&c).unwrap();
+        let Children {
+            service_account,
+            role,
+            role_binding,
+            config_map,
+            lease,
+            services,
+            pdb,
+            statefulset,
+        } = ch;
+        let mut metas = vec![
+            service_account.metadata,
+            role.metadata,
+            role_binding.metadata,
+            config_map.metadata,
+            lease.metadata,
+            pdb.metadata,
+            statefulset.metadata,
+        ];
+        metas.extend(services.into_iter().map(|s| s.metadata));
+        for m in metas {
+            let owners = m.owner_references.unwrap();
+            assert_eq!(owners.len(), 1, "{:?}", m.name);
+            assert_eq!(owners[0].name, "pg");
+            assert_eq!(owners[0].controller, Some(true));
+            assert_eq!(m.namespace.as_deref(), Some("db"));
+            assert_eq!(m.labels.unwrap()[LABEL_CLUSTER], "pg");
+        }
+    }
+
+    #[test]
+    fn config_map_holds_the_sidecar_config() {
+        let c = three();
+        let cm = build_config_map(&c).unwrap();
+        assert_eq!(cm.metadata.name.as_deref(), Some("pg-config"));
+        let parsed: SidecarConfig = serde_json::from_str(&cm.data.unwrap()[CONFIG_KEY]).unwrap();
+        assert_eq!(parsed, c.sidecar_config);
+    }
+
+    #[test]
+    fn lease_carries_only_the_duration() {
+        let mut c = three();
+        c.spec.ha.lease_duration_seconds = 21;
+        let lease = build_lease(&c);
+        assert_eq!(lease.metadata.name.as_deref(), Some("pg-leader"));
+        let spec = serde_json::to_value(lease.spec.unwrap()).unwrap();
+        assert_eq!(
+            spec,
+            serde_json::json!({"leaseDurationSeconds": 21}),
+            "no holder, no times, no transitions"
+        );
+    }
+
+    #[test]
+    fn pdb_allows_one_member_down() {
+        let pdb = build_pdb(&three()).spec.unwrap();
+        assert_eq!(pdb.max_unavailable, Some(IntOrString::Int(1)));
+        assert_eq!(
+            pdb.selector.unwrap().match_labels.unwrap()[LABEL_CLUSTER],
+            "pg"
+        );
+    }
+}

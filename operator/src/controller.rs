@@ -1,0 +1,260 @@
+//! The reconcile driver: validate → build → apply → switchover → status, one module per step.
+//!
+//! Reads a `PostgresCluster` and the cluster state through the steps; returns when to look again.
+//! An invalid spec is written as `Ready=False` with a Warning Event and waits for a change of the spec
+//! (no requeue loop). A valid cluster is looked at again every [`RESYNC`], because the sidecars change
+//! member state (roles, lag, timelines) that no watched object shows.
+
+use std::{sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use k8s_openapi::api::{
+    apps::v1::StatefulSet,
+    coordination::v1::Lease,
+    core::v1::{ConfigMap, Pod, Service},
+    policy::v1::PodDisruptionBudget,
+};
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, Client, ResourceExt,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::{Recorder, Reporter},
+        reflector::ObjectRef,
+        watcher,
+    },
+};
+use pgpilot_crds::{PostgresCluster, cluster::condition, contract::LABEL_CLUSTER};
+use tokio::time::Instant;
+use tracing::{info, instrument, warn};
+
+use crate::{
+    apply, build,
+    events::{self, Transition},
+    metrics::Metrics,
+    status::{self, find_condition},
+    switchover::{self, SwitchoverOutcome},
+    validate::validate,
+};
+
+/// How often a valid cluster is reconciled without any watched change.
+pub const RESYNC: Duration = Duration::from_secs(10);
+/// Back-off after a failed reconcile.
+pub const RETRY: Duration = Duration::from_secs(5);
+
+pub struct Context {
+    pub client: Client,
+    pub http: reqwest::Client,
+    pub recorder: Recorder,
+    pub metrics: Metrics,
+    /// The sidecar image given to the init container.
+    pub sidecar_image: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("rendering the sidecar configuration")]
+    Build(#[source] serde_json::Error),
+    #[error(transparent)]
+    Apply(#[from] apply::Error),
+    #[error(transparent)]
+    Status(#[from] status::Error),
+}
+
+impl Error {
+    /// Names the variant: the metric label and the Event reason.
+    pub fn category(&self) -> String {
+        match self {
+            Self::Build(_) => "BuildFailed".into(),
+            Self::Apply(e) => e.category(),
+            Self::Status(e) => e.category(),
+        }
+    }
+}
+
+#[instrument(skip_all, fields(cluster = %cluster.name_any(), namespace = cluster.namespace().unwrap_or_default()))]
+pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let result = reconcile_steps(&cluster, &ctx).await;
+    ctx.metrics.observe(
+        started.elapsed(),
+        result.as_ref().err().map(Error::category),
+    );
+    result
+}
+
+async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Action, Error> {
+    let now = Timestamp::now();
+    let ns = cluster.namespace().unwrap_or_default();
+    let api: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let prev = cluster.status.clone().unwrap_or_default();
+
+    let c = match validate(cluster, &ctx.sidecar_image) {
+        Ok(c) => c,
+        Err(invalid) => {
+            let message = invalid.to_string();
+            warn!(reason = %message, "invalid spec");
+            let next = status::invalid(&prev, cluster.metadata.generation, message.clone(), now);
+            let announced = find_condition(&prev, condition::READY)
+                .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message);
+            status::write(&api, &cluster.name_any(), &prev, &next).await?;
+            if !announced {
+                events::publish(
+                    &ctx.recorder,
+                    cluster,
+                    &[Transition::InvalidSpec { message }],
+                )
+                .await;
+            }
+            return Ok(Action::await_change());
+        }
+    };
+
+    let children = build::build_children(&c).map_err(Error::Build)?;
+    let applied = apply::apply(&ctx.client, &c, children).await?;
+    let observed = status::observe(&ctx.client, &ctx.http, &c).await?;
+
+    let primary = observed.primary();
+    let plan = switchover::plan(&c, &prev, primary.as_deref(), now);
+    let primary_ip = primary
+        .as_deref()
+        .and_then(|p| observed.pod(p))
+        .and_then(|p| p.status.as_ref()?.pod_ip.clone());
+    let (outcome, mut transitions) = switchover::run(
+        &ctx.client,
+        &ctx.http,
+        &c,
+        plan,
+        primary_ip.as_deref(),
+        &prev,
+    )
+    .await;
+
+    let (next, more) = status::compute(
+        &c,
+        &prev,
+        &observed,
+        &outcome,
+        applied.previous_replicas,
+        now,
+    );
+    if !applied.created_secrets.is_empty() {
+        transitions.push(Transition::SecretsCreated {
+            kinds: applied.created_secrets.clone(),
+        });
+    }
+    transitions.extend(more);
+    if status::write(&api, &c.name, &prev, &next).await? {
+        info!(
+            phase = next.phase.as_deref().unwrap_or_default(),
+            primary = next.primary.as_deref().unwrap_or_default(),
+            ready = next.ready_instances,
+            "status updated"
+        );
+    }
+    events::publish(&ctx.recorder, cluster, &transitions).await;
+
+    Ok(Action::requeue(next_look(&outcome, now)))
+}
+
+/// A scheduled switchover is looked at when it is due, if that is sooner than the resync.
+fn next_look(outcome: &SwitchoverOutcome, now: Timestamp) -> Duration {
+    match outcome {
+        SwitchoverOutcome::Scheduled { at, .. } => {
+            let until = Duration::try_from(now.duration_until(*at)).unwrap_or_default();
+            until.clamp(Duration::from_millis(200), RESYNC)
+        }
+        SwitchoverOutcome::InProgress { .. } => Duration::from_secs(2),
+        _ => RESYNC,
+    }
+}
+
+pub fn error_policy(cluster: Arc<PostgresCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(cluster = %cluster.name_any(), reason = %error.category(), error = %error_chain(error), "reconcile failed");
+    Action::requeue(RETRY)
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
+}
+
+/// Runs the controller until shutdown. `namespace` limits it to one namespace; `None` watches all.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    sidecar_image: String,
+    metrics: Metrics,
+) {
+    fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+        K::DynamicType: Default,
+    {
+        match ns {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        }
+    }
+    let ns = namespace.as_deref();
+    let owned = || watcher::Config::default().labels(LABEL_CLUSTER);
+    let reporter = Reporter {
+        controller: "pgpilot-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        http: reqwest::Client::new(),
+        recorder: Recorder::new(client.clone(), reporter),
+        metrics,
+        sidecar_image,
+    });
+    Controller::new(
+        api::<PostgresCluster>(&client, ns),
+        watcher::Config::default(),
+    )
+    .owns(api::<StatefulSet>(&client, ns), owned())
+    .owns(api::<Service>(&client, ns), owned())
+    .owns(api::<ConfigMap>(&client, ns), owned())
+    .owns(api::<Lease>(&client, ns), owned())
+    .owns(api::<PodDisruptionBudget>(&client, ns), owned())
+    // Pods belong to the StatefulSet, not to the cluster: map them back through their label, so a
+    // role label written by a sidecar shows in the status at once.
+    .watches(api::<Pod>(&client, ns), owned(), |pod: Pod| {
+        let cluster = pod.labels().get(LABEL_CLUSTER).cloned()?;
+        Some(ObjectRef::<PostgresCluster>::new(&cluster).within(&pod.namespace()?))
+    })
+    .shutdown_on_signal()
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            warn!(error = %e, "controller event");
+        }
+    })
+    .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduled_switchovers_are_looked_at_when_due() {
+        let now = Timestamp::from_second(1_800_000_000).unwrap();
+        let at = |s| SwitchoverOutcome::Scheduled {
+            target: "pg-1".into(),
+            at: now + k8s_openapi::jiff::SignedDuration::from_secs(s),
+        };
+        assert_eq!(next_look(&at(3), now), Duration::from_secs(3));
+        assert_eq!(next_look(&at(3600), now), RESYNC);
+        assert_eq!(next_look(&at(-5), now), Duration::from_millis(200));
+        assert_eq!(next_look(&SwitchoverOutcome::None, now), RESYNC);
+    }
+}

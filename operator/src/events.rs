@@ -1,0 +1,139 @@
+//! The Events the operator publishes on the cluster: one per transition, never per reconcile.
+
+use kube::{
+    Resource,
+    runtime::events::{Event, EventType, Recorder},
+};
+use pgpilot_crds::PostgresCluster;
+use tracing::warn;
+
+/// Something that changed and is worth a line in `kubectl describe pgc`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transition {
+    /// First reconcile of the cluster: its children were applied.
+    Created,
+    Scaled {
+        from: i32,
+        to: i32,
+    },
+    PrimaryElected {
+        member: String,
+    },
+    FailoverObserved {
+        from: String,
+        to: String,
+    },
+    SwitchoverRequested {
+        from: String,
+        to: String,
+    },
+    SwitchoverCompleted {
+        from: String,
+        to: String,
+    },
+    SwitchoverFailed {
+        to: String,
+        error: String,
+    },
+    Ready {
+        ready: i32,
+        instances: i32,
+    },
+    NotReady {
+        reason: String,
+    },
+    Paused {
+        paused: bool,
+    },
+    InvalidSpec {
+        message: String,
+    },
+    SecretsCreated {
+        kinds: Vec<&'static str>,
+    },
+}
+
+impl Transition {
+    pub fn to_event(&self) -> Event {
+        let (type_, reason, note) = match self {
+            Self::Created => (
+                EventType::Normal,
+                "Created",
+                "created the cluster's objects".to_owned(),
+            ),
+            Self::Scaled { from, to } => (
+                EventType::Normal,
+                "Scaled",
+                format!("scaled from {from} to {to} instances"),
+            ),
+            Self::PrimaryElected { member } => (
+                EventType::Normal,
+                "PrimaryElected",
+                format!("{member} is the primary"),
+            ),
+            Self::FailoverObserved { from, to } => (
+                EventType::Warning,
+                "FailoverObserved",
+                format!("primary changed from {from} to {to}"),
+            ),
+            Self::SwitchoverRequested { from, to } => (
+                EventType::Normal,
+                "SwitchoverRequested",
+                format!("asked {from} to hand over to {to}"),
+            ),
+            Self::SwitchoverCompleted { from, to } => (
+                EventType::Normal,
+                "SwitchoverCompleted",
+                format!("switched over from {from} to {to}"),
+            ),
+            Self::SwitchoverFailed { to, error } => (
+                EventType::Warning,
+                "SwitchoverFailed",
+                format!("switchover to {to}: {error}"),
+            ),
+            Self::Ready { ready, instances } => (
+                EventType::Normal,
+                "ClusterReady",
+                format!("{ready}/{instances} members ready"),
+            ),
+            Self::NotReady { reason } => (
+                EventType::Warning,
+                "ClusterNotReady",
+                format!("not ready: {reason}"),
+            ),
+            Self::Paused { paused: true } => (
+                EventType::Normal,
+                "Paused",
+                "automatic failover paused".to_owned(),
+            ),
+            Self::Paused { paused: false } => (
+                EventType::Normal,
+                "Resumed",
+                "automatic failover resumed".to_owned(),
+            ),
+            Self::InvalidSpec { message } => (EventType::Warning, "InvalidSpec", message.clone()),
+            Self::SecretsCreated { kinds } => (
+                EventType::Normal,
+                "SecretsCreated",
+                format!("generated credentials: {}", kinds.join(", ")),
+            ),
+        };
+        Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        }
+    }
+}
+
+/// Publishes each transition; a failed publish is logged, never fails the reconcile.
+pub async fn publish(recorder: &Recorder, cluster: &PostgresCluster, transitions: &[Transition]) {
+    let reference = cluster.object_ref(&());
+    for t in transitions {
+        if let Err(e) = recorder.publish(&t.to_event(), &reference).await {
+            warn!(error = %e, event = ?t, "could not publish event");
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! pgpilot's operator: turns a `PostgresCluster` into the Kubernetes objects a highly-available
+//! PostgreSQL needs and reports what it observes in the cluster's status.
+//!
+//! The reconcile ([`controller`]) is a short driver over steps, each in its own module:
+//! [`validate`] (pure) → [`build`] (pure) → [`apply`] (server-side apply) → [`switchover`] → [`status`].
+
+pub mod apply;
+pub mod build;
+pub mod controller;
+pub mod events;
+pub mod leader;
+pub mod metrics;
+pub mod status;
+pub mod switchover;
+pub mod validate;
+
+#[cfg(test)]
+mod testutil;

@@ -1,0 +1,402 @@
+//! Step 1 of the reconcile: validate the spec. Pure, no IO.
+//!
+//! Reads a `PostgresCluster` as stored and the operator's settings; returns a [`ValidatedCluster`] that every
+//! builder takes, or an [`InvalidSpec`] naming the first rule broken. The CRD's schema and CEL rules reject
+//! the same input at the apiserver; this repeats them because an object stored under an older CRD, or a
+//! rule CEL cannot express, must still end as `Ready=False` with a reason and never as half-applied children.
+
+use k8s_openapi::apimachinery::pkg::{
+    api::resource::Quantity, apis::meta::v1::OwnerReference, util::intstr::IntOrString,
+};
+use kube::{Resource, ResourceExt};
+use pgpilot_crds::{
+    PostgresCluster, PostgresClusterSpec,
+    cluster::{OWNED_PARAMETERS, ReplicationModeSpec},
+    contract::{BootstrapConfig, HaTimings, ReplicationConfig, SidecarConfig},
+};
+
+/// A spec that passed validation, with everything the builders need resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedCluster {
+    pub name: String,
+    pub namespace: String,
+    pub generation: Option<i64>,
+    /// Controller owner reference to the `PostgresCluster`, put on every child.
+    pub owner: OwnerReference,
+    pub spec: PostgresClusterSpec,
+    /// The image whose `/usr/local/bin/pgpilot-sidecar` the init container copies into the pod.
+    pub sidecar_image: String,
+    pub storage_size: Quantity,
+    /// The document rendered into the `<c>-config` ConfigMap.
+    pub sidecar_config: SidecarConfig,
+}
+
+/// Why a spec was rejected; the message is what the user reads in the `Ready` condition and the Event.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InvalidSpec {
+    #[error("the object has no {0} (not read from the apiserver?)")]
+    MissingMetadata(&'static str),
+    #[error("instances must be between 1 and 9, got {0}")]
+    InstancesOutOfRange(i32),
+    #[error(
+        "ha timings must satisfy leaseDurationSeconds > renewDeadlineSeconds > 1.2 x retryPeriodSeconds, got {lease}/{renew}/{retry}"
+    )]
+    LeaseTimings { lease: i32, renew: i32, retry: i32 },
+    #[error(
+        "replication.syncReplicas ({sync}) must be less than instances ({instances}) in {mode} mode"
+    )]
+    SyncReplicas {
+        sync: i32,
+        instances: i32,
+        mode: &'static str,
+    },
+    #[error(
+        "switchover.targetInstance {0:?} is not a member of this cluster (<cluster name>-<ordinal < instances>)"
+    )]
+    SwitchoverTarget(String),
+    #[error("storage.size {0:?} is not a positive quantity such as 1Gi")]
+    StorageSize(String),
+    #[error(
+        "replication.maximumLagOnFailover {0:?} is not a non-negative byte count such as 1048576 or 1Mi"
+    )]
+    MaximumLag(String),
+    #[error("postgresql.parameters may not set {0:?}: pgpilot manages it")]
+    OwnedParameter(String),
+    #[error("tags key {0:?} is not a member name (<cluster name>-<ordinal>)")]
+    TagKey(String),
+}
+
+/// Validates `cluster` and resolves what the builders need.
+pub fn validate(
+    cluster: &PostgresCluster,
+    sidecar_image: &str,
+) -> Result<ValidatedCluster, InvalidSpec> {
+    let name = cluster
+        .metadata
+        .name
+        .clone()
+        .ok_or(InvalidSpec::MissingMetadata("name"))?;
+    let namespace = cluster
+        .namespace()
+        .ok_or(InvalidSpec::MissingMetadata("namespace"))?;
+    let owner = cluster
+        .controller_owner_ref(&())
+        .ok_or(InvalidSpec::MissingMetadata("uid"))?;
+    let spec = &cluster.spec;
+
+    if !(1..=9).contains(&spec.instances) {
+        return Err(InvalidSpec::InstancesOutOfRange(spec.instances));
+    }
+    let timings = ha_timings(spec)?;
+    let sync_mode = match spec.replication.mode {
+        ReplicationModeSpec::Async => None,
+        ReplicationModeSpec::Sync => Some("sync"),
+        ReplicationModeSpec::StrictSync => Some("strictSync"),
+    };
+    if let Some(mode) = sync_mode
+        && (spec.replication.sync_replicas < 1 || spec.replication.sync_replicas >= spec.instances)
+    {
+        return Err(InvalidSpec::SyncReplicas {
+            sync: spec.replication.sync_replicas,
+            instances: spec.instances,
+            mode,
+        });
+    }
+    if let Some(s) = &spec.switchover
+        && member_ordinal(&name, &s.target_instance).is_none_or(|o| o >= spec.instances)
+    {
+        return Err(InvalidSpec::SwitchoverTarget(s.target_instance.clone()));
+    }
+    let storage_bytes = parse_bytes(&spec.storage.size).filter(|b| *b > 0);
+    if storage_bytes.is_none() {
+        return Err(InvalidSpec::StorageSize(spec.storage.size.clone()));
+    }
+    let max_lag = match &spec.replication.maximum_lag_on_failover {
+        IntOrString::Int(i) => u64::try_from(*i).ok(),
+        IntOrString::String(s) => parse_bytes(s),
+    }
+    .ok_or_else(|| {
+        InvalidSpec::MaximumLag(int_or_string(&spec.replication.maximum_lag_on_failover))
+    })?;
+    if let Some(p) = spec
+        .postgresql
+        .parameters
+        .keys()
+        .find(|k| OWNED_PARAMETERS.contains(&k.as_str()))
+    {
+        return Err(InvalidSpec::OwnedParameter(p.clone()));
+    }
+    let tags = spec.tags.clone().unwrap_or_default();
+    if let Some(k) = tags.keys().find(|k| member_ordinal(&name, k).is_none()) {
+        return Err(InvalidSpec::TagKey(k.clone()));
+    }
+
+    let sidecar_config = SidecarConfig {
+        ha: timings,
+        failsafe: spec.ha.failsafe,
+        replication: ReplicationConfig {
+            mode: spec.replication.mode.into(),
+            sync_replicas: u32::try_from(spec.replication.sync_replicas).unwrap_or(1),
+            maximum_lag_on_failover_bytes: max_lag,
+        },
+        parameters: spec.postgresql.parameters.clone(),
+        pg_hba: spec.postgresql.pg_hba.clone(),
+        paused: spec.paused,
+        bootstrap: BootstrapConfig {
+            database: spec.bootstrap.database.clone(),
+            owner: spec.bootstrap.owner.clone(),
+        },
+        tags: tags.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
+    };
+    Ok(ValidatedCluster {
+        name,
+        namespace,
+        generation: cluster.metadata.generation,
+        owner,
+        spec: spec.clone(),
+        sidecar_image: sidecar_image.to_owned(),
+        storage_size: Quantity(spec.storage.size.clone()),
+        sidecar_config,
+    })
+}
+
+fn ha_timings(spec: &PostgresClusterSpec) -> Result<HaTimings, InvalidSpec> {
+    let (lease, renew, retry) = (
+        spec.ha.lease_duration_seconds,
+        spec.ha.renew_deadline_seconds,
+        spec.ha.retry_period_seconds,
+    );
+    let broken = InvalidSpec::LeaseTimings {
+        lease,
+        renew,
+        retry,
+    };
+    let to_u32 = |v: i32| u32::try_from(v).ok();
+    let (Some(l), Some(d), Some(r)) = (to_u32(lease), to_u32(renew), to_u32(retry)) else {
+        return Err(broken);
+    };
+    let t = HaTimings {
+        lease_duration_seconds: l,
+        renew_deadline_seconds: d,
+        retry_period_seconds: r,
+    };
+    if t.is_valid() { Ok(t) } else { Err(broken) }
+}
+
+fn int_or_string(v: &IntOrString) -> String {
+    match v {
+        IntOrString::Int(i) => i.to_string(),
+        IntOrString::String(s) => s.clone(),
+    }
+}
+
+/// The ordinal of `member` if it is `<cluster>-<ordinal>` (no leading zeros, below 100).
+pub fn member_ordinal(cluster: &str, member: &str) -> Option<i32> {
+    let ordinal = member.strip_prefix(cluster)?.strip_prefix('-')?;
+    let valid = !ordinal.is_empty()
+        && ordinal.len() <= 2
+        && ordinal.bytes().all(|b| b.is_ascii_digit())
+        && (ordinal == "0" || !ordinal.starts_with('0'));
+    if valid { ordinal.parse().ok() } else { None }
+}
+
+/// Parses a Kubernetes quantity that denotes a whole number of bytes (`1048576`, `1Mi`, `1.5Gi`, `10G`).
+/// `None` for anything malformed, negative, fractional or beyond `u64`.
+pub fn parse_bytes(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let multiplier: u128 = match suffix {
+        "" => 1,
+        "k" => 1000,
+        "M" => 1000_u128.pow(2),
+        "G" => 1000_u128.pow(3),
+        "T" => 1000_u128.pow(4),
+        "P" => 1000_u128.pow(5),
+        "E" => 1000_u128.pow(6),
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        "Pi" => 1 << 50,
+        "Ei" => 1 << 60,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if (whole.is_empty() && fraction.is_empty()) || fraction.len() > 9 || fraction.contains('.') {
+        return None;
+    }
+    let whole: u128 = if whole.is_empty() {
+        0
+    } else {
+        whole.parse().ok()?
+    };
+    let scale = 10_u128.pow(u32::try_from(fraction.len()).ok()?);
+    let fraction: u128 = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse().ok()?
+    };
+    let scaled = whole
+        .checked_mul(scale)?
+        .checked_add(fraction)?
+        .checked_mul(multiplier)?;
+    if scaled % scale != 0 {
+        return None;
+    }
+    u64::try_from(scaled / scale).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::cluster_from_yaml;
+
+    const SIDECAR: &str = "localhost/pgpilot-sidecar:dev";
+
+    fn check(extra_spec: &str) -> Result<ValidatedCluster, InvalidSpec> {
+        validate(&cluster_from_yaml(extra_spec), SIDECAR)
+    }
+
+    #[test]
+    fn defaults_are_valid_and_render_the_sidecar_config() {
+        let v = check("instances: 3").unwrap();
+        assert_eq!(v.name, "pg");
+        assert_eq!(v.namespace, "db");
+        assert_eq!(v.owner.kind, "PostgresCluster");
+        assert_eq!(v.owner.controller, Some(true));
+        assert_eq!(v.sidecar_config.ha, HaTimings::default());
+        assert_eq!(v.sidecar_config.replication, ReplicationConfig::default());
+        assert_eq!(v.sidecar_config.bootstrap, BootstrapConfig::default());
+        assert_eq!(v.storage_size, Quantity("1Gi".into()));
+    }
+
+    #[test]
+    fn full_spec_is_carried_into_the_sidecar_config() {
+        let v = check(
+            r#"
+instances: 3
+replication: {mode: strictSync, syncReplicas: 2, maximumLagOnFailover: 4096}
+ha: {leaseDurationSeconds: 30, renewDeadlineSeconds: 20, retryPeriodSeconds: 5, failsafe: true}
+postgresql:
+  parameters: {max_connections: "200"}
+  pgHba: ["host all all 10.0.0.0/8 scram-sha-256"]
+paused: true
+bootstrap: {database: shop, owner: shopper}
+tags: {pg-2: {noFailover: true, failoverPriority: 3}}
+"#,
+        )
+        .unwrap();
+        let c = &v.sidecar_config;
+        assert_eq!(
+            c.replication.mode,
+            pgpilot_crds::contract::ReplicationMode::StrictSync
+        );
+        assert_eq!(c.replication.sync_replicas, 2);
+        assert_eq!(c.replication.maximum_lag_on_failover_bytes, 4096);
+        assert_eq!(c.ha.lease_duration_seconds, 30);
+        assert!(c.failsafe && c.paused);
+        assert_eq!(c.parameters["max_connections"], "200");
+        assert_eq!(c.pg_hba.len(), 1);
+        assert_eq!(c.bootstrap.database, "shop");
+        assert!(c.tags["pg-2"].no_failover);
+        assert_eq!(c.tags["pg-2"].failover_priority, Some(3));
+    }
+
+    #[test]
+    fn each_bad_input_is_rejected_with_its_reason() {
+        let cases: [(&str, InvalidSpec); 11] = [
+            ("instances: 0", InvalidSpec::InstancesOutOfRange(0)),
+            ("instances: 10", InvalidSpec::InstancesOutOfRange(10)),
+            (
+                "ha: {leaseDurationSeconds: 10, renewDeadlineSeconds: 10, retryPeriodSeconds: 2}",
+                InvalidSpec::LeaseTimings {
+                    lease: 10,
+                    renew: 10,
+                    retry: 2,
+                },
+            ),
+            (
+                "ha: {leaseDurationSeconds: 15, renewDeadlineSeconds: 6, retryPeriodSeconds: 5}",
+                InvalidSpec::LeaseTimings {
+                    lease: 15,
+                    renew: 6,
+                    retry: 5,
+                },
+            ),
+            (
+                "{instances: 2, replication: {mode: sync, syncReplicas: 2}}",
+                InvalidSpec::SyncReplicas {
+                    sync: 2,
+                    instances: 2,
+                    mode: "sync",
+                },
+            ),
+            (
+                "{instances: 3, switchover: {targetInstance: pg-3}}",
+                InvalidSpec::SwitchoverTarget("pg-3".into()),
+            ),
+            (
+                "{instances: 3, switchover: {targetInstance: other-1}}",
+                InvalidSpec::SwitchoverTarget("other-1".into()),
+            ),
+            (
+                "storage: {size: -1Gi}",
+                InvalidSpec::StorageSize("-1Gi".into()),
+            ),
+            (
+                "replication: {maximumLagOnFailover: '1.5'}",
+                InvalidSpec::MaximumLag("1.5".into()),
+            ),
+            (
+                "postgresql: {parameters: {port: '5433'}}",
+                InvalidSpec::OwnedParameter("port".into()),
+            ),
+            (
+                "tags: {pg-x: {noFailover: true}}",
+                InvalidSpec::TagKey("pg-x".into()),
+            ),
+        ];
+        for (spec, want) in cases {
+            assert_eq!(check(spec).unwrap_err(), want, "spec {spec}");
+        }
+    }
+
+    #[test]
+    fn async_mode_ignores_sync_replicas() {
+        assert!(check("{instances: 1, replication: {mode: async, syncReplicas: 1}}").is_ok());
+    }
+
+    #[test]
+    fn switchover_to_an_existing_member_is_valid() {
+        assert!(check("{instances: 3, switchover: {targetInstance: pg-2}}").is_ok());
+    }
+
+    #[test]
+    fn member_ordinals() {
+        assert_eq!(member_ordinal("pg", "pg-0"), Some(0));
+        assert_eq!(member_ordinal("pg", "pg-12"), Some(12));
+        assert_eq!(member_ordinal("pg", "pg-01"), None);
+        assert_eq!(member_ordinal("pg", "pg-"), None);
+        assert_eq!(member_ordinal("pg", "pgx-1"), None);
+        assert_eq!(member_ordinal("pg-a", "pg-a-1"), Some(1));
+    }
+
+    #[test]
+    fn byte_quantities() {
+        assert_eq!(parse_bytes("1048576"), Some(1 << 20));
+        assert_eq!(parse_bytes("1Mi"), Some(1 << 20));
+        assert_eq!(parse_bytes("1.5Gi"), Some(3 << 29));
+        assert_eq!(parse_bytes("10G"), Some(10_000_000_000));
+        assert_eq!(parse_bytes("0"), Some(0));
+        assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_bytes("1.5"), None, "fractional bytes");
+        assert_eq!(parse_bytes("1Xi"), None);
+        assert_eq!(parse_bytes(""), None);
+        assert_eq!(parse_bytes("."), None);
+        assert_eq!(parse_bytes("1.2.3"), None);
+        assert_eq!(parse_bytes("100Ei"), None, "beyond u64");
+    }
+}
