@@ -3,6 +3,11 @@
 //!
 //! - [`election`]: the pure election rules (`decide`) and the Lease IO shell.
 //! - [`postgres`]: the PostgreSQL lifecycle (files, child process, server tools) the HA loop calls.
+//! - [`state`]: what the member publishes (a `watch` channel) and the commands the REST API sends.
+//! - [`rest`]: the Patroni-compatible REST API; [`metrics`]: Prometheus metrics.
 
 pub mod election;
+pub mod metrics;
 pub mod postgres;
+pub mod rest;
+pub mod state;

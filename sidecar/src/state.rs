@@ -1,0 +1,267 @@
+//! What this member publishes, and the commands the REST API hands to the HA loop.
+//!
+//! The HA loop is the only writer of [`MemberState`]; it publishes a new snapshot on a
+//! `tokio::sync::watch` channel after every loop. REST handlers and metrics read the latest snapshot and
+//! never call Kubernetes or PostgreSQL themselves (DESIGN.md: GETs answer from in-memory state).
+//! Mutating REST calls become a [`Command`] on an mpsc channel with a oneshot for the answer; the HA loop
+//! takes them between two loops, so no action ever runs concurrently with the loop's own.
+
+use std::time::Instant;
+
+use pgpilot_crds::contract::{
+    AgentInfo, MemberReport, MemberTags, PgpilotInfo, ROLE_PRIMARY, ROLE_REPLICA, SidecarConfig,
+    Xlog,
+};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Everything the REST API and the metrics show about this member.
+#[derive(Clone, Debug)]
+pub struct MemberState {
+    pub cluster: String,
+    pub member: String,
+    pub version: String,
+    /// `primary`, `replica` or `uninitialized` (Patroni's words).
+    pub role: String,
+    /// `running`, `starting`, `stopped`, `crashed`, `creating replica`, `restarting`, `fenced` …
+    pub state: String,
+    /// PostgreSQL runs and answers queries.
+    pub running: bool,
+    /// This member holds the Lease, confirmed by its own write (L4) — Patroni's "leader".
+    pub holder: bool,
+    /// The Lease holder as last read (any member).
+    pub leader: Option<String>,
+    /// The Lease epoch as last read (L7).
+    pub epoch: u64,
+    pub server_version: Option<u32>,
+    pub timeline: Option<u32>,
+    /// Primary: write position.
+    pub wal_location: Option<u64>,
+    /// Replica: received and replayed positions.
+    pub received_location: Option<u64>,
+    pub replayed_location: Option<u64>,
+    /// `streaming` while a replica's WAL receiver is connected.
+    pub replication_state: Option<String>,
+    /// Replica: bytes its replay lags behind the primary, as last measured against the primary's report.
+    pub lag_bytes: Option<u64>,
+    pub pending_restart: bool,
+    /// Members the Lease records as synchronous (L3).
+    pub sync_members: Vec<String>,
+    pub tags: MemberTags,
+    pub config: SidecarConfig,
+    pub last_decision: String,
+    /// The other members as last seen: for `/cluster` and switchover checks.
+    pub peers: Vec<PeerState>,
+    /// Timeline switches this member made or saw, oldest first (`/history`).
+    pub history: Vec<HistoryEntry>,
+    /// A switchover waiting for its time.
+    pub scheduled_switchover: Option<ScheduledSwitchover>,
+    /// When the HA loop last finished a loop.
+    pub last_loop: Option<Instant>,
+}
+
+impl MemberState {
+    pub fn new(cluster: &str, member: &str) -> Self {
+        Self {
+            cluster: cluster.to_owned(),
+            member: member.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            role: "uninitialized".into(),
+            state: "starting".into(),
+            running: false,
+            holder: false,
+            leader: None,
+            epoch: 0,
+            server_version: None,
+            timeline: None,
+            wal_location: None,
+            received_location: None,
+            replayed_location: None,
+            replication_state: None,
+            lag_bytes: None,
+            pending_restart: false,
+            sync_members: Vec::new(),
+            tags: MemberTags::default(),
+            config: SidecarConfig::default(),
+            last_decision: String::new(),
+            peers: Vec::new(),
+            history: Vec::new(),
+            scheduled_switchover: None,
+            last_loop: None,
+        }
+    }
+
+    /// Running as the primary under a Lease this process holds.
+    pub fn is_primary(&self) -> bool {
+        self.holder && self.running && self.role == ROLE_PRIMARY
+    }
+
+    pub fn is_replica(&self) -> bool {
+        self.running && self.role == ROLE_REPLICA
+    }
+
+    /// A replica the Lease records as synchronous.
+    pub fn is_sync_replica(&self) -> bool {
+        self.is_replica() && self.sync_members.iter().any(|m| m == &self.member)
+    }
+
+    /// The WAL position used to compare members: write position on a primary, else received/replayed.
+    pub fn wal_position(&self) -> Option<u64> {
+        self.wal_location
+            .or(match (self.received_location, self.replayed_location) {
+                (Some(r), Some(p)) => Some(r.max(p)),
+                (r, p) => r.or(p),
+            })
+    }
+
+    /// What `GET /patroni` returns (contract.rs).
+    pub fn report(&self) -> MemberReport {
+        let primary = self.role == ROLE_PRIMARY;
+        MemberReport {
+            state: self.state.clone(),
+            role: self.role.clone(),
+            server_version: self.server_version,
+            timeline: self.timeline,
+            xlog: (self.wal_location.is_some()
+                || self.received_location.is_some()
+                || self.replayed_location.is_some())
+            .then(|| Xlog {
+                location: if primary { self.wal_location } else { None },
+                received_location: if primary {
+                    None
+                } else {
+                    self.received_location
+                },
+                replayed_location: if primary {
+                    None
+                } else {
+                    self.replayed_location
+                },
+            }),
+            replication_state: self.replication_state.clone(),
+            pending_restart: self.pending_restart,
+            pause: self.config.paused,
+            patroni: AgentInfo {
+                version: self.version.clone(),
+                scope: self.cluster.clone(),
+                name: self.member.clone(),
+            },
+            pgpilot: PgpilotInfo {
+                epoch: self.epoch,
+                lag_bytes: self.lag_bytes,
+                last_decision: self.last_decision.clone(),
+            },
+        }
+    }
+}
+
+/// Another member as this one last saw it (pod list + its REST report).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct PeerState {
+    pub name: String,
+    /// Pod IP, when the pod has one.
+    pub host: Option<String>,
+    /// Its `GET /patroni` answer this loop; `None` when it did not answer.
+    pub report: Option<MemberReport>,
+}
+
+impl PeerState {
+    /// Running as a replica with a known WAL position.
+    pub fn healthy_replica(&self) -> Option<&MemberReport> {
+        self.report
+            .as_ref()
+            .filter(|r| r.role == ROLE_REPLICA && r.state == "running")
+    }
+
+    pub fn wal_position(&self) -> Option<u64> {
+        let x = self.report.as_ref()?.xlog.as_ref()?;
+        x.location
+            .or(match (x.received_location, x.replayed_location) {
+                (Some(r), Some(p)) => Some(r.max(p)),
+                (r, p) => r.or(p),
+            })
+    }
+}
+
+/// One timeline switch (`GET /history` answers Patroni's `[timeline, lsn, reason, timestamp, leader]`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub timeline: u32,
+    pub lsn: u64,
+    pub reason: String,
+    pub timestamp: String,
+    pub leader: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ScheduledSwitchover {
+    pub candidate: Option<String>,
+    /// RFC 3339.
+    pub at: String,
+}
+
+/// An action a REST call asks of the HA loop.
+#[derive(Debug)]
+pub enum Action {
+    /// Hand the Lease to `candidate` (or the best replica) after stopping PostgreSQL; primary only.
+    /// `at`: not before this time (a scheduled switchover).
+    Switchover {
+        candidate: Option<String>,
+        at: Option<k8s_openapi::jiff::Timestamp>,
+    },
+    /// Restart the local PostgreSQL (applies `pending_restart` parameters).
+    Restart,
+    /// Re-read the configuration and reload PostgreSQL.
+    Reload,
+    /// Replica only: wipe PGDATA and clone again from the primary.
+    Reinitialize,
+}
+
+/// The HA loop's answer: an HTTP status and a message for the caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub status: u16,
+    pub message: String,
+}
+
+impl Outcome {
+    pub fn new(status: u16, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// A REST request for the HA loop.
+#[derive(Debug)]
+pub struct Command {
+    pub action: Action,
+    pub reply: oneshot::Sender<Outcome>,
+}
+
+/// The sending halves the REST API holds.
+#[derive(Clone, Debug)]
+pub struct Handles {
+    pub state: watch::Receiver<MemberState>,
+    pub commands: mpsc::Sender<Command>,
+}
+
+impl Handles {
+    /// Sends `action` to the HA loop and waits for its answer; 503 when the loop is gone or busy past
+    /// `timeout`.
+    pub async fn ask(&self, action: Action, timeout: std::time::Duration) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command { action, reply }).await.is_err() {
+            return Outcome::new(503, "the HA loop is not running");
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Outcome::new(503, "the HA loop dropped the request"),
+            Err(_) => Outcome::new(
+                503,
+                format!("no answer from the HA loop within {timeout:?}"),
+            ),
+        }
+    }
+}
