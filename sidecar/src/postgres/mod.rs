@@ -27,6 +27,7 @@ use std::{
     time::Duration,
 };
 
+use pgpilot_crds::contract::ReplicationMode;
 use tokio::{process::Child, sync::Mutex};
 
 pub use config::{Change, Rendered, render};
@@ -90,14 +91,22 @@ impl PgSettings {
     }
 }
 
-/// The PostgreSQL binaries: `$PGBIN` if set, else the directory of `postgres` on `$PATH`, else Debian's
-/// `/usr/lib/postgresql/15/bin`.
+/// The PostgreSQL binaries: `$PGBIN` if set, else the directory of `postgres` on `$PATH` (symlinks
+/// resolved: distributions link a few programs into `/usr/bin` but not `pg_rewind` or `pg_controldata`),
+/// else Debian's `/usr/lib/postgresql/15/bin`.
 pub fn find_bin_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("PGBIN") {
         return PathBuf::from(dir);
     }
     std::env::var_os("PATH")
-        .and_then(|path| std::env::split_paths(&path).find(|dir| dir.join("postgres").is_file()))
+        .and_then(|path| {
+            std::env::split_paths(&path).find_map(|dir| {
+                let real = std::fs::canonicalize(dir.join("postgres")).ok()?;
+                real.is_file()
+                    .then(|| real.parent().map(Path::to_path_buf))
+                    .flatten()
+            })
+        })
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
@@ -139,6 +148,41 @@ pub struct SyncStandbys {
     pub count: u32,
     /// Member names (their `application_name`). Empty means `*`: any standby that connects.
     pub names: Vec<String>,
+}
+
+impl SyncStandbys {
+    /// `synchronous_standby_names` for a replication mode, given the members the HA loop has chosen as
+    /// synchronous (at most `syncReplicas` of them).
+    ///
+    /// Every chosen member must acknowledge a commit (`FIRST len (chosen)`): then each member recorded as
+    /// synchronous in Kubernetes holds every acknowledged commit, which is what lets L3 promote any of
+    /// them without loss. A longer list with a smaller count (`FIRST n` with potential standbys, or
+    /// `ANY n`) would let an unrecorded or lagging member acknowledge instead, and is only safe with an
+    /// election that compares a quorum of members; it is available through [`SyncMethod`] but not chosen
+    /// here. The HA loop keeps the record a superset of who may hold acknowledged commits: it removes a
+    /// member from the record before dropping it here, and records a new one only after
+    /// `pg_stat_replication` shows it `sync`.
+    ///
+    /// - `Async`: `None`.
+    /// - `Sync`: `None` when nobody is chosen (degrade to asynchronous rather than block).
+    /// - `StrictSync`: when nobody is chosen, `FIRST 1 (*)`: commits block until some standby connects.
+    pub fn for_mode(mode: ReplicationMode, chosen: &[String]) -> Option<Self> {
+        let count = u32::try_from(chosen.len()).unwrap_or(u32::MAX);
+        match mode {
+            ReplicationMode::Async => None,
+            ReplicationMode::Sync if chosen.is_empty() => None,
+            ReplicationMode::StrictSync if chosen.is_empty() => Some(Self {
+                method: SyncMethod::First,
+                count: 1,
+                names: vec![],
+            }),
+            ReplicationMode::Sync | ReplicationMode::StrictSync => Some(Self {
+                method: SyncMethod::First,
+                count,
+                names: chosen.to_vec(),
+            }),
+        }
+    }
 }
 
 /// Everything the HA loop wants PostgreSQL's configuration to say.
@@ -217,6 +261,12 @@ impl Postgres {
 
     pub fn settings(&self) -> &PgSettings {
         &self.settings
+    }
+
+    /// Fast stop, then start (crash recovery included when the server had crashed).
+    pub async fn restart(&mut self) -> Result<()> {
+        self.stop(StopMode::Fast).await?;
+        self.start().await
     }
 
     /// The postmaster's pid while a child runs.
@@ -410,3 +460,65 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slot_names_are_valid_slot_identifiers() {
+        assert_eq!(slot_name("pg-main-0"), "pg_main_0");
+        assert_eq!(slot_name("Db.1"), "db_1");
+    }
+
+    #[test]
+    fn synchronous_standbys_by_mode() {
+        let chosen = vec!["db-1".to_owned(), "db-2".to_owned()];
+        assert_eq!(
+            SyncStandbys::for_mode(ReplicationMode::Async, &chosen),
+            None
+        );
+        assert_eq!(
+            SyncStandbys::for_mode(ReplicationMode::Sync, &[]),
+            None,
+            "sync degrades to async"
+        );
+        let all = Some(SyncStandbys {
+            method: SyncMethod::First,
+            count: 2,
+            names: chosen.clone(),
+        });
+        assert_eq!(SyncStandbys::for_mode(ReplicationMode::Sync, &chosen), all);
+        assert_eq!(
+            SyncStandbys::for_mode(ReplicationMode::StrictSync, &chosen),
+            all
+        );
+        assert_eq!(
+            SyncStandbys::for_mode(ReplicationMode::StrictSync, &[]),
+            Some(SyncStandbys {
+                method: SyncMethod::First,
+                count: 1,
+                names: vec![]
+            }),
+            "strict never drops to async"
+        );
+    }
+
+    #[test]
+    fn wal_position_by_role() {
+        let primary = Observation {
+            in_recovery: Some(false),
+            current_lsn: Some(10),
+            ..Default::default()
+        };
+        assert_eq!(primary.wal_position(), Some(10));
+        let replica = Observation {
+            in_recovery: Some(true),
+            received_lsn: Some(7),
+            replayed_lsn: Some(9),
+            ..Default::default()
+        };
+        assert_eq!(replica.wal_position(), Some(9));
+        assert_eq!(Observation::default().wal_position(), None);
+    }
+}

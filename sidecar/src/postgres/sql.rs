@@ -160,8 +160,8 @@ impl Postgres {
     }
 
     /// On the primary, idempotently: the superuser's password, the replication role (`LOGIN REPLICATION`,
-    /// plus EXECUTE on the four functions `pg_rewind` needs, so rewinds need no superuser over the
-    /// network), the application role and its database. Passwords are sent as SCRAM verifiers computed
+    /// plus EXECUTE on the four functions `pg_rewind` needs and on `pg_control_checkpoint()`, and
+    /// membership in `pg_checkpoint`, so rewinds need no superuser over the network), the application role and its database. Passwords are sent as SCRAM verifiers computed
     /// here, never as clear text (statement logging cannot leak them).
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn bootstrap_roles(&mut self) -> Result<()> {
@@ -199,12 +199,16 @@ impl Postgres {
                 "pg_catalog.pg_stat_file(text, boolean)",
                 "pg_catalog.pg_read_binary_file(text)",
                 "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+                "pg_catalog.pg_control_checkpoint()",
             ] {
                 let fmt = format!("GRANT EXECUTE ON FUNCTION {function} TO %I");
                 client
                     .batch_execute(&render_sql(client, &fmt, &[&repl.0]).await?)
                     .await?;
             }
+            // pg_rewind's caller asks the source for a checkpoint right after a promotion (see rewind).
+            let grant = render_sql(client, "GRANT pg_checkpoint TO %I", &[&repl.0]).await?;
+            client.batch_execute(&grant).await?;
             if client
                 .query("SELECT 1 FROM pg_database WHERE datname = $1", &[&db])
                 .await?

@@ -162,24 +162,7 @@ impl Postgres {
             ("application_name", &self.settings.member),
             ("connect_timeout", "5"),
         ]);
-        let probe =
-            tokio::time::timeout(QUERY_TIMEOUT, tokio_postgres::connect(&conn, NoTls)).await;
-        match probe {
-            Ok(Ok((_client, connection))) => drop(connection),
-            Ok(Err(source)) => {
-                return Err(Error::Unreachable {
-                    host: from.host.clone(),
-                    port: from.port,
-                    source,
-                });
-            }
-            Err(_) => {
-                return Err(Error::Timeout {
-                    what: "connect to the rewind source",
-                    timeout: QUERY_TIMEOUT,
-                });
-            }
-        }
+        checkpoint_source_timeline(from, &conn).await?;
         self.mark_incomplete("pg_rewind")?;
         let data = format!("--target-pgdata={}", self.settings.data_dir.display());
         let source = format!("--source-server={conn}");
@@ -267,6 +250,56 @@ impl Postgres {
             _ => Ok(()),
         }
     }
+}
+
+/// Makes sure the rewind source's control file names its current timeline, requesting a `CHECKPOINT`
+/// when it does not. Right after a promotion it still names the old one until the first checkpoint ends,
+/// and pg_rewind, which reads the timeline there, would then wrongly find "no rewind required" and let
+/// a diverged former primary stream on top of its own extra WAL. The replication role may checkpoint
+/// (`pg_checkpoint`, see [`Postgres::bootstrap_roles`]).
+async fn checkpoint_source_timeline(from: &Upstream, conn: &str) -> Result<()> {
+    let unreachable = |source| Error::Unreachable {
+        host: from.host.clone(),
+        port: from.port,
+        source,
+    };
+    let (client, connection) =
+        tokio::time::timeout(QUERY_TIMEOUT, tokio_postgres::connect(conn, NoTls))
+            .await
+            .map_err(|_| Error::Timeout {
+                what: "connect to the rewind source",
+                timeout: QUERY_TIMEOUT,
+            })?
+            .map_err(unreachable)?;
+    let connection = tokio::spawn(connection);
+    let sql = |context| move |source| Error::Sql { context, source };
+    let row = client
+        .query_one(
+            "SELECT (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::int4,
+                    pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn())",
+            &[],
+        )
+        .await
+        .map_err(sql("read the rewind source's timeline"))?;
+    let control: i32 = row.get(0);
+    let walfile: String = row.get(1);
+    let current = walfile
+        .get(..8)
+        .and_then(|t| i32::from_str_radix(t, 16).ok())
+        .unwrap_or(control);
+    if control < current {
+        info!(
+            control,
+            current, "checkpointing the rewind source so its control file shows its timeline"
+        );
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(sql("checkpoint the rewind source"))?;
+    }
+    drop(client);
+    connection.abort();
+    Ok(())
 }
 
 /// `path` with `suffix` appended to its last component.

@@ -1,0 +1,766 @@
+//! The PostgreSQL lifecycle against real PostgreSQL 15 servers on loopback (no Kubernetes).
+//!
+//! Tests run as root; the servers run as the `postgres` OS user (`run_as`) with their data under
+//! /var/tmp. Each test has its own directory and ports; servers are stopped at the end of each test and,
+//! if it panics, by `Postgres`'s drop (immediate shutdown). A failed test keeps its directory (logs).
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    reason = "test harness helpers: a failed set-up step fails the test"
+)]
+
+use std::{
+    collections::BTreeMap,
+    path::PathBuf,
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use pgpilot_sidecar::postgres::{
+    Change, Credentials, Desired, Error, Observation, PgSettings, Postgres, Role, StopMode,
+    SyncMethod, SyncStandbys, Upstream, UserPassword, find_bin_dir, slot_name,
+};
+use tokio_postgres::{Client, NoTls};
+
+// ---------------------------------------------------------------------------------------------------
+// Harness
+
+/// A directory under /var/tmp owned by the postgres user; removed unless the test failed.
+struct TestDir(PathBuf);
+
+impl TestDir {
+    fn new(name: &str) -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let path = PathBuf::from(format!(
+            "/var/tmp/pgpilot-it-{}-{}-{name}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&path).unwrap();
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        Self(path)
+    }
+}
+
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "keeping {} for inspection (logs: */postgres.log)",
+                self.0.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// uid and gid of the `postgres` OS user, from /etc/passwd.
+fn postgres_ids() -> (u32, u32) {
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
+    let line = passwd
+        .lines()
+        .find(|l| l.starts_with("postgres:"))
+        .expect("a postgres OS user");
+    let fields: Vec<&str> = line.split(':').collect();
+    (fields[2].parse().unwrap(), fields[3].parse().unwrap())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Passwords with a quote and a backslash: every layer of quoting (conninfo inside postgresql.conf,
+/// SQL literals, pwfile) has to get them right for the tests to connect at all.
+fn creds() -> Credentials {
+    let up = |u: &str, p: &str| UserPassword {
+        username: u.into(),
+        password: p.into(),
+    };
+    Credentials {
+        superuser: up("postgres", "su'per\\pw"),
+        replication: up("replicator", "re'pl\\pw"),
+        app: up("app", "app pw"),
+        database: "appdb".into(),
+    }
+}
+
+const CLUSTER: &str = "pgit";
+
+fn member(dir: &TestDir, name: &str) -> Postgres {
+    let home = dir.0.join(name);
+    std::fs::create_dir_all(&home).unwrap();
+    let (uid, gid) = postgres_ids();
+    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    let settings = PgSettings {
+        bin_dir: find_bin_dir(),
+        data_dir: home.join("pgdata"),
+        port: free_port(),
+        socket_dir: home.join("sock"),
+        listen_addresses: "127.0.0.1".into(),
+        run_as: Some((uid, gid)),
+        member: name.into(),
+        cluster: CLUSTER.into(),
+        start_timeout: Duration::from_secs(60),
+        stop_timeout: Duration::from_secs(20),
+        log_file: Some(home.join("postgres.log")),
+    };
+    Postgres::new(settings, creds())
+}
+
+fn upstream(pg: &Postgres) -> Upstream {
+    Upstream {
+        host: "127.0.0.1".into(),
+        port: pg.settings().port,
+    }
+}
+
+fn desired(role: Role) -> Desired {
+    Desired {
+        role,
+        // Small and fast for tests; the spec's parameters go through the same path.
+        parameters: BTreeMap::from([
+            ("shared_buffers".into(), "16MB".into()),
+            ("fsync".into(), "off".into()),
+        ]),
+        pg_hba: vec![],
+        synchronous: None,
+        member_slots: vec![],
+    }
+}
+
+fn replica_of(up: &Postgres, me: &str) -> Desired {
+    desired(Role::Replica {
+        upstream: upstream(up),
+        slot: Some(slot_name(me)),
+    })
+}
+
+/// A running, bootstrapped primary.
+async fn primary(dir: &TestDir, name: &str, members: &[&str]) -> Postgres {
+    let mut pg = member(dir, name);
+    assert!(!pg.is_initialized());
+    pg.initdb().await.unwrap();
+    assert!(pg.is_initialized());
+    let mut d = desired(Role::Primary);
+    d.member_slots = members.iter().map(|m| (*m).to_owned()).collect();
+    pg.configure(&d).await.unwrap();
+    pg.start().await.unwrap();
+    pg.bootstrap_roles().await.unwrap();
+    // Slots need the server running as primary: configure again now that it is.
+    pg.configure(&d).await.unwrap();
+    pg
+}
+
+/// A running replica cloned from `up`, streaming through its slot.
+async fn replica(dir: &TestDir, name: &str, up: &Postgres) -> Postgres {
+    let mut pg = member(dir, name);
+    pg.basebackup(&upstream(up), None).await.unwrap();
+    pg.configure(&replica_of(up, name)).await.unwrap();
+    pg.start().await.unwrap();
+    pg
+}
+
+/// A TCP connection as `user` (superuser or app) to `db`.
+async fn sql(
+    pg: &Postgres,
+    user: &UserPassword,
+    db: &str,
+) -> Result<Client, tokio_postgres::Error> {
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host("127.0.0.1")
+        .port(pg.settings().port)
+        .user(&user.username)
+        .password(&user.password)
+        .dbname(db)
+        .connect_timeout(Duration::from_secs(5));
+    let (client, conn) = config.connect(NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn superuser(pg: &Postgres) -> Client {
+    sql(pg, &creds().superuser, "postgres").await.unwrap()
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, failing after `secs`.
+async fn eventually<T, F>(secs: u64, what: &str, mut check: F) -> T
+where
+    F: AsyncFnMut() -> Option<T>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_streaming(primary: &mut Postgres, replica: &str) -> Observation {
+    let name = replica.to_owned();
+    eventually(30, &format!("{replica} streaming"), async || {
+        let obs = primary.observe().await;
+        obs.replication
+            .iter()
+            .any(|r| r.application_name == name && r.state == "streaming")
+            .then_some(obs)
+    })
+    .await
+}
+
+async fn wait_sync_state(primary: &mut Postgres, replica: &str, want: &str) {
+    eventually(10, &format!("{replica} {want}"), async || {
+        let obs = primary.observe().await;
+        obs.replication
+            .iter()
+            .any(|row| row.application_name == replica && row.sync_state == want)
+            .then_some(())
+    })
+    .await
+}
+
+async fn show(pg: &Postgres, name: &str) -> String {
+    superuser(pg)
+        .await
+        .query_one(&format!("SHOW {name}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn count_rows(c: &Client, table: &str) -> i64 {
+    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test]
+async fn initdb_makes_a_writable_primary_with_roles_and_database() {
+    let dir = TestDir::new("initdb");
+    let mut pg = primary(&dir, "m0", &[]).await;
+    pg.bootstrap_roles()
+        .await
+        .expect("bootstrap_roles is idempotent");
+
+    let app = sql(&pg, &creds().app, "appdb")
+        .await
+        .expect("the app role logs into its database");
+    app.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1), (2)")
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&app, "t").await, 2);
+
+    let su = superuser(&pg).await;
+    let row = su
+        .query_one(
+            "SELECT rolreplication, rolcanlogin, (SELECT datdba::regrole::text FROM pg_database WHERE datname = 'appdb'),
+                    current_setting('data_checksums'), current_setting('password_encryption'),
+                    (SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = 'app')
+               FROM pg_roles WHERE rolname = 'replicator'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0) && row.get::<_, bool>(1),
+        "replicator may log in and replicate"
+    );
+    assert_eq!(
+        row.get::<_, String>(2),
+        "app",
+        "appdb is owned by the app role"
+    );
+    assert_eq!(row.get::<_, String>(3), "on", "data checksums");
+    assert_eq!(row.get::<_, String>(4), "scram-sha-256");
+    assert!(row.get::<_, bool>(5), "passwords stored as SCRAM verifiers");
+    let wrong = UserPassword {
+        username: "app".into(),
+        password: "wrong".into(),
+    };
+    assert!(
+        sql(&pg, &wrong, "appdb").await.is_err(),
+        "a wrong password is refused"
+    );
+
+    let obs = pg.observe().await;
+    assert!(obs.running && obs.accepting, "{obs:?}");
+    assert_eq!(obs.in_recovery, Some(false));
+    assert_eq!(obs.timeline, Some(1));
+    assert!(obs.current_lsn.is_some_and(|l| l > 0));
+    assert!(
+        obs.server_version
+            .is_some_and(|v| (150_000..160_000).contains(&v))
+    );
+
+    pg.stop(StopMode::Fast).await.unwrap();
+    let after = pg.observe().await;
+    assert!(!after.running && !after.accepting);
+    assert_eq!(pg.exited(), None, "a requested stop is not a crash");
+    let control = pg.controldata().await.unwrap();
+    assert!(control.is_clean_primary_shutdown(), "{control:?}");
+    assert!(control.data_checksums);
+    assert_eq!(control.timeline, 1);
+}
+
+#[tokio::test]
+async fn basebackup_replica_streams_and_promotes_onto_a_new_timeline() {
+    let dir = TestDir::new("stream");
+    let mut p = primary(&dir, "m0", &["m0", "m1"]).await;
+    let mut r = replica(&dir, "m1", &p).await;
+    assert!(
+        matches!(
+            r.basebackup(&upstream(&p), None).await,
+            Err(Error::AlreadyRunning { .. })
+        ),
+        "never clone over a running server"
+    );
+
+    let pobs = wait_streaming(&mut p, "m1").await;
+    let row = pobs
+        .replication
+        .iter()
+        .find(|row| row.application_name == "m1")
+        .unwrap();
+    assert_eq!(row.sync_state, "async");
+    let psu = superuser(&p).await;
+    let slot: (String, bool) = psu
+        .query_one(
+            "SELECT slot_name::text, active FROM pg_replication_slots",
+            &[],
+        )
+        .await
+        .map(|row| (row.get(0), row.get(1)))
+        .unwrap();
+    assert_eq!(
+        slot,
+        ("m1".into(), true),
+        "the replica streams through the slot the primary keeps for it"
+    );
+
+    psu.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (42)")
+        .await
+        .unwrap();
+    let rsu = superuser(&r).await;
+    eventually(10, "row replicated", async || {
+        rsu.query("SELECT v FROM t", &[])
+            .await
+            .ok()
+            .filter(|rows| rows.len() == 1)
+    })
+    .await;
+    let err = rsu
+        .batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION)
+    );
+
+    let robs = r.observe().await;
+    assert_eq!(robs.in_recovery, Some(true));
+    let wal = robs.wal_receiver.clone().expect("a wal receiver");
+    assert_eq!(wal.status, "streaming");
+    assert_eq!(wal.upstream_host.as_deref(), Some("127.0.0.1"));
+    assert_eq!(wal.upstream_port, Some(p.settings().port));
+    assert_eq!(wal.slot_name.as_deref(), Some("m1"));
+    assert_eq!(robs.timeline, Some(1));
+    assert!(robs.wal_position().is_some());
+
+    // Failover: the primary goes away, the replica is promoted and takes writes on timeline 2.
+    p.stop(StopMode::Fast).await.unwrap();
+    r.promote().await.unwrap();
+    assert_eq!(
+        r.configure(&desired(Role::Primary)).await.unwrap(),
+        Change::Reloaded
+    );
+    assert!(!r.settings().data_dir.join("standby.signal").exists());
+    let obs = r.observe().await;
+    assert_eq!(obs.in_recovery, Some(false));
+    assert_eq!(obs.timeline, Some(2));
+    let rsu = superuser(&r).await;
+    rsu.batch_execute("INSERT INTO t VALUES (43)")
+        .await
+        .unwrap();
+    assert_eq!(count_rows(&rsu, "t").await, 2);
+    r.stop(StopMode::Fast).await.unwrap();
+}
+
+#[tokio::test]
+async fn rewind_rejoins_a_diverged_former_primary() {
+    let dir = TestDir::new("rewind");
+    let mut a = primary(&dir, "m0", &["m0", "m1"]).await;
+    let mut b = replica(&dir, "m1", &a).await;
+    wait_streaming(&mut a, "m1").await;
+    let asu = superuser(&a).await;
+    asu.batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('common'); CHECKPOINT")
+        .await
+        .unwrap();
+    let bsu = superuser(&b).await;
+    eventually(10, "common row on b", async || {
+        bsu.query("SELECT 1 FROM t", &[])
+            .await
+            .ok()
+            .filter(|rows| rows.len() == 1)
+    })
+    .await;
+
+    // Split brain: b is promoted while a keeps taking writes; then a is fenced (immediate stop, so
+    // pg_rewind has to finish a's crash recovery first).
+    b.promote().await.unwrap();
+    let mut bd = desired(Role::Primary);
+    bd.member_slots = vec!["m0".into(), "m1".into()];
+    b.configure(&bd).await.unwrap();
+    asu.batch_execute("INSERT INTO t SELECT 'lost on a' FROM generate_series(1, 1000)")
+        .await
+        .unwrap();
+    bsu.batch_execute("INSERT INTO t VALUES ('new on b')")
+        .await
+        .unwrap();
+    a.fence().await.unwrap();
+    assert_eq!(
+        a.controldata().await.unwrap().state,
+        "in production",
+        "fenced without a checkpoint"
+    );
+
+    a.rewind(&upstream(&b)).await.expect("pg_rewind");
+    assert!(a.is_initialized());
+    assert!(
+        a.settings().data_dir.join("standby.signal").exists(),
+        "a rewound directory only starts as a replica"
+    );
+    a.configure(&replica_of(&b, "m0")).await.unwrap();
+    a.start().await.unwrap();
+    wait_streaming(&mut b, "m0").await;
+
+    bsu.batch_execute("INSERT INTO t VALUES ('after rejoin')")
+        .await
+        .unwrap();
+    let asu = superuser(&a).await;
+    let rows: Vec<String> = eventually(10, "a follows b", async || {
+        let rows = asu.query("SELECT v FROM t ORDER BY v", &[]).await.ok()?;
+        let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        rows.contains(&"after rejoin".to_owned()).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        rows,
+        ["after rejoin", "common", "new on b"],
+        "a's diverged writes are gone, b's history is a's"
+    );
+    let obs = a.observe().await;
+    assert_eq!(obs.in_recovery, Some(true));
+    assert_eq!(obs.timeline, Some(2));
+    a.stop(StopMode::Fast).await.unwrap();
+    b.stop(StopMode::Fast).await.unwrap();
+}
+
+#[tokio::test]
+async fn reclone_when_the_diverged_wal_is_gone() {
+    let dir = TestDir::new("reclone");
+    let mut a = member(&dir, "m0");
+    a.initdb().await.unwrap();
+    // The former primary keeps no WAL beyond what crash recovery needs, and no slot for b: once it has
+    // run on long enough after the split, the WAL back to the divergence point is recycled.
+    let mut ad = desired(Role::Primary);
+    ad.parameters.insert("wal_keep_size".into(), "0".into());
+    ad.parameters.insert("min_wal_size".into(), "32MB".into());
+    ad.parameters.insert("max_wal_size".into(), "32MB".into());
+    a.configure(&ad).await.unwrap();
+    a.start().await.unwrap();
+    a.bootstrap_roles().await.unwrap();
+    let mut b = member(&dir, "m1");
+    b.basebackup(&upstream(&a), None).await.unwrap();
+    b.configure(&desired(Role::Replica {
+        upstream: upstream(&a),
+        slot: None,
+    }))
+    .await
+    .unwrap();
+    b.start().await.unwrap();
+    wait_streaming(&mut a, "m1").await;
+
+    b.promote().await.unwrap();
+    b.configure(&desired(Role::Primary)).await.unwrap();
+    let asu = superuser(&a).await;
+    asu.batch_execute("CREATE TABLE junk (v int)")
+        .await
+        .unwrap();
+    for _ in 0..6 {
+        asu.batch_execute(
+            "INSERT INTO junk SELECT generate_series(1, 1000); SELECT pg_switch_wal(); CHECKPOINT",
+        )
+        .await
+        .unwrap();
+    }
+    a.fence().await.unwrap();
+
+    let err = a
+        .rewind(&upstream(&b))
+        .await
+        .expect_err("pg_rewind cannot work without the diverged WAL");
+    assert!(
+        matches!(
+            err,
+            Error::Tool {
+                tool: "pg_rewind",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        !a.is_initialized(),
+        "a failed rewind leaves the directory marked for a re-clone"
+    );
+
+    a.wipe().await.unwrap();
+    assert!(!a.settings().data_dir.exists());
+    a.basebackup(&upstream(&b), None).await.unwrap();
+    assert!(a.is_initialized());
+    a.configure(&desired(Role::Replica {
+        upstream: upstream(&b),
+        slot: None,
+    }))
+    .await
+    .unwrap();
+    a.start().await.unwrap();
+    wait_streaming(&mut b, "m0").await;
+    let asu = superuser(&a).await;
+    let tables: i64 = asu
+        .query_one("SELECT count(*) FROM pg_class WHERE relname = 'junk'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        tables, 0,
+        "the re-cloned member has b's history, not its own"
+    );
+    a.stop(StopMode::Fast).await.unwrap();
+    b.stop(StopMode::Fast).await.unwrap();
+}
+
+#[tokio::test]
+async fn synchronous_standby_names_first_any_and_strict_blocking() {
+    let dir = TestDir::new("sync");
+    let mut p = primary(&dir, "m0", &["m0", "m1"]).await;
+    let mut r = replica(&dir, "m1", &p).await;
+    wait_streaming(&mut p, "m1").await;
+
+    let mut d = desired(Role::Primary);
+    d.member_slots = vec!["m0".into(), "m1".into()];
+
+    d.synchronous = SyncStandbys::for_mode(
+        pgpilot_crds::contract::ReplicationMode::Sync,
+        &["m1".to_owned()],
+    );
+    assert_eq!(p.configure(&d).await.unwrap(), Change::Reloaded);
+    wait_sync_state(&mut p, "m1", "sync").await;
+
+    d.synchronous = Some(SyncStandbys {
+        method: SyncMethod::Any,
+        count: 1,
+        names: vec!["m1".into()],
+    });
+    assert_eq!(p.configure(&d).await.unwrap(), Change::Reloaded);
+    wait_sync_state(&mut p, "m1", "quorum").await;
+
+    let su = superuser(&p).await;
+    su.batch_execute("CREATE TABLE t (v int)").await.unwrap();
+    su.batch_execute("INSERT INTO t VALUES (1)")
+        .await
+        .expect("commits with the sync standby up");
+
+    // Strict: no standby available → commits wait instead of being acknowledged asynchronously.
+    d.synchronous =
+        SyncStandbys::for_mode(pgpilot_crds::contract::ReplicationMode::StrictSync, &[]);
+    p.configure(&d).await.unwrap();
+    r.stop(StopMode::Fast).await.unwrap();
+    eventually(10, "m1 gone", async || {
+        p.observe().await.replication.is_empty().then_some(())
+    })
+    .await;
+    let writer = superuser(&p).await;
+    let mut blocked =
+        tokio::spawn(async move { writer.batch_execute("INSERT INTO t VALUES (2)").await });
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), &mut blocked)
+            .await
+            .is_err(),
+        "the commit must wait for a synchronous standby"
+    );
+    assert_eq!(
+        count_rows(&su, "t").await,
+        1,
+        "the waiting commit is not visible to others"
+    );
+    r.start().await.unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(20), blocked)
+        .await
+        .expect("released by the standby");
+    done.unwrap()
+        .expect("the waiting commit succeeds once a standby acknowledges it");
+    assert_eq!(count_rows(&su, "t").await, 2);
+    let rsu = superuser(&r).await;
+    assert_eq!(
+        count_rows(&rsu, "t").await,
+        2,
+        "the standby that released the commit has it"
+    );
+
+    // Sync mode without candidates is asynchronous: commits do not wait.
+    d.synchronous = SyncStandbys::for_mode(pgpilot_crds::contract::ReplicationMode::Sync, &[]);
+    p.configure(&d).await.unwrap();
+    r.stop(StopMode::Fast).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        su.batch_execute("INSERT INTO t VALUES (3)"),
+    )
+    .await
+    .expect("async commit does not wait")
+    .unwrap();
+    p.stop(StopMode::Fast).await.unwrap();
+}
+
+#[tokio::test]
+async fn parameters_apply_by_reload_or_report_pending_restart() {
+    let dir = TestDir::new("params");
+    let mut pg = primary(&dir, "m0", &[]).await;
+    let su = superuser(&pg).await;
+
+    let mut d = desired(Role::Primary);
+    assert_eq!(pg.configure(&d).await.unwrap(), Change::Unchanged);
+    d.parameters.insert("work_mem".into(), "7MB".into());
+    assert_eq!(pg.configure(&d).await.unwrap(), Change::Reloaded);
+    eventually(5, "work_mem reloaded", async || {
+        (show(&pg, "work_mem").await == "7MB").then_some(())
+    })
+    .await;
+
+    d.parameters.insert("shared_buffers".into(), "24MB".into());
+    assert_eq!(
+        pg.configure(&d).await.unwrap(),
+        Change::NeedsRestart(vec!["shared_buffers".into()])
+    );
+    let obs = eventually(5, "pending restart reported", async || {
+        let obs = pg.observe().await;
+        obs.pending_restart
+            .contains(&"shared_buffers".to_owned())
+            .then_some(obs)
+    })
+    .await;
+    assert_eq!(obs.pending_restart, ["shared_buffers"]);
+    assert_eq!(
+        show(&pg, "shared_buffers").await,
+        "16MB",
+        "not applied before a restart"
+    );
+    drop(su);
+
+    pg.restart().await.unwrap();
+    assert_eq!(show(&pg, "shared_buffers").await, "24MB");
+    assert!(pg.observe().await.pending_restart.is_empty());
+
+    // A running primary told to be a replica needs a restart (demotion), and says so.
+    let other = Upstream {
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
+    let change = pg
+        .configure(&desired(Role::Replica {
+            upstream: other,
+            slot: None,
+        }))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&change, Change::NeedsRestart(what) if what.contains(&"standby.signal".to_owned())),
+        "{change:?}"
+    );
+    pg.stop(StopMode::Fast).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_crashed_postmaster_is_detected_and_restarts_with_crash_recovery() {
+    let dir = TestDir::new("crash");
+    let mut pg = primary(&dir, "m0", &[]).await;
+    let su = superuser(&pg).await;
+    su.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    assert_eq!(pg.exited(), None);
+
+    let pid = pg.pid().unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let status = eventually(5, "crash detected", async || pg.exited()).await;
+    assert!(!status.success());
+    assert!(!pg.observe().await.running);
+
+    // The orphaned backends notice the postmaster's death and exit; until then the old shared memory
+    // is still attached and a new postmaster refuses to start. The HA loop retries the same way.
+    let started = eventually(30, "restart after crash", async || pg.start().await.ok()).await;
+    let _: () = started;
+    assert_eq!(pg.exited(), None, "a new start clears the crash");
+    let su = superuser(&pg).await;
+    assert_eq!(
+        count_rows(&su, "t").await,
+        1,
+        "committed data survives crash recovery"
+    );
+    pg.stop(StopMode::Fast).await.unwrap();
+}
+
+#[tokio::test]
+async fn fence_refuses_writes_at_once() {
+    let dir = TestDir::new("fence");
+    let mut pg = primary(&dir, "m0", &[]).await;
+    let app = sql(&pg, &creds().app, "appdb").await.unwrap();
+    app.batch_execute("CREATE TABLE t (v int); INSERT INTO t VALUES (1)")
+        .await
+        .unwrap();
+    app.batch_execute("BEGIN; INSERT INTO t VALUES (2)")
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    pg.fence().await.unwrap();
+    let took = started.elapsed();
+    eprintln!("fence took {took:?}");
+    assert!(!pg.observe().await.running);
+    assert!(
+        app.batch_execute("COMMIT").await.is_err(),
+        "an open transaction cannot commit after the fence"
+    );
+    assert!(
+        sql(&pg, &creds().app, "appdb").await.is_err(),
+        "no new connections after the fence"
+    );
+    assert_eq!(pg.exited(), None, "a fence is not a crash");
+
+    pg.start().await.unwrap();
+    let app = sql(&pg, &creds().app, "appdb").await.unwrap();
+    assert_eq!(
+        count_rows(&app, "t").await,
+        1,
+        "the transaction open at the fence never committed"
+    );
+    pg.stop(StopMode::Fast).await.unwrap();
+}
