@@ -319,7 +319,41 @@ async fn initdb_makes_a_writable_primary_with_roles_and_database() {
 async fn basebackup_replica_streams_and_promotes_onto_a_new_timeline() {
     let dir = TestDir::new("stream");
     let mut p = primary(&dir, "m0", &["m0", "m1"]).await;
-    let mut r = replica(&dir, "m1", &p).await;
+    let mut r = member(&dir, "m1");
+    let nobody = Upstream {
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
+    let err = r
+        .basebackup(&nobody, None)
+        .await
+        .expect_err("nothing listens there");
+    assert!(
+        matches!(
+            err,
+            Error::Tool {
+                tool: "pg_basebackup",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        !r.is_initialized(),
+        "a failed clone is not a data directory"
+    );
+    r.basebackup(&upstream(&p), None)
+        .await
+        .expect("a second clone cleans up after the first");
+    assert!(
+        matches!(
+            r.basebackup(&upstream(&p), None).await,
+            Err(Error::NotEmpty(_))
+        ),
+        "never clone over a complete data directory"
+    );
+    r.configure(&replica_of(&p, "m1")).await.unwrap();
+    r.start().await.unwrap();
     assert!(
         matches!(
             r.basebackup(&upstream(&p), None).await,
@@ -437,6 +471,16 @@ async fn rewind_rejoins_a_diverged_former_primary() {
         "fenced without a checkpoint"
     );
 
+    let nobody = Upstream {
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
+    let err = a.rewind(&nobody).await.expect_err("nothing listens there");
+    assert!(matches!(err, Error::Unreachable { .. }), "{err}");
+    assert!(
+        a.is_initialized(),
+        "an unreachable source leaves the data directory untouched"
+    );
     a.rewind(&upstream(&b)).await.expect("pg_rewind");
     assert!(a.is_initialized());
     assert!(

@@ -95,16 +95,16 @@ pub fn render(settings: &PgSettings, desired: &Desired, creds: &Credentials) -> 
     for (k, v) in owned {
         p.insert(k.into(), v);
     }
+    // Inert on a replica until it is promoted: the HA loop can set the standbys the new primary must wait
+    // for before promoting, so no commit after the promotion is acknowledged asynchronously.
+    let sync_names = desired
+        .synchronous
+        .as_ref()
+        .map(synchronous_standby_names)
+        .unwrap_or_default();
+    p.insert("synchronous_standby_names".into(), sync_names);
     let standby_signal = match &desired.role {
-        Role::Primary => {
-            let names = desired
-                .synchronous
-                .as_ref()
-                .map(synchronous_standby_names)
-                .unwrap_or_default();
-            p.insert("synchronous_standby_names".into(), names);
-            false
-        }
+        Role::Primary => false,
         Role::Replica { upstream, slot } => {
             let conninfo = conninfo(&[
                 ("host", &upstream.host),
@@ -119,7 +119,6 @@ pub fn render(settings: &PgSettings, desired: &Desired, creds: &Credentials) -> 
             ]);
             p.insert("primary_conninfo".into(), conninfo);
             p.insert("primary_slot_name".into(), slot.clone().unwrap_or_default());
-            p.insert("synchronous_standby_names".into(), String::new());
             true
         }
     };
@@ -400,6 +399,10 @@ mod tests {
         );
         let mut d = desired(Role::Primary);
         d.synchronous = Some(s(SyncMethod::Any, 1, &["db-2"]));
+        let p = parse_conf(&render(&settings(), &d, &creds()).postgresql_conf);
+        assert_eq!(p["synchronous_standby_names"], "ANY 1 (\"db-2\")");
+        // Set on a replica ahead of its promotion (inert until then).
+        d.role = Role::Replica { upstream: Upstream { host: "h".into(), port: 1 }, slot: None };
         let p = parse_conf(&render(&settings(), &d, &creds()).postgresql_conf);
         assert_eq!(p["synchronous_standby_names"], "ANY 1 (\"db-2\")");
     }

@@ -193,7 +193,9 @@ pub struct Desired {
     pub parameters: BTreeMap<String, String>,
     /// Extra `pg_hba.conf` lines, placed before pgpilot's own.
     pub pg_hba: Vec<String>,
-    /// `None`: asynchronous replication (`synchronous_standby_names = ''`).
+    /// `None`: asynchronous replication (`synchronous_standby_names = ''`). Rendered for both roles: a
+    /// replica ignores it until it is promoted, so setting it before [`Postgres::promote`] makes the very
+    /// first commits on the new primary wait for these standbys (they must not name the member itself).
     pub synchronous: Option<SyncStandbys>,
     /// Members that should have a physical slot on the primary (see [`Postgres::ensure_slots`]).
     pub member_slots: Vec<String>,

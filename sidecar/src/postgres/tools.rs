@@ -45,12 +45,14 @@ impl Postgres {
         }
     }
 
-    /// A fresh cluster in an empty PGDATA: data checksums on, SCRAM for local and host connections, the
+    /// A fresh cluster in PGDATA (leftovers of a failed clone or rewind are removed; a complete data
+    /// directory is refused with [`Error::NotEmpty`]): data checksums on, SCRAM for local and host connections, the
     /// superuser from the credentials (its password passed in a file that is removed afterwards). The
     /// other roles and the database are created by [`Postgres::bootstrap_roles`] once it runs as primary.
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn initdb(&mut self) -> Result<()> {
         self.refuse_while_running()?;
+        self.remove_incomplete_data_dir()?;
         let data = self.settings.data_dir.clone();
         self.prepare_empty_data_dir()?;
         let pwfile = sibling(&data, ".pgpilot-pwfile");
@@ -85,18 +87,14 @@ impl Postgres {
 
     /// Clones the upstream into PGDATA with `pg_basebackup` (WAL streamed alongside, fast checkpoint) as
     /// the replication user, and writes `standby.signal` so the copy can never start as a primary. PGDATA
-    /// must not hold a complete data directory (wipe it first); leftovers of a failed clone are removed.
+    /// must not hold a complete data directory ([`Error::NotEmpty`]: wipe it first); leftovers of a
+    /// failed clone or rewind are removed. A failed clone leaves the incomplete marker (not initialized).
     /// `slot`: use that existing slot on the upstream for the backup's WAL (None: a temporary one).
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn basebackup(&mut self, from: &Upstream, slot: Option<&str>) -> Result<()> {
         self.refuse_while_running()?;
-        if self.is_initialized() {
-            return Err(Error::NotEmpty(self.settings.data_dir.clone()));
-        }
+        self.remove_incomplete_data_dir()?;
         let data = self.settings.data_dir.clone();
-        if data.exists() {
-            remove_dir(&data)?;
-        }
         self.prepare_empty_data_dir()?;
         self.mark_incomplete("basebackup")?;
         let port = from.port.to_string();
@@ -203,6 +201,20 @@ impl Postgres {
             status: "unparsable output".into(),
             stderr: out.lines().take(8).collect::<Vec<_>>().join("\n"),
         })
+    }
+
+    /// Removes what a failed clone or rewind left in PGDATA; refuses a complete data directory
+    /// ([`Error::NotEmpty`]: wipe it explicitly).
+    fn remove_incomplete_data_dir(&self) -> Result<()> {
+        let data = &self.settings.data_dir;
+        if self.is_initialized() {
+            return Err(Error::NotEmpty(data.clone()));
+        }
+        if data.exists() {
+            warn!(data_dir = %data.display(), "removing an incomplete data directory");
+            remove_dir(data)?;
+        }
+        Ok(())
     }
 
     /// Creates PGDATA (0700, owned by `run_as`) when missing; fails when it holds anything.
