@@ -1,1 +1,238 @@
-//! Helpers for the end-to-end tests on the local cluster.
+//! Helpers for the end-to-end tests on the local cluster (`make cluster`, `make images`).
+//!
+//! Tests talk to the real apiserver through kube-rs and, where a user would, through the real `kubectl` and
+//! `helm` from `target/e2e/bin`. Each test owns a [`TestNamespace`]: created with a unique name, deleted
+//! with everything in it (and the Helm release installed into it) when the test ends, passed or failed.
+
+use std::{
+    future::Future,
+    io::Write,
+    path::PathBuf,
+    process::{Command, Stdio},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, Result, bail};
+use kube::{
+    Client, Config,
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// The repository root.
+pub fn repo_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `$KUBECONFIG`, else the local cluster's `target/e2e/kubeconfig`.
+pub fn kubeconfig_path() -> PathBuf {
+    std::env::var_os("KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_dir().join("target/e2e/kubeconfig"))
+}
+
+/// A client for the local cluster.
+pub async fn client() -> Result<Client> {
+    let path = kubeconfig_path();
+    let kubeconfig =
+        Kubeconfig::read_from(&path).with_context(|| format!("reading {}", path.display()))?;
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(config)?)
+}
+
+fn tool(name: &str) -> PathBuf {
+    let local = repo_dir().join("target/e2e/bin").join(name);
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from(name)
+    }
+}
+
+/// What a command printed, and whether it succeeded.
+#[derive(Debug)]
+pub struct Output {
+    pub success: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    /// The standard output of a command that must succeed.
+    pub fn ok(self) -> Result<String> {
+        if self.success {
+            Ok(self.stdout)
+        } else {
+            bail!("command failed: {}{}", self.stderr, self.stdout)
+        }
+    }
+}
+
+/// Runs a tool of `target/e2e/bin` against the local cluster, feeding it `stdin`.
+pub fn run(tool_name: &str, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+    let mut child = Command::new(tool(tool_name))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig_path())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("starting {tool_name}"))?;
+    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
+        pipe.write_all(input.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    Ok(Output {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+pub fn kubectl(args: &[&str]) -> Result<String> {
+    run("kubectl", args, None)?.ok()
+}
+
+/// Polls `check` every `every` until it returns `Some`, or fails after `timeout` with `what` and the last
+/// error.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    every: Duration,
+    mut check: F,
+) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("never satisfied");
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last = format!("{e:#}"),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}: {last}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// The PostgresCluster CRD as committed, applied server-side (so a test sees the current schema even
+/// when an older one is installed), then waited for until Established.
+pub fn install_crd() -> Result<()> {
+    let crd = repo_dir().join("charts/pgpilot/crds/postgresclusters.pgpilot.io.yaml");
+    let crd = crd.to_string_lossy();
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--field-manager=pgpilot-e2e",
+        "-f",
+        &crd,
+    ])?;
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "crd/postgresclusters.pgpilot.io",
+        "--timeout=60s",
+    ])?;
+    Ok(())
+}
+
+/// A namespace of one test; deleted with its Helm release when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    release: Option<String>,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<unique suffix>`.
+    pub fn create(prefix: &str) -> Result<Self> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH)?.subsec_nanos();
+        let name = format!(
+            "{prefix}-{:x}{:x}",
+            std::process::id() % 0xfff,
+            nanos % 0xffff
+        );
+        kubectl(&["create", "namespace", &name])?;
+        Ok(Self {
+            name,
+            release: None,
+        })
+    }
+
+    /// `helm install` of the chart into this namespace, watching only this namespace, with the local
+    /// images (`e2e/demo-values.yaml`); waits until the operator Deployment is available.
+    pub fn install_operator(&mut self) -> Result<String> {
+        install_crd()?;
+        let release = format!("pgpilot-{}", self.name);
+        let chart = repo_dir().join("charts/pgpilot");
+        let values = repo_dir().join("e2e/demo-values.yaml");
+        self.release = Some(release.clone());
+        run(
+            "helm",
+            &[
+                "install",
+                &release,
+                &chart.to_string_lossy(),
+                "--namespace",
+                &self.name,
+                "--values",
+                &values.to_string_lossy(),
+                "--set",
+                &format!("watchNamespace={}", self.name),
+                "--set",
+                "logFormat=text",
+                "--wait",
+                "--timeout",
+                "180s",
+            ],
+            None,
+        )?
+        .ok()
+        .context("helm install")
+    }
+
+    /// `kubectl -n <namespace> ...`
+    pub fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.kubectl_output(args, None)?.ok()
+    }
+
+    /// `kubectl -n <namespace> ...` with `stdin`, success or not.
+    pub fn kubectl_output(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut all = vec!["-n", self.name.as_str()];
+        all.extend_from_slice(args);
+        run("kubectl", &all, stdin)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        if let Some(release) = &self.release {
+            let _ = run(
+                "helm",
+                &[
+                    "uninstall",
+                    release,
+                    "--namespace",
+                    &self.name,
+                    "--wait",
+                    "--timeout",
+                    "60s",
+                ],
+                None,
+            );
+        }
+        let _ = run(
+            "kubectl",
+            &["delete", "namespace", &self.name, "--wait=false"],
+            None,
+        );
+    }
+}

@@ -10,7 +10,6 @@ use std::{sync::Arc, time::Duration};
 use futures::StreamExt;
 use k8s_openapi::api::{
     apps::v1::StatefulSet,
-    coordination::v1::Lease,
     core::v1::{ConfigMap, Pod, Service},
     policy::v1::PodDisruptionBudget,
 };
@@ -223,8 +222,8 @@ pub async fn run(
     .owns(api::<StatefulSet>(&client, ns), owned())
     .owns(api::<Service>(&client, ns), owned())
     .owns(api::<ConfigMap>(&client, ns), owned())
-    .owns(api::<Lease>(&client, ns), owned())
     .owns(api::<PodDisruptionBudget>(&client, ns), owned())
+    // Not the Lease: its holder renews it every retry period, and the resync reads it anyway.
     // Pods belong to the StatefulSet, not to the cluster: map them back through their label, so a
     // role label written by a sidecar shows in the status at once.
     .watches(api::<Pod>(&client, ns), owned(), |pod: Pod| {

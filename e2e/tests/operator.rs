@@ -1,0 +1,578 @@
+//! The operator on the local cluster: the Helm chart installs it, a `PostgresCluster` gets every child it
+//! needs (owned, with the expected spec), bad input is rejected by the apiserver with a readable message,
+//! `kubectl scale` scales, status and printer columns follow the pods, deletion garbage-collects.
+//!
+//! These tests do not need the sidecar to work: members may never become Ready here.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use anyhow::{Context, Result, ensure};
+use k8s_openapi::{
+    api::{
+        apps::v1::StatefulSet,
+        coordination::v1::Lease,
+        core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
+    },
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    Api, Client, Resource, ResourceExt,
+    api::{DeleteParams, PostParams},
+};
+use pgpilot_crds::{PostgresCluster, contract::SidecarConfig};
+use pgpilot_e2e::{TestNamespace, client, install_crd, repo_dir, wait_for};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn example(file: &str) -> String {
+    repo_dir()
+        .join("examples")
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn owned_by(meta: &ObjectMeta, cluster: &PostgresCluster) -> Result<()> {
+    let owners = meta.owner_references.clone().unwrap_or_default();
+    ensure!(
+        owners.iter().any(|o| o.kind == "PostgresCluster"
+            && Some(&o.uid) == cluster.metadata.uid.as_ref()
+            && o.controller == Some(true)),
+        "{:?} is not controlled by the cluster: {owners:?}",
+        meta.name
+    );
+    Ok(())
+}
+
+async fn get<K>(client: &Client, ns: &str, name: &str) -> Result<Option<K>>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    Ok(Api::<K>::namespaced(client.clone(), ns)
+        .get_opt(name)
+        .await?)
+}
+
+/// Every child of cluster `pg`, as (kind, name).
+fn children() -> Vec<(&'static str, String)> {
+    let mut v = vec![
+        ("StatefulSet", "pg".to_owned()),
+        ("Service", "pg-pods".into()),
+        ("Service", "pg-rw".into()),
+        ("Service", "pg-ro".into()),
+        ("Service", "pg-r".into()),
+        ("ConfigMap", "pg-config".into()),
+        ("Lease", "pg-leader".into()),
+        ("ServiceAccount", "pg-sidecar".into()),
+        ("Role", "pg-sidecar".into()),
+        ("RoleBinding", "pg-sidecar".into()),
+        ("PodDisruptionBudget", "pg".into()),
+    ];
+    v.extend(["superuser", "replication", "app", "api"].map(|k| ("Secret", format!("pg-{k}"))));
+    v
+}
+
+/// The metadata of child `(kind, name)`, if it exists.
+async fn child_meta(
+    client: &Client,
+    ns: &str,
+    kind: &str,
+    name: &str,
+) -> Result<Option<ObjectMeta>> {
+    Ok(match kind {
+        "StatefulSet" => get::<StatefulSet>(client, ns, name)
+            .await?
+            .map(|o| o.metadata),
+        "Service" => get::<Service>(client, ns, name).await?.map(|o| o.metadata),
+        "ConfigMap" => get::<ConfigMap>(client, ns, name)
+            .await?
+            .map(|o| o.metadata),
+        "Lease" => get::<Lease>(client, ns, name).await?.map(|o| o.metadata),
+        "ServiceAccount" => get::<ServiceAccount>(client, ns, name)
+            .await?
+            .map(|o| o.metadata),
+        "Role" => get::<Role>(client, ns, name).await?.map(|o| o.metadata),
+        "RoleBinding" => get::<RoleBinding>(client, ns, name)
+            .await?
+            .map(|o| o.metadata),
+        "PodDisruptionBudget" => get::<PodDisruptionBudget>(client, ns, name)
+            .await?
+            .map(|o| o.metadata),
+        "Secret" => get::<Secret>(client, ns, name).await?.map(|o| o.metadata),
+        other => anyhow::bail!("unknown kind {other}"),
+    })
+}
+
+fn secret_password(s: &Secret) -> Result<String> {
+    let data = s.data.clone().unwrap_or_default();
+    let pw = data.get("password").context("no password")?;
+    Ok(String::from_utf8(pw.0.clone())?)
+}
+
+fn pod_ready(p: &Pod) -> bool {
+    p.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn cluster(client: &Client, ns: &str) -> Result<PostgresCluster> {
+    Ok(Api::<PostgresCluster>::namespaced(client.clone(), ns)
+        .get("pg")
+        .await?)
+}
+
+async fn event_reasons(ns: &TestNamespace) -> Result<Vec<String>> {
+    let out = ns.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=PostgresCluster,involvedObject.name=pg",
+        "-o",
+        "jsonpath={range .items[*]}{.reason}{\"\\n\"}{end}",
+    ])?;
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn bad_input_is_rejected_with_a_message_the_user_understands() -> Result<()> {
+    install_crd()?;
+    let ns = TestNamespace::create("op-reject")?;
+    let manifest = |spec: &str| {
+        format!(
+            "apiVersion: pgpilot.io/v1alpha1\nkind: PostgresCluster\nmetadata: {{name: pg}}\nspec: {spec}\n"
+        )
+    };
+    let dry_run = |spec: &str| {
+        ns.kubectl_output(
+            &["apply", "--server-side", "--dry-run=server", "-f", "-"],
+            Some(&manifest(spec)),
+        )
+    };
+
+    let cases = [
+        (
+            "{instances: 12}",
+            "spec.instances in body should be less than or equal to 9",
+        ),
+        (
+            "{instances: 0}",
+            "spec.instances in body should be greater than or equal to 1",
+        ),
+        (
+            "{ha: {leaseDurationSeconds: 10, renewDeadlineSeconds: 10}}",
+            "ha.leaseDurationSeconds must be greater than ha.renewDeadlineSeconds",
+        ),
+        (
+            "{ha: {renewDeadlineSeconds: 6, retryPeriodSeconds: 5}}",
+            "ha.renewDeadlineSeconds must be greater than 1.2 x ha.retryPeriodSeconds",
+        ),
+        (
+            "{instances: 3, switchover: {targetInstance: pg-3}}",
+            "switchover.targetInstance must name a member",
+        ),
+        (
+            "{instances: 3, switchover: {targetInstance: primary}}",
+            "switchover.targetInstance must name a member",
+        ),
+        (
+            "{storage: {size: -1Gi}}",
+            "storage.size must be a positive quantity",
+        ),
+        (
+            "{storage: {size: lots}}",
+            "storage.size must be a positive quantity",
+        ),
+        (
+            "{replication: {maximumLagOnFailover: -5}}",
+            "replication.maximumLagOnFailover must be a non-negative byte count",
+        ),
+        (
+            "{replication: {maximumLagOnFailover: 1.5Zi}}",
+            "replication.maximumLagOnFailover must be a non-negative byte count",
+        ),
+        (
+            "{instances: 2, replication: {mode: sync, syncReplicas: 2}}",
+            "replication.syncReplicas must be less than instances",
+        ),
+        (
+            "{instances: 3, replication: {mode: strictSync, syncReplicas: 3}}",
+            "replication.syncReplicas must be less than instances",
+        ),
+        (
+            "{replication: {mode: quorum}}",
+            "Unsupported value: \"quorum\"",
+        ),
+        (
+            "{postgresql: {parameters: {port: '5433'}}}",
+            "postgresql.parameters may not set parameters pgpilot manages itself",
+        ),
+        (
+            "{postgresql: {parameters: {synchronous_standby_names: '*'}}}",
+            "postgresql.parameters may not set parameters pgpilot manages itself",
+        ),
+        (
+            "{postgresql: {parameters: {primary_conninfo: x}}}",
+            "postgresql.parameters may not set parameters pgpilot manages itself",
+        ),
+        (
+            "{tags: {db-1: {noFailover: true}}}",
+            "tags keys must be member names",
+        ),
+    ];
+    for (spec, message) in cases {
+        let out = dry_run(spec)?;
+        ensure!(!out.success, "accepted: {spec}");
+        ensure!(
+            out.stderr.contains(message),
+            "{spec}: expected {message:?} in {:?}",
+            out.stderr
+        );
+    }
+    let good = dry_run(
+        "{instances: 3, switchover: {targetInstance: pg-2}, tags: {pg-1: {noFailover: true}}, replication: {mode: sync, syncReplicas: 2, maximumLagOnFailover: 1048576}}",
+    )?;
+    ensure!(good.success, "a valid spec was rejected: {}", good.stderr);
+
+    // Immutable after creation: the storage class and the size.
+    ns.kubectl_output(
+        &["apply", "--server-side", "-f", "-"],
+        Some(&manifest("{storage: {size: 1Gi}}")),
+    )?
+    .ok()?;
+    for (spec, message) in [
+        (
+            "{storage: {size: 1Gi, storageClassName: fast}}",
+            "storage.storageClassName cannot be changed after creation",
+        ),
+        (
+            "{storage: {size: 2Gi}}",
+            "storage.size cannot be changed after creation",
+        ),
+    ] {
+        let out = dry_run(spec)?;
+        ensure!(
+            !out.success && out.stderr.contains(message),
+            "{spec}: expected {message:?} in {:?}",
+            out.stderr
+        );
+    }
+    let scaled = ns.kubectl_output(&["scale", "pgc/pg", "--replicas=10"], None)?;
+    ensure!(
+        !scaled.success && scaled.stderr.contains("less than or equal to 9"),
+        "scale to 10: {:?}",
+        scaled.stderr
+    );
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected() -> Result<()> {
+    let client = client().await?;
+    let mut ns = TestNamespace::create("op-children")?;
+    let notes = ns.install_operator()?;
+    ensure!(
+        notes.contains("kubectl -n db apply -f examples/cluster-3.yaml"),
+        "NOTES tell what to apply next: {notes}"
+    );
+    let established = pgpilot_e2e::kubectl(&[
+        "get",
+        "crd",
+        "postgresclusters.pgpilot.io",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+    ])?;
+    ensure!(established == "True", "CRD not established: {established}");
+    let n = ns.name.clone();
+
+    ns.kubectl(&["apply", "-f", &example("cluster-3.yaml")])?;
+    let pgc = cluster(&client, &n).await?;
+
+    // Every child exists and is controlled by the cluster.
+    wait_for("every child of pg", 60 * SECOND, SECOND, || async {
+        for (kind, name) in children() {
+            let Some(meta) = child_meta(&client, &n, kind, &name).await? else {
+                anyhow::bail!("{kind} {name} missing");
+            };
+            owned_by(&meta, &pgc)?;
+        }
+        Ok(Some(()))
+    })
+    .await?;
+
+    // The expected spec of the children.
+    let sts: StatefulSet = get(&client, &n, "pg").await?.context("statefulset")?;
+    ensure!(sts.spec.replicas == Some(3));
+    ensure!(sts.spec.service_name.as_deref() == Some("pg-pods"));
+    ensure!(
+        sts.spec
+            .update_strategy
+            .clone()
+            .and_then(|u| u.type_)
+            .as_deref()
+            == Some("OnDelete")
+    );
+    let pod = sts.spec.template.spec.clone().context("pod spec")?;
+    let init = &pod.init_containers.clone().context("init containers")?[0];
+    ensure!(
+        init.image.as_deref() == Some("localhost/pgpilot-sidecar:dev"),
+        "sidecar image from the chart: {:?}",
+        init.image
+    );
+    let pg = &pod.containers[0];
+    ensure!(pg.image.as_deref() == Some("postgres:15"));
+    ensure!(pg.command.clone().unwrap_or_default() == ["/pgpilot/bin/pgpilot-sidecar"]);
+    ensure!(pod.service_account_name.as_deref() == Some("pg-sidecar"));
+    let claim = &sts.spec.volume_claim_templates.clone().context("claims")?[0];
+    let storage = claim
+        .spec
+        .clone()
+        .and_then(|s| s.resources)
+        .and_then(|r| r.requests)
+        .context("claim size")?;
+    ensure!(storage["storage"].0 == "1Gi");
+
+    for (svc, role) in [
+        ("pg-rw", Some("primary")),
+        ("pg-ro", Some("replica")),
+        ("pg-r", None),
+    ] {
+        let s: Service = get(&client, &n, svc).await?.context("service")?;
+        let selector = s.spec.and_then(|s| s.selector).unwrap_or_default();
+        let mut want = BTreeMap::from([("pgpilot.io/cluster".to_owned(), "pg".to_owned())]);
+        if let Some(r) = role {
+            want.insert("pgpilot.io/role".into(), r.into());
+        }
+        ensure!(selector == want, "{svc} selects {selector:?}");
+    }
+    let headless: Service = get(&client, &n, "pg-pods").await?.context("headless")?;
+    ensure!(
+        headless
+            .spec
+            .as_ref()
+            .and_then(|s| s.publish_not_ready_addresses)
+            == Some(true)
+    );
+
+    let lease: Lease = get(&client, &n, "pg-leader").await?.context("lease")?;
+    let lease_spec = lease.spec.clone().unwrap_or_default();
+    ensure!(
+        lease_spec.holder_identity.is_none(),
+        "the operator creates the Lease without a holder"
+    );
+    ensure!(lease_spec.lease_duration_seconds == Some(15));
+
+    let cm: ConfigMap = get(&client, &n, "pg-config").await?.context("configmap")?;
+    let config: SidecarConfig = serde_json::from_str(&cm.data.unwrap_or_default()["config.json"])?;
+    ensure!(
+        config.ha.lease_duration_seconds == 15 && config.parameters["max_connections"] == "100",
+        "{config:?}"
+    );
+
+    let role: Role = get(&client, &n, "pg-sidecar").await?.context("role")?;
+    let resources: Vec<String> = role
+        .rules
+        .unwrap_or_default()
+        .iter()
+        .flat_map(|r| r.resources.clone().unwrap_or_default())
+        .collect();
+    ensure!(
+        resources == ["leases", "pods", "configmaps", "events"],
+        "sidecar role: {resources:?}"
+    );
+
+    let app: Secret = get(&client, &n, "pg-app").await?.context("app secret")?;
+    let password = secret_password(&app)?;
+    ensure!(password.len() == 32 && password.chars().all(|c| c.is_ascii_alphanumeric()));
+
+    // Status and printer columns follow the pods, whatever state the sidecar is in.
+    let status = wait_for(
+        "status of pg with 3 members",
+        60 * SECOND,
+        SECOND,
+        || async {
+            let c = cluster(&client, &n).await?;
+            Ok(c.status.filter(|s| {
+                s.observed_generation == Some(1) && s.members.len() == 3 && s.instances == 3
+            }))
+        },
+    )
+    .await?;
+    let names: Vec<&str> = status.members.iter().map(|m| m.name.as_str()).collect();
+    ensure!(names == ["pg-0", "pg-1", "pg-2"], "members {names:?}");
+    let types: Vec<&str> = status.conditions.iter().map(|c| c.type_.as_str()).collect();
+    for t in [
+        "Ready",
+        "Progressing",
+        "Degraded",
+        "FailoverBlocked",
+        "SwitchoverInProgress",
+        "Paused",
+    ] {
+        ensure!(types.contains(&t), "condition {t} missing: {types:?}");
+    }
+    ensure!(status.selector.as_deref() == Some("pgpilot.io/cluster=pg"));
+    let table = ns.kubectl(&["get", "pgc", "pg"])?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header
+            == [
+                "NAME",
+                "INSTANCES",
+                "READY",
+                "PRIMARY",
+                "PHASE",
+                "TIMELINE",
+                "AGE"
+            ],
+        "columns {header:?}"
+    );
+    // The Ready column counts the Ready pods (polled: a pod may turn Ready between the two reads).
+    wait_for(
+        "the Ready column to match the Ready pods",
+        60 * SECOND,
+        SECOND,
+        || async {
+            let pods = Api::<Pod>::namespaced(client.clone(), &n)
+                .list(&kube::api::ListParams::default().labels("pgpilot.io/cluster=pg"))
+                .await?
+                .items;
+            let ready_pods = pods.iter().filter(|p| pod_ready(p)).count();
+            let row = ns.kubectl(&[
+                "get",
+                "pgc",
+                "pg",
+                "-o",
+                "custom-columns=I:.spec.instances,R:.status.readyInstances,P:.status.phase",
+                "--no-headers",
+            ])?;
+            let row: Vec<String> = row.split_whitespace().map(str::to_owned).collect();
+            ensure!(row.len() == 3 && row[0] == "3", "instances column {row:?}");
+            ensure!(
+                ["Creating", "Running", "Degraded", "NoPrimary"].contains(&row[2].as_str()),
+                "phase {row:?}"
+            );
+            Ok((row[1].parse::<usize>().ok() == Some(ready_pods)).then_some(()))
+        },
+    )
+    .await?;
+
+    // The sidecars' Lease writes survive the operator's: a holder written with the sidecar's field manager
+    // stays when the operator applies a new lease duration.
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &n);
+    let mut claimed = leases.get("pg-leader").await?;
+    let spec = claimed.spec.get_or_insert_default();
+    spec.holder_identity = Some("pg-1".into());
+    spec.lease_transitions = Some(1);
+    leases
+        .replace(
+            "pg-leader",
+            &PostParams {
+                field_manager: Some("pgpilot-sidecar".into()),
+                ..PostParams::default()
+            },
+            &claimed,
+        )
+        .await?;
+    ns.kubectl(&[
+        "patch",
+        "pgc",
+        "pg",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"ha":{"leaseDurationSeconds":20}}}"#,
+    ])?;
+    let after = wait_for("lease duration 20", 30 * SECOND, SECOND / 2, || async {
+        let l = leases.get("pg-leader").await?;
+        Ok(l.spec
+            .clone()
+            .filter(|s| s.lease_duration_seconds == Some(20)))
+    })
+    .await?;
+    ensure!(
+        after.holder_identity.as_deref() == Some("pg-1") && after.lease_transitions == Some(1),
+        "the operator reset the election: {after:?}"
+    );
+
+    // Secrets are generated once: a reconcile after a spec change leaves the password alone.
+    wait_for("status of generation 2", 30 * SECOND, SECOND, || async {
+        Ok(cluster(&client, &n)
+            .await?
+            .status
+            .filter(|s| s.observed_generation == Some(2)))
+    })
+    .await?;
+    let again: Secret = get(&client, &n, "pg-app").await?.context("app secret")?;
+    ensure!(
+        secret_password(&again)? == password,
+        "the app password changed"
+    );
+
+    // kubectl scale goes through the scale subresource to the StatefulSet.
+    ns.kubectl(&["scale", "pgc/pg", "--replicas=4"])?;
+    wait_for(
+        "4 replicas in the StatefulSet",
+        30 * SECOND,
+        SECOND / 2,
+        || async {
+            let s: StatefulSet = get(&client, &n, "pg").await?.context("statefulset")?;
+            Ok((s.spec.replicas == Some(4)).then_some(()))
+        },
+    )
+    .await?;
+    wait_for("Created and Scaled events", 30 * SECOND, SECOND, || async {
+        let reasons = event_reasons(&ns).await?;
+        Ok(
+            (reasons.iter().any(|r| r == "Created") && reasons.iter().any(|r| r == "Scaled"))
+                .then_some(()),
+        )
+    })
+    .await?;
+    let described = ns.kubectl(&["describe", "pgc", "pg"])?;
+    ensure!(
+        described.contains("scaled from 3 to 4 instances"),
+        "describe shows the scale event:\n{described}"
+    );
+
+    // Deleting the cluster garbage-collects every child.
+    Api::<PostgresCluster>::namespaced(client.clone(), &n)
+        .delete("pg", &DeleteParams::foreground())
+        .await?;
+    wait_for(
+        "every child of pg collected",
+        120 * SECOND,
+        SECOND,
+        || async {
+            for (kind, name) in children() {
+                if child_meta(&client, &n, kind, &name).await?.is_some() {
+                    anyhow::bail!("{kind} {name} still there");
+                }
+            }
+            let left = Api::<Pod>::namespaced(client.clone(), &n)
+                .list(&kube::api::ListParams::default().labels("pgpilot.io/cluster=pg"))
+                .await?
+                .items;
+            if !left.is_empty() {
+                anyhow::bail!(
+                    "pods left: {:?}",
+                    left.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
+                );
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
