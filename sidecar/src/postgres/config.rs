@@ -402,7 +402,13 @@ mod tests {
         let p = parse_conf(&render(&settings(), &d, &creds()).postgresql_conf);
         assert_eq!(p["synchronous_standby_names"], "ANY 1 (\"db-2\")");
         // Set on a replica ahead of its promotion (inert until then).
-        d.role = Role::Replica { upstream: Upstream { host: "h".into(), port: 1 }, slot: None };
+        d.role = Role::Replica {
+            upstream: Upstream {
+                host: "h".into(),
+                port: 1,
+            },
+            slot: None,
+        };
         let p = parse_conf(&render(&settings(), &d, &creds()).postgresql_conf);
         assert_eq!(p["synchronous_standby_names"], "ANY 1 (\"db-2\")");
     }
