@@ -181,26 +181,41 @@ pub fn format_lsn(pos: u64) -> String {
     format!("{:X}/{:X}", pos >> 32, pos & 0xFFFF_FFFF)
 }
 
+/// The state of a member whose sidecar did not report: what the kubelet says about its containers
+/// (`init: ImagePullBackOff`, `CrashLoopBackOff`), else the pod phase, else `unreachable`.
+fn silent_member_state(pod: &Pod) -> String {
+    let Some(status) = pod.status.as_ref() else {
+        return "pending".into();
+    };
+    let waiting = |statuses: &Option<Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
+        statuses
+            .iter()
+            .flatten()
+            .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+    };
+    if let Some(reason) = waiting(&status.init_container_statuses) {
+        return format!("init: {reason}");
+    }
+    if let Some(reason) = waiting(&status.container_statuses) {
+        return reason;
+    }
+    match status.phase.as_deref() {
+        Some("Running") | None => "unreachable".into(),
+        Some(phase) => phase.to_lowercase(),
+    }
+}
+
 fn member_status(pod: &Pod, report: Option<&MemberReport>) -> MemberStatus {
     let name = pod.name_any();
     let ready = pod_ready(pod);
     let Some(r) = report else {
-        let phase = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_default();
         return MemberStatus {
             role: pod
                 .labels()
                 .get(LABEL_ROLE)
                 .cloned()
                 .unwrap_or_else(|| "unknown".into()),
-            state: if phase == "Running" {
-                "unreachable".into()
-            } else {
-                phase.to_lowercase()
-            },
+            state: silent_member_state(pod),
             name,
             ready,
             ..MemberStatus::default()
@@ -565,7 +580,9 @@ mod tests {
     use k8s_openapi::api::{
         apps::v1::StatefulSetStatus,
         coordination::v1::LeaseSpec,
-        core::v1::{PodCondition, PodStatus},
+        core::v1::{
+            ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+        },
     };
     use pgpilot_crds::contract::{PgpilotInfo, Xlog};
 
@@ -752,6 +769,25 @@ mod tests {
                 .iter()
                 .all(|m| m.role == "unknown" && m.state == "unreachable" && !m.ready)
         );
+        let mut pulling = pod("pg-0", None, false);
+        let st = pulling.status.as_mut().unwrap();
+        st.phase = Some("Pending".into());
+        st.init_container_statuses = Some(vec![ContainerStatus {
+            state: Some(ContainerState {
+                waiting: Some(ContainerStateWaiting {
+                    reason: Some("ImagePullBackOff".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }]);
+        assert_eq!(
+            member_status(&pulling, None).state,
+            "init: ImagePullBackOff"
+        );
+        pulling.status.as_mut().unwrap().init_container_statuses = None;
+        assert_eq!(member_status(&pulling, None).state, "pending");
         assert_eq!(cond(&s, "Progressing").reason, "Creating");
         assert_eq!(events, [Transition::Created]);
     }
