@@ -18,8 +18,8 @@ use std::{
 };
 
 use pgpilot_sidecar::postgres::{
-    Change, Credentials, Desired, Error, Observation, PgSettings, Postgres, Role, StopMode,
-    SyncMethod, SyncStandbys, Upstream, UserPassword, find_bin_dir, slot_name,
+    Change, Credentials, Desired, Error, Observation, PgSettings, Postgres, Rejoined, Role,
+    StopMode, SyncMethod, SyncStandbys, Upstream, UserPassword, find_bin_dir, slot_name,
 };
 use tokio_postgres::{Client, NoTls};
 
@@ -146,24 +146,17 @@ fn replica_of(up: &Postgres, me: &str) -> Desired {
 async fn primary(dir: &TestDir, name: &str, members: &[&str]) -> Postgres {
     let mut pg = member(dir, name);
     assert!(!pg.is_initialized());
-    pg.initdb().await.unwrap();
-    assert!(pg.is_initialized());
     let mut d = desired(Role::Primary);
     d.member_slots = members.iter().map(|m| (*m).to_owned()).collect();
-    pg.configure(&d).await.unwrap();
-    pg.start().await.unwrap();
-    pg.bootstrap_roles().await.unwrap();
-    // Slots need the server running as primary: configure again now that it is.
-    pg.configure(&d).await.unwrap();
+    pg.bootstrap_primary(&d).await.unwrap();
+    assert!(pg.is_initialized());
     pg
 }
 
 /// A running replica cloned from `up`, streaming through its slot.
 async fn replica(dir: &TestDir, name: &str, up: &Postgres) -> Postgres {
     let mut pg = member(dir, name);
-    pg.basebackup(&upstream(up), None).await.unwrap();
-    pg.configure(&replica_of(up, name)).await.unwrap();
-    pg.start().await.unwrap();
+    pg.clone_replica(&replica_of(up, name)).await.unwrap();
     pg
 }
 
@@ -572,17 +565,18 @@ async fn reclone_when_the_diverged_wal_is_gone() {
         "a failed rewind leaves the directory marked for a re-clone"
     );
 
-    a.wipe().await.unwrap();
-    assert!(!a.settings().data_dir.exists());
-    a.basebackup(&upstream(&b), None).await.unwrap();
-    assert!(a.is_initialized());
-    a.configure(&desired(Role::Replica {
+    assert!(
+        matches!(a.rewind(&upstream(&b)).await, Err(Error::Refused(_))),
+        "never rewind a half-rewound directory again"
+    );
+
+    // rejoin() turns the failed rewind into a re-clone.
+    let follow_b = desired(Role::Replica {
         upstream: upstream(&b),
         slot: None,
-    }))
-    .await
-    .unwrap();
-    a.start().await.unwrap();
+    });
+    assert_eq!(a.rejoin(&follow_b).await.unwrap(), Rejoined::Recloned);
+    assert!(a.is_initialized());
     wait_streaming(&mut b, "m0").await;
     let asu = superuser(&a).await;
     let tables: i64 = asu

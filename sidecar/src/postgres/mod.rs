@@ -16,6 +16,7 @@
 mod apply;
 pub mod config;
 pub mod credentials;
+mod lifecycle;
 mod process;
 mod sql;
 mod tools;
@@ -32,6 +33,7 @@ use tokio::{process::Child, sync::Mutex};
 
 pub use config::{Change, Rendered, render};
 pub use credentials::{Credentials, CredentialsError, UserPassword};
+pub use lifecycle::Rejoined;
 
 /// Where and how this member's PostgreSQL runs. Built once at start-up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -432,15 +434,19 @@ pub enum Error {
     AlreadyRunning { pid: u32 },
     #[error("the data directory {0} is not empty")]
     NotEmpty(PathBuf),
-    #[error("cannot reach the upstream {host}:{port}: {source}")]
+    /// No connection to the upstream (`source` is `None` when connecting timed out).
+    #[error("cannot reach the upstream {host}:{port}")]
     Unreachable {
         host: String,
         port: u16,
         #[source]
-        source: tokio_postgres::Error,
+        source: Option<tokio_postgres::Error>,
     },
     #[error("{0}")]
     Signal(String),
+    /// The call does not fit the request, e.g. rejoining with a primary role.
+    #[error("refused: {0}")]
+    Refused(&'static str),
 }
 
 impl Error {
@@ -457,6 +463,7 @@ impl Error {
             Error::NotEmpty(_) => "NotEmpty",
             Error::Unreachable { .. } => "Unreachable",
             Error::Signal(_) => "Signal",
+            Error::Refused(_) => "Refused",
         }
     }
 }

@@ -143,11 +143,9 @@ impl Postgres {
     pub async fn rewind(&mut self, from: &Upstream) -> Result<()> {
         self.refuse_while_running()?;
         if !self.is_initialized() {
-            return Err(Error::Tool {
-                tool: "pg_rewind",
-                status: "not attempted".into(),
-                stderr: "no complete data directory to rewind".into(),
-            });
+            return Err(Error::Refused(
+                "no complete data directory to rewind: re-clone",
+            ));
         }
         let port = from.port.to_string();
         let repl = &self.creds.replication;
@@ -278,11 +276,8 @@ async fn checkpoint_source_timeline(from: &Upstream, conn: &str) -> Result<()> {
     let (client, connection) =
         tokio::time::timeout(QUERY_TIMEOUT, tokio_postgres::connect(conn, NoTls))
             .await
-            .map_err(|_| Error::Timeout {
-                what: "connect to the rewind source",
-                timeout: QUERY_TIMEOUT,
-            })?
-            .map_err(unreachable)?;
+            .map_err(|_| unreachable(None))?
+            .map_err(|e| unreachable(Some(e)))?;
     let connection = tokio::spawn(connection);
     let sql = |context| move |source| Error::Sql { context, source };
     let row = client
