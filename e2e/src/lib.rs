@@ -169,34 +169,40 @@ impl TestNamespace {
 
     /// `helm install` of the chart into this namespace, watching only this namespace, with the local
     /// images (`e2e/demo-values.yaml`); waits until the operator Deployment is available.
-    pub fn install_operator(&mut self) -> Result<String> {
+    /// `sets` are extra `--set key=value` pairs. Returns what helm printed (the NOTES).
+    pub fn install_operator(&mut self, sets: &[&str]) -> Result<String> {
         install_crd()?;
         let release = format!("pgpilot-{}", self.name);
         let chart = repo_dir().join("charts/pgpilot");
         let values = repo_dir().join("e2e/demo-values.yaml");
         self.release = Some(release.clone());
-        run(
-            "helm",
-            &[
-                "install",
-                &release,
-                &chart.to_string_lossy(),
-                "--namespace",
-                &self.name,
-                "--values",
-                &values.to_string_lossy(),
-                "--set",
-                &format!("watchNamespace={}", self.name),
-                "--set",
-                "logFormat=text",
-                "--wait",
-                "--timeout",
-                "180s",
-            ],
-            None,
-        )?
-        .ok()
-        .context("helm install")
+        let (chart, values) = (chart.to_string_lossy(), values.to_string_lossy());
+        let watch = format!("watchNamespace={}", self.name);
+        let mut args = vec![
+            "install",
+            &release,
+            &chart,
+            "--namespace",
+            &self.name,
+            "--values",
+            &values,
+            "--set",
+            &watch,
+            "--set",
+            "logFormat=text",
+            "--wait",
+            "--timeout",
+            "180s",
+        ];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        run("helm", &args, None)?.ok().context("helm install")
+    }
+
+    /// The Helm release's full name (the operator Deployment, its election Lease).
+    pub fn release(&self) -> Option<&str> {
+        self.release.as_deref()
     }
 
     /// `kubectl -n <namespace> ...`

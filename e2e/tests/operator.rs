@@ -277,7 +277,7 @@ async fn bad_input_is_rejected_with_a_message_the_user_understands() -> Result<(
 async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected() -> Result<()> {
     let client = client().await?;
     let mut ns = TestNamespace::create("op-children")?;
-    let notes = ns.install_operator()?;
+    let notes = ns.install_operator(&[])?;
     ensure!(
         notes.contains("kubectl -n db apply -f examples/cluster-3.yaml"),
         "NOTES tell what to apply next: {notes}"
@@ -571,6 +571,88 @@ async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected()
                 );
             }
             Ok(Some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// The pod holding the operator's election Lease.
+async fn operator_leader(client: &Client, ns: &str, lease: &str) -> Result<Option<String>> {
+    let l: Option<Lease> = get(client, ns, lease).await?;
+    Ok(l.and_then(|l| l.spec?.holder_identity)
+        .filter(|h| !h.is_empty()))
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn with_two_operator_replicas_only_the_lease_holder_reconciles() -> Result<()> {
+    let client = client().await?;
+    let mut ns = TestNamespace::create("op-election")?;
+    ns.install_operator(&["replicaCount=2"])?;
+    let n = ns.name.clone();
+    let release = ns.release().context("release")?.to_owned();
+    let pods = ns.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=operator",
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ])?;
+    let pods: Vec<String> = pods.split_whitespace().map(str::to_owned).collect();
+    ensure!(pods.len() == 2, "two operator pods: {pods:?}");
+
+    let leader = wait_for("an operator leader", 60 * SECOND, SECOND, || {
+        operator_leader(&client, &n, &release)
+    })
+    .await?;
+    ensure!(
+        pods.contains(&leader),
+        "leader {leader} is not one of {pods:?}"
+    );
+    let follower = pods
+        .iter()
+        .find(|p| **p != leader)
+        .context("follower")?
+        .clone();
+
+    ns.kubectl(&["apply", "-f", &example("cluster-minimal.yaml")])?;
+    wait_for(
+        "the minimal cluster's StatefulSet",
+        60 * SECOND,
+        SECOND,
+        || get::<StatefulSet>(&client, &n, "pg-minimal"),
+    )
+    .await?;
+    let logs = |pod: &str| ns.kubectl(&["logs", pod]);
+    ensure!(
+        logs(&leader)?.contains("leading: reconciling"),
+        "the leader reconciles"
+    );
+    let follower_logs = logs(&follower)?;
+    ensure!(
+        !follower_logs.contains("leading: reconciling")
+            && !follower_logs.contains("status updated"),
+        "the follower must not reconcile:\n{follower_logs}"
+    );
+
+    // The leader goes away: the follower takes over after the lease expires, and reconciles.
+    ns.kubectl(&["delete", "pod", &leader, "--wait=false"])?;
+    wait_for("the follower to take over", 90 * SECOND, SECOND, || async {
+        Ok(operator_leader(&client, &n, &release)
+            .await?
+            .filter(|h| *h == follower))
+    })
+    .await?;
+    ns.kubectl(&["scale", "pgc/pg-minimal", "--replicas=2"])?;
+    wait_for(
+        "the new leader to scale the StatefulSet",
+        60 * SECOND,
+        SECOND,
+        || async {
+            let s: Option<StatefulSet> = get(&client, &n, "pg-minimal").await?;
+            Ok(s.filter(|s| s.spec.replicas == Some(2)).map(|_| ()))
         },
     )
     .await?;

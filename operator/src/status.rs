@@ -440,7 +440,12 @@ pub fn compute(
             "NoPrimary",
             "the cluster has no writable primary".to_owned(),
         ),
-        _ => (false, "Healthy", "no member missing".to_owned()),
+        phase::RUNNING => (false, "Healthy", "every member is ready".to_owned()),
+        _ => (
+            false,
+            "Creating",
+            "the members are being created".to_owned(),
+        ),
     };
     cond(
         &mut conditions,
