@@ -105,6 +105,14 @@ pub fn render(settings: &PgSettings, desired: &Desired, creds: &Credentials) -> 
     p.insert("synchronous_standby_names".into(), sync_names);
     let standby_signal = match &desired.role {
         Role::Primary => false,
+        // An empty upstream host means "no primary to follow yet" (a standby waiting for an election):
+        // no `primary_conninfo`, so the WAL receiver stays idle instead of dialling the local socket.
+        Role::Replica { upstream, .. } if upstream.host.is_empty() => {
+            p.insert("primary_conninfo".into(), String::new());
+            p.insert("primary_slot_name".into(), String::new());
+            p.insert("synchronous_standby_names".into(), String::new());
+            true
+        }
         Role::Replica { upstream, slot } => {
             let conninfo = conninfo(&[
                 ("host", &upstream.host),
