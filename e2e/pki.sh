@@ -2,6 +2,7 @@
 # Certificates and kubeconfigs of the local cluster, made here with openssl: one CA signs the apiserver's
 # serving certificate, every client certificate (admin, controllers, kube-proxy, kubelets, the apiserver's
 # kubelet client) and the kubelets' serving certificates. Idempotent: existing files are kept.
+# shellcheck disable=SC2034 # variables named in templates are read by render()
 LOG_TAG=pki
 source "$(dirname "$0")/lib/common.sh"
 

@@ -1,16 +1,19 @@
 # Shared settings and helpers for the e2e scripts. Source it; it sets no traps and runs nothing.
+# shellcheck shell=bash disable=SC2034 # a library: the scripts that source it use its settings
 set -euo pipefail
 shopt -s inherit_errexit
 
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 REPO_DIR=$(cd "$E2E_DIR/.." && pwd)
-# shellcheck source=../versions.env
+# shellcheck source=e2e/versions.env
 source "$E2E_DIR/versions.env"
 
 # Built binaries live outside the repository, keyed by version, so a fresh clone on the same machine reuses them.
 CACHE_DIR=${PGPILOT_CACHE:-/var/cache/pgpilot}
 # Runtime state of the local cluster. World-traversable (not under /root): non-root pods read volumes under it.
 STATE_DIR=${PGPILOT_STATE:-/var/lib/pgpilot-e2e}
+# Sockets that need a short path (shims); removed by cluster-down like the state.
+RUNTIME_DIR=${PGPILOT_RUNTIME:-/run/pgpilot-e2e}
 # Files the user and tests read: kubeconfig, kubectl/helm links, logs.
 OUT_DIR="$REPO_DIR/target/e2e"
 LOG_DIR="$OUT_DIR/logs"
@@ -43,6 +46,9 @@ ETCD_PEER_URL=http://127.0.0.1:2380
 APISERVER_ADVERTISE_IP=10.244.0.1
 # Our own cgroup subtree in every v1 hierarchy: control-plane/ and node-<i>/ below it.
 CGROUP_PARENT=pgpilot
+# Host-wide directories the kubelets (device plugins, container log links), containerd's CNI cache and the
+# pod network namespaces use whatever we configure.
+HOST_PATHS=(/var/lib/kubelet /var/log/containers /var/lib/cni /run/netns)
 NFT_TABLE=pgpilot                # inet table holding our guard rules and the fault hooks' rules
 
 node_name() { echo "node-$1"; }
@@ -88,6 +94,15 @@ render() {
   mkdir -p "$(dirname "$dest")"
   printf '%s\n' "$content" >"$dest.tmp" && mv "$dest.tmp" "$dest"
   log "wrote $dest"
+}
+
+# pod_netns IP: the name (under /run/netns) of the pod network namespace that holds IP.
+pod_netns() {
+  local ns
+  for ns in $(ip netns list | awk '{print $1}'); do
+    ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | grep -q " $1/" && { echo "$ns"; return; }
+  done
+  return 1
 }
 
 # kubectl against the local cluster as its admin.

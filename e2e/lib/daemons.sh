@@ -1,4 +1,5 @@
 # Long-running processes of the local cluster: each one detached in its own session, logging to
+# shellcheck shell=bash disable=SC2034 # a library: the scripts that source it use its settings
 # $LOG_DIR/<name>.log, its pid in $RUN_DIR/<name>.pid, placed in one of our cgroups. Source after common.sh.
 
 RUN_DIR="$STATE_DIR/run"

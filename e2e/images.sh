@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# `make images`: pgpilot's images for the local cluster, built with buildah and imported into every node.
+#   localhost/pgpilot-operator:dev, localhost/pgpilot-sidecar:dev  root Dockerfile, host-built release binaries
+#   docker.io/library/postgres:15                                   e2e/images/postgres (stock-image stand-in)
+# Unchanged inputs give unchanged image IDs, and a node re-imports only an image whose ID changed.
+LOG_TAG=images
+source "$(dirname "$0")/lib/common.sh"
+source "$E2E_DIR/lib/images.sh"
+
+OPERATOR_IMAGE=localhost/pgpilot-operator:dev
+SIDECAR_IMAGE=localhost/pgpilot-sidecar:dev
+POSTGRES_IMAGE=docker.io/library/postgres:15
+
+start=$SECONDS
+image_id "$BASE_IMAGE" >/dev/null || die "no $BASE_IMAGE: run 'make cluster' first"
+mkdir -p "$LOG_DIR"
+
+# The musl target cannot be installed here: glibc binaries, built against bookworm like the image base.
+log "cargo build --release (operator, sidecar)"
+CARGO_TARGET_DIR="$REPO_DIR/target/images" cargo build --release --quiet \
+  -p pgpilot-operator -p pgpilot-sidecar --manifest-path "$REPO_DIR/Cargo.toml"
+log "binaries built after $((SECONDS - start))s"
+
+local_build=(--build-arg "BUILDER=$BASE_IMAGE" --build-arg "RUNTIME=$BASE_IMAGE" --build-arg PREBUILT=target/images/release)
+build_image "$OPERATOR_IMAGE" "$REPO_DIR" "$REPO_DIR/Dockerfile" --target operator "${local_build[@]}"
+build_image "$SIDECAR_IMAGE" "$REPO_DIR" "$REPO_DIR/Dockerfile" --target sidecar "${local_build[@]}"
+build_image "$POSTGRES_IMAGE" "$E2E_DIR/images/postgres" "$E2E_DIR/images/postgres/Dockerfile" \
+  --build-arg "BASE=$BASE_IMAGE"
+log "images built after $((SECONDS - start))s"
+
+# Archives first, once: the nodes then import in parallel.
+for image in "$OPERATOR_IMAGE" "$SIDECAR_IMAGE" "$POSTGRES_IMAGE"; do image_archive "$image" >/dev/null; done
+pids=()
+for ((i = 0; i < NODE_COUNT; i++)); do
+  ( for image in "$OPERATOR_IMAGE" "$SIDECAR_IMAGE" "$POSTGRES_IMAGE"; do import_image "$i" "$image"; done ) &
+  pids+=($!)
+done
+for pid in "${pids[@]}"; do wait "$pid" || die "importing images failed"; done
+log "images ready on $NODE_COUNT nodes in $((SECONDS - start))s"
