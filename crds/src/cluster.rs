@@ -566,3 +566,77 @@ pub mod phase {
     pub const NO_PRIMARY: &str = "NoPrimary";
     pub const INVALID: &str = "Invalid";
 }
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+
+    use super::*;
+
+    #[test]
+    fn crd_names_columns_and_subresources() {
+        let crd = PostgresCluster::crd();
+        assert_eq!(
+            crd.metadata.name.as_deref(),
+            Some("postgresclusters.pgpilot.io")
+        );
+        assert_eq!(crd.spec.names.short_names, Some(vec!["pgc".to_owned()]));
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        let columns: Vec<String> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(
+            columns,
+            ["Instances", "Ready", "Primary", "Phase", "Timeline", "Age"]
+        );
+        let sub = version.subresources.clone().unwrap();
+        assert!(sub.status.is_some());
+        let scale = sub.scale.unwrap();
+        assert_eq!(scale.spec_replicas_path, ".spec.instances");
+        assert_eq!(scale.status_replicas_path, ".status.instances");
+        assert_eq!(
+            scale.label_selector_path.as_deref(),
+            Some(".status.selector")
+        );
+    }
+
+    #[test]
+    fn every_spec_field_has_a_description() {
+        let crd = serde_json::to_value(PostgresCluster::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        for (name, field) in spec["properties"].as_object().unwrap() {
+            assert!(
+                field["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "spec.{name} has no description"
+            );
+        }
+    }
+
+    #[test]
+    fn owned_parameters_rule_lists_every_owned_parameter() {
+        let rule = owned_parameters_rule();
+        for p in OWNED_PARAMETERS {
+            assert!(
+                rule.rule.contains(&format!("'{p}'")),
+                "{p} missing from {}",
+                rule.rule
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_sidecar_contract() {
+        let spec: PostgresClusterSpec = serde_json::from_str("{}").unwrap();
+        assert_eq!(spec.instances, 1);
+        assert_eq!(spec.ha.lease_duration_seconds, 15);
+        assert_eq!(spec.ha.renew_deadline_seconds, 10);
+        assert_eq!(spec.ha.retry_period_seconds, 2);
+        assert_eq!(spec.image, DEFAULT_IMAGE);
+        assert_eq!(spec.storage.size, "1Gi");
+        assert!(spec.services.rw && spec.services.ro && spec.services.r);
+    }
+}
