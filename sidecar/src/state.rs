@@ -125,7 +125,7 @@ impl MemberState {
             xlog: (self.wal_location.is_some()
                 || self.received_location.is_some()
                 || self.replayed_location.is_some())
-            .then(|| Xlog {
+            .then_some(Xlog {
                 location: if primary { self.wal_location } else { None },
                 received_location: if primary {
                     None

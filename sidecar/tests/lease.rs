@@ -3,6 +3,9 @@
 //!
 //! Each test works in its own namespace and deletes it at the end.
 
+// Test helpers panic on a broken environment, like the tests themselves.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::{
     path::PathBuf,
     time::{Duration, Instant},
@@ -212,8 +215,10 @@ async fn l2_takeover_only_after_lease_duration_unchanged_and_transitions_increme
     let start = Instant::now();
     while start.elapsed() < 3 * t.lease_duration {
         let (d, r) = step(&mut holder_e, &t).await;
-        assert_eq!(d, Decision::Renew);
-        r.unwrap().unwrap();
+        assert!(matches!(d, Decision::Renew | Decision::Hold), "{d:?}");
+        if let Some(result) = r {
+            result.unwrap();
+        }
         let (d, _) = step(&mut other, &t).await;
         assert!(matches!(d, Decision::Follow { .. }), "{d:?}");
         tokio::time::sleep(t.retry_period / 2).await;
@@ -297,12 +302,11 @@ async fn l4_handover_is_confirmed_by_the_candidate() {
         (Some("c-1"), 2)
     );
     assert!(
-        lease
+        !lease
             .metadata
             .annotations
             .unwrap_or_default()
-            .get(pgpilot_crds::contract::ANNOTATION_HANDOVER)
-            .is_none()
+            .contains_key(pgpilot_crds::contract::ANNOTATION_HANDOVER)
     );
     f.cleanup().await;
 }
@@ -334,17 +338,29 @@ async fn l9_steady_state_only_the_holders_renewals_write() {
         }
         modified
     });
-    for _ in 0..5 {
+    let mut writes = 0;
+    let started = Instant::now();
+    for _ in 0..8 {
         for e in [&mut b, &mut c] {
             assert!(step(e, &t).await.1.is_none(), "a follower wrote");
         }
-        step(&mut a, &t).await.1.unwrap().unwrap();
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        if let (_, Some(result)) = step(&mut a, &t).await {
+            result.unwrap();
+            writes += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(400)).await;
     }
+    let elapsed = started.elapsed();
+    assert!(writes >= 2, "the holder kept renewing ({writes})");
+    let budget = elapsed.as_secs_f64() / t.renew_interval().as_secs_f64() + 1.0;
+    assert!(
+        f64::from(writes) <= budget,
+        "{writes} renewals in {elapsed:?}: more than one per renew interval"
+    );
     assert_eq!(
         counter.await.unwrap(),
-        5,
-        "exactly one write per renewal, none by followers"
+        writes,
+        "the apiserver saw exactly the holder's renewals"
     );
     f.cleanup().await;
 }

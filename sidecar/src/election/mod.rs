@@ -27,7 +27,8 @@ pub struct Timings {
     pub lease_duration: Duration,
     /// How long the holder may go without a successful renewal before it fences itself (L5).
     pub renew_deadline: Duration,
-    /// The HA loop's period; the holder renews every period.
+    /// The HA loop's period: every member observes and decides this often; a failed renewal is retried
+    /// this often.
     pub retry_period: Duration,
 }
 
@@ -54,6 +55,17 @@ impl Timings {
             renew_deadline: Duration::from_secs(ha.renew_deadline_seconds.into()),
             retry_period: Duration::from_secs(ha.retry_period_seconds.into()),
         })
+    }
+
+    /// How often the holder writes a successful renewal: `leaseDuration − renewDeadline`, at least one
+    /// retry period (5 s with the defaults, so 12 writes a minute — DESIGN.md's steady-state budget, L9).
+    /// Safety does not depend on it: L5 fences at `renewDeadline` after the last successful renewal was
+    /// sent, and failed renewals are retried every retry period until then, so with the defaults a holder
+    /// gets three attempts (at 5, 7 and 9 s) before it fences at 10 s, while others wait 15 s (L2).
+    pub fn renew_interval(&self) -> Duration {
+        self.lease_duration
+            .saturating_sub(self.renew_deadline)
+            .max(self.retry_period)
     }
 }
 
@@ -299,6 +311,8 @@ pub enum Ineligible {
 pub enum Decision {
     /// Holder: write `renewTime` conditionally (L1, L5). Also the retry after a failed renewal.
     Renew,
+    /// Holder with a renewal younger than [`Timings::renew_interval`]: keep leading, write nothing (L9).
+    Hold,
     /// Try to take the Lease with a conditional write (L1); promote only after it succeeded (L4).
     Acquire(AcquireReason),
     /// Holder without a successful renewal within `renewDeadline`: stop accepting writes now (L5).
@@ -340,6 +354,7 @@ impl std::fmt::Display for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Decision::Renew => write!(f, "renew"),
+            Decision::Hold => write!(f, "hold"),
             Decision::Acquire(why) => write!(f, "acquire ({why:?})"),
             Decision::Fence => write!(f, "fence"),
             Decision::FailsafeHold => write!(f, "failsafe hold"),
@@ -361,8 +376,9 @@ impl std::fmt::Display for Decision {
 /// The election rules. Pure: same inputs, same decision.
 ///
 /// Order of precedence:
-/// 1. The holder (this process confirmed it) renews; past `renewDeadline` since the last successful
-///    renewal was sent it fences a running primary instead (L5), unless failsafe holds.
+/// 1. The holder (this process confirmed it) renews once its last renewal is [`Timings::renew_interval`]
+///    old, and holds otherwise; past `renewDeadline` since the last successful renewal was sent it
+///    fences a running primary instead (L5), unless failsafe holds.
 /// 2. The Lease unreadable: a non-holder changes nothing.
 /// 3. Pause: the holder still renews, nobody else changes anything.
 /// 4. A running primary that does not hold the Lease demotes (L4).
@@ -388,7 +404,8 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
                 Decision::Fence
             };
         }
-        return Decision::Renew;
+        let due = now.saturating_duration_since(sent) >= timings.renew_interval();
+        return if due { Decision::Renew } else { Decision::Hold };
     }
 
     let Some(record) = &obs.lease else {

@@ -454,12 +454,18 @@ fn l4_a_primary_without_the_lease_demotes() {
 #[test]
 fn l5_holder_renews_until_the_deadline_then_fences() {
     let mut obs = holder_obs();
+    assert_eq!(decide(&obs, t(4.9), &timings()), Decision::Hold);
+    assert_eq!(decide(&obs, t(5.0), &timings()), Decision::Renew);
     assert_eq!(decide(&obs, t(9.9), &timings()), Decision::Renew);
     assert_eq!(decide(&obs, t(10.0), &timings()), Decision::Fence);
     // Also when the Lease cannot be read at all.
     obs.lease = None;
     assert_eq!(decide(&obs, t(9.9), &timings()), Decision::Renew);
     assert_eq!(decide(&obs, t(10.0), &timings()), Decision::Fence);
+    // A renewal at t=7 (the second attempt) succeeded: the deadline moves with it.
+    obs.renewed_sent_at = Some(t(7.0));
+    assert_eq!(decide(&obs, t(10.0), &timings()), Decision::Hold);
+    assert_eq!(decide(&obs, t(17.0), &timings()), Decision::Fence);
     // Once fenced (no longer a running primary) it keeps trying to renew.
     obs.local.primary = false;
     assert_eq!(decide(&obs, t(12.0), &timings()), Decision::Renew);
@@ -634,6 +640,31 @@ fn l9_role_label_patched_on_change_only() {
         ..wanted.clone()
     };
     assert_eq!(role_patch(&older, &wanted), Some(wanted));
+}
+
+#[test]
+fn l9_the_holder_writes_at_most_once_per_renew_interval() {
+    // Simulate a minute of a healthy holder looping every retry period: each Renew is one write,
+    // which (succeeding) moves `renewed_sent_at`.
+    let mut obs = holder_obs();
+    let mut writes = 0;
+    for i in 0..30 {
+        let now = t(f64::from(i) * 2.0);
+        match decide(&obs, now, &timings()) {
+            Decision::Renew => {
+                writes += 1;
+                obs.renewed_sent_at = Some(now);
+            }
+            Decision::Hold => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(writes <= 12, "{writes} writes in a minute");
+    assert!(
+        writes >= 9,
+        "{writes}: renewals must still come well before the deadline"
+    );
+    assert_eq!(timings().renew_interval(), Duration::from_secs(5));
 }
 
 #[test]
