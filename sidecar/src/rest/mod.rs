@@ -490,12 +490,34 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     info!(%addr, "REST API listening");
+    serve_on(ctx, listener, shutdown).await;
+    Ok(())
+}
+
+/// Serves the API on a bound listener until `shutdown` resolves.
+pub async fn serve_on(
+    ctx: Arc<Context>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) {
+    // A body needs a Content-Length within the limit; a request without one (a health check's GET) has
+    // an empty body.
+    let body = warp::body::content_length_limit(MAX_BODY)
+        .and(warp::body::bytes())
+        .or(warp::header::optional::<u64>("content-length").and_then(
+            |length: Option<u64>| async move {
+                match length {
+                    None => Ok(warp::hyper::body::Bytes::new()),
+                    Some(_) => Err(warp::reject()),
+                }
+            },
+        ))
+        .unify();
     let routes = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::optional::<String>("authorization"))
-        .and(warp::body::content_length_limit(MAX_BODY))
-        .and(warp::body::bytes())
+        .and(body)
         .then(
             move |method: http::Method,
                   path: warp::path::FullPath,
@@ -520,7 +542,6 @@ pub async fn serve(
         .graceful(shutdown)
         .run()
         .await;
-    Ok(())
 }
 
 fn to_http(r: Response) -> http::Response<String> {
