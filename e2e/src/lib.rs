@@ -4,6 +4,8 @@
 //! `helm` from `target/e2e/bin`. Each test owns a [`TestNamespace`]: created with a unique name, deleted
 //! with everything in it (and the Helm release installed into it) when the test ends, passed or failed.
 
+pub mod checker;
+
 use std::{
     future::Future,
     io::Write,

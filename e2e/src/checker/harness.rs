@@ -1,0 +1,364 @@
+//! One scenario's run: probes and writer started against a ready cluster, faults injected through the
+//! fault hooks (`e2e/fault <verb> <target>`) and put on the timeline, then — after the heal — convergence
+//! awaited, the final primary's ids read, and the [`Verdict`] computed, printed and written as JSON under
+//! `target/e2e/verdicts/`.
+
+use std::{
+    path::PathBuf,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use kube::Client;
+use pgpilot_crds::contract;
+use tracing::info;
+
+use super::{
+    cluster::{self, ClusterError, MemberPod},
+    probe::{Sample, now_us},
+    probes::{ProbeSet, ProbeTarget},
+    verdict::{self, Expectations, Micros, Recording, STABLE_US, Timeline, Verdict},
+    writer::{self, Pace, Target, Writer, WriterError},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("running the fault hook `{0}`")]
+    FaultHook(String, #[source] std::io::Error),
+    #[error("the fault hook `{command}` failed: {output}")]
+    FaultFailed { command: String, output: String },
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, String),
+    #[error("reading the final primary's ids")]
+    FinalIds(#[source] WriterError),
+    #[error("writing {0}")]
+    Write(PathBuf, #[source] std::io::Error),
+}
+
+/// A scenario in progress.
+pub struct Harness {
+    pub client: Client,
+    pub namespace: String,
+    pub cluster: String,
+    pub members: Vec<String>,
+    pub rw: Target,
+    probes: ProbeSet,
+    /// Taken when the scenario finishes.
+    writer: Option<Writer>,
+    timeline: Mutex<Timeline>,
+    fault_at: Option<Micros>,
+    healed_at: Option<Micros>,
+}
+
+/// The repository's `e2e/fault` hook.
+pub fn fault_hook() -> PathBuf {
+    crate::repo_dir().join("e2e/fault")
+}
+
+/// Where verdicts are written.
+pub fn verdict_dir() -> PathBuf {
+    crate::repo_dir().join("target/e2e/verdicts")
+}
+
+impl Harness {
+    /// Starts the probes and the writer against the ready pgpilot cluster `cluster` of `instances`
+    /// members in `namespace`, and waits until it is converged with writes acknowledged.
+    pub async fn start(
+        client: Client,
+        namespace: &str,
+        cluster: &str,
+        instances: usize,
+        probe_bin: PathBuf,
+    ) -> Result<Self, HarnessError> {
+        let (superuser, password) =
+            cluster::credentials(&client, namespace, cluster, "superuser").await?;
+        let (user, app_password) = cluster::credentials(&client, namespace, cluster, "app").await?;
+        let rw_ip = cluster::cluster_ip(&client, namespace, &format!("{cluster}-rw")).await?;
+        let probes = ProbeSet::start(
+            client.clone(),
+            ProbeTarget {
+                namespace: namespace.into(),
+                selector: format!("{}={cluster}", contract::LABEL_CLUSTER),
+                role_label: contract::LABEL_ROLE.into(),
+                lease: Some(contract::lease_name(cluster)),
+                probe_bin,
+                superuser,
+                password,
+            },
+        );
+        let rw = Target {
+            host: rw_ip,
+            port: contract::PG_PORT,
+            user: user.clone(),
+            password: app_password,
+            dbname: "app".into(),
+        };
+        let writer = Writer::start(rw.clone(), Pace::default());
+        let h = Self {
+            client,
+            namespace: namespace.into(),
+            cluster: cluster.into(),
+            members: (0..instances).map(|i| format!("{cluster}-{i}")).collect(),
+            rw,
+            probes,
+            writer: Some(writer),
+            timeline: Mutex::new(Timeline::default()),
+            fault_at: None,
+            healed_at: None,
+        };
+        let started = now_us();
+        h.wait_converged_since(started, Duration::from_secs(120))
+            .await?;
+        h.wait_for_ack_since(now_us(), Duration::from_secs(30))
+            .await?;
+        h.mark("checker: baseline converged, writes acknowledged");
+        Ok(h)
+    }
+
+    /// Puts an event on the timeline, now.
+    pub fn mark(&self, what: impl Into<String>) {
+        let what = what.into();
+        info!(namespace = %self.namespace, event = %what, "timeline");
+        if let Ok(mut t) = self.timeline.lock() {
+            t.push(now_us(), what);
+        }
+    }
+
+    /// Runs `e2e/fault <verb> <target>`; the first fault sets the fault instant.
+    pub async fn fault(&mut self, verb: &str, target: &str) -> Result<(), HarnessError> {
+        let command = format!("e2e/fault {verb} {target}");
+        let at = now_us();
+        let out = tokio::process::Command::new(fault_hook())
+            .args([verb, target])
+            .env("KUBECONFIG", crate::kubeconfig_path())
+            .output()
+            .await
+            .map_err(|e| HarnessError::FaultHook(command.clone(), e))?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout).trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if !out.status.success() {
+            self.mark(format!("{command} FAILED: {text}"));
+            return Err(HarnessError::FaultFailed {
+                command,
+                output: text,
+            });
+        }
+        if let Ok(mut t) = self.timeline.lock() {
+            t.push(at, format!("{command}: {text}"));
+        }
+        self.fault_at.get_or_insert(at);
+        Ok(())
+    }
+
+    /// Records a fault that is not a hook (a `kubectl` action, a switchover request) at `at`.
+    pub fn fault_marked(&mut self, at: Micros, what: impl Into<String>) {
+        if let Ok(mut t) = self.timeline.lock() {
+            t.push(at, what.into());
+        }
+        self.fault_at.get_or_insert(at);
+    }
+
+    /// The instant the first fault was injected.
+    pub fn fault_at(&self) -> Option<Micros> {
+        self.fault_at
+    }
+
+    /// Marks the end of the faults: convergence is measured from now.
+    pub fn healed(&mut self) {
+        let at = now_us();
+        self.healed_at = Some(at);
+        self.mark("checker: all faults healed");
+    }
+
+    pub fn samples(&self) -> Vec<Sample> {
+        self.probes.samples()
+    }
+
+    /// The member currently accepting writes, as the probes see it (only when exactly one does).
+    pub fn writable_member(&self) -> Option<String> {
+        let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
+        (shape.writable.len() == 1).then(|| shape.writable[0].clone())
+    }
+
+    /// The member pods as the apiserver shows them now.
+    pub async fn pods(&self) -> Result<Vec<MemberPod>, HarnessError> {
+        Ok(cluster::member_pods(&self.client, &self.namespace, &self.cluster).await?)
+    }
+
+    /// Waits until exactly one member is writable and returns it.
+    pub async fn wait_primary(&self, timeout: Duration) -> Result<String, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.writable_member() {
+                return Ok(m);
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(timeout, "one writable member".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the cluster has been converged for [`STABLE_US`] after `since`; returns when it began.
+    pub async fn wait_converged_since(
+        &self,
+        since: Micros,
+        timeout: Duration,
+    ) -> Result<Micros, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(at) =
+                verdict::converged_at(&self.samples(), &self.members, since, STABLE_US)
+            {
+                return Ok(at);
+            }
+            if Instant::now() > deadline {
+                let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
+                return Err(HarnessError::Timeout(
+                    timeout,
+                    format!("convergence (now: {shape:?})"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Waits for an acknowledged write at or after `since`; returns when it arrived.
+    pub async fn wait_for_ack_since(
+        &self,
+        since: Micros,
+        timeout: Duration,
+    ) -> Result<Micros, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(writer) = &self.writer else {
+                return Err(HarnessError::Timeout(
+                    timeout,
+                    "an acknowledged write (the writer has stopped)".into(),
+                ));
+            };
+            if let Some(at) = writer.first_ack_since(since) {
+                return Ok(at);
+            }
+            if Instant::now() > deadline {
+                let errors = writer.snapshot().errors;
+                let last = errors.last().map(|e| e.what.clone()).unwrap_or_default();
+                return Err(HarnessError::Timeout(
+                    timeout,
+                    format!("an acknowledged write (last error: {last})"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Ends the scenario: waits for convergence (up to the bound plus `grace`), stops the writer, reads the
+    /// final primary's ids, stops the probes, and returns the verdict (also printed and written as JSON).
+    pub async fn finish(
+        mut self,
+        scenario: &str,
+        mode: &str,
+        expect: Expectations,
+        grace: Duration,
+    ) -> Result<Verdict, HarnessError> {
+        let healed_at = *self.healed_at.get_or_insert_with(now_us);
+        let fault_at = self.fault_at.unwrap_or(healed_at);
+        let bound =
+            Duration::from_micros(u64::try_from(expect.converge_within_us).unwrap_or(0)) + grace;
+        let waited = self.wait_converged_since(healed_at, bound).await;
+        if let Err(e) = &waited {
+            self.mark(format!("checker: {e}"));
+        }
+        // Writes keep going a little after convergence, so the final primary's acknowledgements count too.
+        if waited.is_ok() {
+            let _ = self
+                .wait_for_ack_since(now_us(), Duration::from_secs(10))
+                .await;
+        }
+        let log = match self.writer.take() {
+            Some(w) => w.stop().await,
+            None => writer::Log::default(),
+        };
+        let pods = self.pods().await.unwrap_or_default();
+        let final_primary = self.writable_member();
+        let mut final_ids = Default::default();
+        if let Some(primary) = &final_primary {
+            let ip = pods
+                .iter()
+                .find(|p| &p.name == primary)
+                .and_then(|p| p.ip.clone())
+                .unwrap_or_default();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                match writer::final_ids(&self.rw, log.first_id, &ip).await {
+                    Ok(ids) => {
+                        final_ids = ids;
+                        break;
+                    }
+                    Err(e) if Instant::now() > deadline => {
+                        self.mark(format!("checker: {}", HarnessError::FinalIds(e)));
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                }
+            }
+        }
+        let last_decisions = cluster::last_decisions(&pods).await;
+        let end_us = now_us();
+        let members = self.members.clone();
+        let Self {
+            probes, timeline, ..
+        } = self;
+        let (samples, probe_timeline) = probes.stop().await;
+        let mut timeline = timeline.into_inner().unwrap_or_default();
+        timeline.events.extend(probe_timeline.events);
+        timeline
+            .events
+            .extend(log.errors.iter().map(|e| verdict::Event {
+                at_us: e.at_us,
+                what: format!("writer: {}", e.what),
+            }));
+        let recording = Recording {
+            scenario: scenario.into(),
+            mode: mode.into(),
+            members,
+            samples,
+            acks: log.acks,
+            in_doubt: log.in_doubt,
+            final_ids,
+            final_primary: final_primary.filter(|_| waited.is_ok()),
+            timeline,
+            fault_at_us: fault_at,
+            healed_at_us: healed_at,
+            end_us,
+            last_decisions,
+        };
+        let verdict = Verdict::new(&recording, expect);
+        println!("{}", verdict.table());
+        write_verdict(&verdict, &recording.samples)?;
+        Ok(verdict)
+    }
+}
+
+/// Writes `<scenario>-<mode>.json` (the verdict) and `<scenario>-<mode>.samples.jsonl` (every probe
+/// sample, for a failure's post-mortem) under [`verdict_dir`].
+pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, HarnessError> {
+    let dir = verdict_dir();
+    std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Write(dir.clone(), e))?;
+    let path = dir.join(format!("{}-{}.json", v.scenario, v.mode));
+    let json = serde_json::to_string_pretty(v).unwrap_or_default();
+    std::fs::write(&path, json).map_err(|e| HarnessError::Write(path.clone(), e))?;
+    let lines: String = samples
+        .iter()
+        .filter_map(|s| serde_json::to_string(s).ok())
+        .map(|l| l + "\n")
+        .collect();
+    let samples_path = dir.join(format!("{}-{}.samples.jsonl", v.scenario, v.mode));
+    std::fs::write(&samples_path, lines).map_err(|e| HarnessError::Write(samples_path, e))?;
+    Ok(path)
+}

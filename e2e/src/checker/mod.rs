@@ -1,0 +1,17 @@
+//! The fault-matrix checker: does the cluster lose acknowledged writes, or ever have two writable
+//! primaries, under a fault — and how long until it is whole again?
+//!
+//! - [`writer`]: an application writing sequential ids through the `-rw` Service, recording every
+//!   acknowledged id.
+//! - [`probe`]: one member's PostgreSQL observed every ~100 ms from inside the pod's network namespace (the
+//!   `pgpilot-probe` binary); [`probes`] runs one per member pod.
+//! - [`verdict`] (pure): lost acknowledged ids, spans with two writable members, time to converge, the
+//!   timeline; a table and JSON.
+//! - [`harness`]: one scenario end to end; [`cluster`]: what the checker reads from Kubernetes and the host.
+
+pub mod cluster;
+pub mod harness;
+pub mod probe;
+pub mod probes;
+pub mod verdict;
+pub mod writer;
