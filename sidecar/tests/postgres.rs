@@ -408,8 +408,14 @@ async fn basebackup_replica_streams_and_promotes_onto_a_new_timeline() {
     assert!(robs.wal_position().is_some());
 
     // Failover: the primary goes away, the replica is promoted and takes writes on timeline 2.
+    let t = Instant::now();
     p.stop(StopMode::Fast).await.unwrap();
+    let stopped = t.elapsed();
     r.promote().await.unwrap();
+    eprintln!(
+        "timing: fast stop {stopped:?}, pg_promote {:?}",
+        t.elapsed() - stopped
+    );
     assert_eq!(
         r.configure(&desired(Role::Primary)).await.unwrap(),
         Change::Reloaded
@@ -474,7 +480,12 @@ async fn rewind_rejoins_a_diverged_former_primary() {
         a.is_initialized(),
         "an unreachable source leaves the data directory untouched"
     );
+    let t = Instant::now();
     a.rewind(&upstream(&b)).await.expect("pg_rewind");
+    eprintln!(
+        "timing: pg_rewind after an immediate stop {:?}",
+        t.elapsed()
+    );
     assert!(a.is_initialized());
     assert!(
         a.settings().data_dir.join("standby.signal").exists(),
@@ -781,7 +792,7 @@ async fn fence_refuses_writes_at_once() {
     let started = Instant::now();
     pg.fence().await.unwrap();
     let took = started.elapsed();
-    eprintln!("fence took {took:?}");
+    eprintln!("timing: fence (immediate stop) {took:?}");
     assert!(!pg.observe().await.running);
     assert!(
         app.batch_execute("COMMIT").await.is_err(),

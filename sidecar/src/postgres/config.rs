@@ -38,6 +38,9 @@ const DEFAULT_PARAMETERS: &[(&str, &str)] = &[
     ("wal_keep_size", "128MB"),
     ("max_wal_size", "1GB"),
     ("hot_standby_feedback", "on"),
+    // A replica retries its upstream after this long: PostgreSQL's 5 s default adds up to 5 s before
+    // replicas stream from a newly promoted primary.
+    ("wal_retrieve_retry_interval", "1s"),
 ];
 
 /// File contents for PGDATA.

@@ -8,6 +8,21 @@
 //!   [`config::plan_change`] says whether a difference needs a reload or a restart.
 //! - Actions do IO and are never retried here: the caller re-observes and decides again.
 //!
+//! Which calls an HA decision maps to:
+//!
+//! | decision | calls |
+//! |---|---|
+//! | first holder, empty PGDATA | [`Postgres::bootstrap_primary`] |
+//! | join, empty (or half-cloned) PGDATA | [`Postgres::clone_replica`] |
+//! | restart as replica of the holder | [`Postgres::configure`] (replica) + [`Postgres::start`] |
+//! | holder changed, replica follows | [`Postgres::configure`] (new upstream): `primary_conninfo` reloads |
+//! | former primary / diverged timeline | [`Postgres::rejoin`]: rewind, else re-clone |
+//! | promote (Lease acquired first, L4) | optionally [`Postgres::configure`] (replica, with the new `synchronous`), then [`Postgres::promote`], then [`Postgres::configure`] (primary) |
+//! | crash seen by [`Postgres::exited`] | [`Postgres::start`] (crash recovery) while still holding the Lease |
+//! | renew deadline missed (L5) | [`Postgres::fence`] |
+//! | SIGTERM / release | [`Postgres::stop`] (`Fast`), then release the Lease (L4) |
+//! | spec parameters changed | [`Postgres::configure`]; [`Change::NeedsRestart`] = `pendingRestart` |
+//!
 //! Safety-relevant behaviour (DESIGN.md L4/L5): nothing in this module makes a server writable on its own.
 //! A data directory becomes a primary only through [`Postgres::promote`] or by the caller rendering
 //! [`Role::Primary`] (no `standby.signal`) before [`Postgres::start`]; [`Postgres::fence`] stops accepting

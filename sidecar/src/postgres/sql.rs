@@ -11,6 +11,9 @@ use super::{Error, Observation, Postgres, ReplicationRow, Result, WalReceiver, s
 /// Bound on connecting and on each query: a wedged server must not stall the HA loop.
 pub(super) const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long [`Postgres::promote`] waits for the end of recovery.
+pub const PROMOTE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `application_name` of the sidecar's own sessions, so they are recognisable in `pg_stat_activity`.
 const APPLICATION_NAME: &str = "pgpilot-sidecar";
 
@@ -92,27 +95,59 @@ impl Postgres {
         obs
     }
 
-    /// `pg_promote(wait => true)`: ends recovery and waits (up to 60 s) until the server accepts writes on
-    /// a new timeline. Call only while holding the Lease (DESIGN.md L4); the server removes
+    /// Ends recovery with `pg_promote` and waits (up to [`PROMOTE_TIMEOUT`]) until the server accepts
+    /// writes on a new timeline. Call only while holding the Lease (DESIGN.md L4); the server removes
     /// `standby.signal` itself. Afterwards render [`super::Role::Primary`] with [`Postgres::configure`] so
     /// `synchronous_standby_names` and the slots follow.
+    ///
+    /// Signals with `pg_promote(wait => false)`, polls `pg_is_in_recovery()` every 10 ms and repeats the
+    /// signal every 200 ms: a startup process waiting for WAL from a vanished primary sometimes sleeps
+    /// through the first signal for the whole `wal_retrieve_retry_interval` (measured here: 5 s in one
+    /// run of five), and `pg_promote(wait => true)` only checks every 100 ms.
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn promote(&mut self) -> Result<()> {
-        let promoted = self
-            .with_client("pg_promote", async |c| {
-                Ok(c.query_one("SELECT pg_catalog.pg_promote(true, 60)", &[])
-                    .await?
-                    .get::<_, bool>(0))
-            })
-            .await?;
-        if !promoted {
-            return Err(Error::Timeout {
-                what: "pg_promote",
-                timeout: Duration::from_secs(60),
-            });
+        let deadline = tokio::time::Instant::now() + PROMOTE_TIMEOUT;
+        let mut signalled = false;
+        let mut last_signal = tokio::time::Instant::now();
+        loop {
+            match self.in_recovery().await {
+                Some(false) if signalled => {
+                    info!("promoted");
+                    return Ok(());
+                }
+                Some(false) => {
+                    return Err(Error::Refused("promote: the server is not in recovery"));
+                }
+                Some(true) if !signalled || last_signal.elapsed() >= Duration::from_millis(200) => {
+                    let sent = self
+                        .with_client("pg_promote", async |c| {
+                            Ok(c.query_one("SELECT pg_catalog.pg_promote(false)", &[])
+                                .await?
+                                .get::<_, bool>(0))
+                        })
+                        .await;
+                    match sent {
+                        Ok(true) => {}
+                        // Recovery may have ended between the two queries: the next check tells.
+                        Ok(false) | Err(Error::Sql { .. }) if signalled => {}
+                        Ok(false) => {
+                            return Err(Error::Refused("pg_promote could not signal the server"));
+                        }
+                        Err(err) => return Err(err),
+                    }
+                    signalled = true;
+                    last_signal = tokio::time::Instant::now();
+                }
+                _ => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: "promotion",
+                    timeout: PROMOTE_TIMEOUT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        info!("promoted");
-        Ok(())
     }
 
     /// On the primary: a physical slot (reserving WAL at once) for every member in `members` except this
