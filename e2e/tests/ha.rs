@@ -1,0 +1,340 @@
+//! HA scenarios on the local cluster, through the Helm chart, the operator and real pods: a 3-member
+//! cluster converges; a killed primary container fails over and the old primary rejoins; a frozen
+//! primary is fenced and rejoins after the thaw; a switchover and a primary kill in `sync` mode lose no
+//! acknowledged write. The fault scenarios run the fault-matrix checker (writer through `-rw`, probes in
+//! every pod) and fail on its verdict; the figures (failover time, switchover unavailability, sidecar RSS)
+//! are printed, never asserted as timings (DESIGN.md: benchmarks, not timed tests).
+
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{Result, ensure};
+use pgpilot_crds::contract;
+use pgpilot_e2e::{
+    TestNamespace,
+    checker::{
+        harness::Harness,
+        probe::now_us,
+        verdict::{Expectations, Verdict},
+    },
+    client,
+    ha::{self, check},
+};
+
+const CLUSTER: &str = "pg";
+
+fn probe_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_pgpilot-probe"))
+}
+
+fn ms(us: Option<i64>) -> String {
+    us.map_or("-".into(), |u| format!("{:.0} ms", u as f64 / 1000.0))
+}
+
+fn passed(v: &Verdict, ns: &TestNamespace) -> Result<()> {
+    ensure!(
+        v.failures.is_empty(),
+        "{}: {:?}\n{}",
+        v.scenario,
+        v.failures,
+        ha::describe(ns, CLUSTER)
+    );
+    ensure!(
+        v.split_brain.is_empty(),
+        "two writable members: {:?}",
+        v.split_brain
+    );
+    Ok(())
+}
+
+/// A cluster of 3 with the default timings (15/10/2 s) in `mode`, converged.
+async fn three(prefix: &str, mode: &str) -> Result<(TestNamespace, String)> {
+    let mut ns = TestNamespace::create(prefix)?;
+    ha::deploy(
+        &mut ns,
+        &ha::manifest(CLUSTER, 3, mode, 15, 10, 2),
+        CLUSTER,
+        3,
+    )
+    .await?;
+    let c = client().await?;
+    let primary = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(120)).await?;
+    Ok((ns, primary))
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn three_members_one_primary_two_streaming_replicas_rw_routes_to_it() -> Result<()> {
+    let (ns, primary) = three("ha-ready", "async").await?;
+    let c = client().await?;
+    let (holder, epoch) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    check(
+        holder.as_deref() == Some(primary.as_str()),
+        &ns,
+        CLUSTER,
+        &format!("Lease holder {holder:?} is not the primary {primary}"),
+    )?;
+    let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
+    ha::ensure_members(&reports, 3)?;
+    let streaming = reports
+        .values()
+        .filter(|r| r.replication_state.as_deref() == Some("streaming"))
+        .count();
+    check(
+        streaming == 2,
+        &ns,
+        CLUSTER,
+        &format!("{streaming} streaming replicas"),
+    )?;
+    check(
+        reports[&primary].pgpilot.epoch == u64::try_from(epoch)?,
+        &ns,
+        CLUSTER,
+        "the primary publishes the Lease epoch (L7)",
+    )?;
+    // Labels: one primary (the holder), two replicas; the -rw Service routes to the primary only.
+    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
+    let labelled: Vec<(String, Option<String>)> = pods
+        .iter()
+        .map(|p| (kube::ResourceExt::name_any(p), ha::role_label(p)))
+        .collect();
+    for (name, role) in &labelled {
+        let want = if *name == primary {
+            contract::ROLE_PRIMARY
+        } else {
+            contract::ROLE_REPLICA
+        };
+        check(
+            role.as_deref() == Some(want),
+            &ns,
+            CLUSTER,
+            &format!("{name} labelled {role:?}"),
+        )?;
+    }
+    let primary_ip = pods
+        .iter()
+        .find(|p| kube::ResourceExt::name_any(*p) == primary)
+        .and_then(ha::pod_ip);
+    let rw = pgpilot_e2e::wait_for(
+        "-rw endpoints on the primary",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let eps = ha::ready_endpoints(&c, &ns.name, &format!("{CLUSTER}-rw")).await?;
+            Ok((Some(eps.clone()) == primary_ip.clone().map(|ip| vec![ip])).then_some(eps))
+        },
+    )
+    .await?;
+    println!("-rw endpoints: {rw:?}; primary {primary} epoch {epoch}");
+    let rss = ha::sidecar_rss_kib()?;
+    println!("sidecar RSS (KiB) of every pgpilot-sidecar on this machine: {rss:?}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn killing_the_primary_container_promotes_a_replica_and_the_old_one_rejoins() -> Result<()> {
+    let (ns, primary) = three("ha-kill", "async").await?;
+    let c = client().await?;
+    let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
+    let target = format!("{}/{primary}/{}", ns.name, contract::POSTGRES_CONTAINER);
+    h.fault("kill", &target).await?;
+    let new_primary = h.wait_primary(Duration::from_secs(60)).await?;
+    h.mark(format!("checker: {new_primary} writable"));
+    h.healed();
+    let v = h
+        .finish(
+            "kill-primary",
+            "async",
+            Expectations {
+                max_lost: None,
+                converge_within_us: 60_000_000,
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    println!(
+        "kill primary container: writes resumed after {}, longest write gap {}, lost (async) {}",
+        ms(v.writes_resumed_us),
+        ms(v.longest_write_gap_us),
+        v.lost.len()
+    );
+    passed(&v, &ns)?;
+    ensure!(
+        v.final_primary.as_deref() != Some(primary.as_str()),
+        "the killed primary {primary} is still primary"
+    );
+    // The old primary rejoined as a streaming replica.
+    let now_primary = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(90)).await?;
+    ensure!(now_primary != primary);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn a_frozen_primary_is_fenced_by_the_time_a_replica_takes_over_and_rejoins() -> Result<()> {
+    let (ns, primary) = three("ha-freeze", "async").await?;
+    let c = client().await?;
+    let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
+    let target = format!("{}/{primary}", ns.name);
+    h.fault("freeze", &target).await?;
+    // Frozen past leaseDuration: a replica takes over (L2), the frozen one cannot renew.
+    let new_primary = h.wait_primary(Duration::from_secs(60)).await?;
+    ensure!(
+        new_primary != primary,
+        "{primary} still writable while frozen"
+    );
+    let (holder, _) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    ensure!(
+        holder.as_deref() == Some(new_primary.as_str()),
+        "holder {holder:?}"
+    );
+    h.mark(format!(
+        "checker: {new_primary} writable, thawing {primary}"
+    ));
+    h.fault("thaw", &target).await?;
+    h.healed();
+    let v = h
+        .finish(
+            "freeze-primary",
+            "async",
+            Expectations {
+                max_lost: None,
+                converge_within_us: 60_000_000,
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    println!(
+        "freeze primary: writes resumed after {}, lost (async) {}",
+        ms(v.writes_resumed_us),
+        v.lost.len()
+    );
+    // No span with two writable members: the thawed primary was fenced (L5) before it could serve.
+    passed(&v, &ns)?;
+    let after = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(90)).await?;
+    ensure!(after == new_primary, "primary moved again to {after}");
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn switchover_moves_the_primary_without_losing_an_acknowledged_write() -> Result<()> {
+    let (ns, primary) = three("ha-switch", "async").await?;
+    let c = client().await?;
+    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
+    let ip_of = |name: &str| {
+        pods.iter()
+            .find(|p| kube::ResourceExt::name_any(*p) == name)
+            .and_then(ha::pod_ip)
+    };
+    let candidate = ha::members(CLUSTER, 3)
+        .into_iter()
+        .find(|m| *m != primary)
+        .unwrap_or_default();
+    let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
+    h.fault_marked(
+        now_us(),
+        format!("POST /switchover {primary} -> {candidate}"),
+    );
+    // Sent to a replica on purpose: it forwards to the primary.
+    let via = ip_of(&candidate).unwrap_or_default();
+    let (status, body) = ha::switchover(&c, &ns.name, CLUSTER, &via, &primary, &candidate).await?;
+    h.mark(format!("checker: switchover answered {status} {body}"));
+    ensure!(
+        status == 200,
+        "switchover answered {status}: {body}\n{}",
+        ha::describe(&ns, CLUSTER)
+    );
+    let now = h.wait_primary(Duration::from_secs(30)).await?;
+    ensure!(now == candidate, "{now} is primary, not {candidate}");
+    h.healed();
+    let v = h
+        .finish(
+            "switchover",
+            "async",
+            Expectations {
+                max_lost: Some(0),
+                converge_within_us: 60_000_000,
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    println!(
+        "switchover: write unavailability (longest gap) {}, first write after {}, lost {}",
+        ms(v.longest_write_gap_us),
+        ms(v.writes_resumed_us),
+        v.lost.len()
+    );
+    passed(&v, &ns)?;
+    ensure!(v.lost.is_empty(), "lost {:?}", v.lost);
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn sync_mode_a_primary_kill_loses_no_acknowledged_write() -> Result<()> {
+    let (ns, primary) = three("ha-sync", "sync").await?;
+    let c = client().await?;
+    // The synchronous member is recorded before it is relied on (L3).
+    let recorded = pgpilot_e2e::wait_for(
+        "a recorded synchronous member",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
+            let lease = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+                c.clone(),
+                &ns.name,
+            )
+            .get(&contract::lease_name(CLUSTER))
+            .await?;
+            let members = lease
+                .metadata
+                .annotations
+                .unwrap_or_default()
+                .get(contract::ANNOTATION_SYNC_MEMBERS)
+                .cloned()
+                .unwrap_or_default();
+            Ok((!members.is_empty() && reports.len() == 3).then_some(members))
+        },
+    )
+    .await?;
+    let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
+    h.mark(format!("checker: synchronous members {recorded}"));
+    h.fault(
+        "kill",
+        &format!("{}/{primary}/{}", ns.name, contract::POSTGRES_CONTAINER),
+    )
+    .await?;
+    let new_primary = h.wait_primary(Duration::from_secs(60)).await?;
+    h.mark(format!("checker: {new_primary} writable"));
+    h.healed();
+    let v = h
+        .finish(
+            "kill-primary",
+            "sync",
+            Expectations {
+                max_lost: Some(0),
+                converge_within_us: 60_000_000,
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    println!(
+        "sync kill: writes resumed after {}, acknowledged {}, lost {}",
+        ms(v.writes_resumed_us),
+        v.acknowledged,
+        v.lost.len()
+    );
+    passed(&v, &ns)?;
+    ensure!(
+        v.lost.is_empty(),
+        "lost acknowledged writes in sync mode: {:?}",
+        v.lost
+    );
+    ensure!(
+        recorded.split(',').any(|m| m == new_primary),
+        "{new_primary} was not a recorded synchronous member ({recorded})"
+    );
+    Ok(())
+}
