@@ -386,6 +386,24 @@ mod tests {
     }
 
     #[test]
+    fn replica_without_upstream_waits_instead_of_streaming_from_itself() {
+        let role = Role::Replica {
+            upstream: Upstream {
+                host: String::new(),
+                port: 5432,
+            },
+            slot: Some("db_1".into()),
+        };
+        let r = render(&settings(), &desired(role), &creds());
+        assert!(r.standby_signal);
+        assert_eq!(
+            r.parameters["primary_conninfo"], "",
+            "an empty host would dial the local socket"
+        );
+        assert_eq!(r.parameters["primary_slot_name"], "");
+    }
+
+    #[test]
     fn synchronous_standby_names_by_method() {
         let s = |method, count, names: &[&str]| SyncStandbys {
             method,

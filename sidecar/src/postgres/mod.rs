@@ -130,6 +130,8 @@ pub fn find_bin_dir() -> PathBuf {
 /// The primary to clone from, stream from or rewind from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
+    /// Pod IP or name. Empty in [`Role::Replica`]: no primary known yet — the standby replays what it
+    /// has and waits (empty `primary_conninfo`).
     pub host: String,
     pub port: u16,
 }
