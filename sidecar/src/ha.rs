@@ -62,6 +62,7 @@ pub struct HaLoop {
     commands: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
     watchdog: watch::Sender<Option<(Instant, u32)>>,
+    replication: postgres::UserPassword,
     mem: Memory,
 }
 
@@ -104,6 +105,8 @@ pub struct Parts {
     pub state: watch::Sender<MemberState>,
     pub commands: mpsc::Receiver<Command>,
     pub metrics: Arc<Metrics>,
+    /// The replication user, for checking a switchover candidate's received WAL directly.
+    pub replication: postgres::UserPassword,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +169,7 @@ impl HaLoop {
             commands: p.commands,
             metrics: p.metrics,
             watchdog,
+            replication: p.replication,
             mem: Memory {
                 pg_state: "starting",
                 ..Memory::default()
@@ -1061,28 +1065,29 @@ impl HaLoop {
         }
     }
 
+    /// Polls the candidate's PostgreSQL (as the replication user, over TCP) until its received WAL is
+    /// past `checkpoint`, the old primary's shutdown checkpoint: then it has every committed write.
     async fn wait_caught_up(&self, host: &str, checkpoint: u64) -> bool {
-        let client = reqwest::Client::new();
-        let url = format!(
-            "http://{host}:{}/patroni",
-            pgpilot_crds::contract::REST_PORT
-        );
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .port(PG_PORT)
+            .user(&self.replication.username)
+            .password(&self.replication.password)
+            .dbname("postgres")
+            .connect_timeout(Duration::from_secs(1));
         let until = Instant::now() + SWITCHOVER_CATCH_UP;
         while Instant::now() < until {
-            if let Ok(r) = client
-                .get(&url)
-                .timeout(Duration::from_secs(1))
-                .send()
-                .await
-                && let Ok(report) = r.json::<pgpilot_crds::contract::MemberReport>().await
-                && report
-                    .xlog
-                    .and_then(|x| x.received_location.or(x.replayed_location))
-                    .is_some_and(|p| p > checkpoint)
+            if let Some(received) = received_lsn(&config).await
+                && received > checkpoint
             {
+                debug!(
+                    received,
+                    checkpoint, "candidate has the shutdown checkpoint"
+                );
                 return true;
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
         false
     }
@@ -1167,6 +1172,31 @@ async fn fencing_watchdog(mut armed: watch::Receiver<Option<(Instant, u32)>>) {
             }
         }
     }
+}
+
+/// A standby's `pg_last_wal_receive_lsn()` as a byte position; `None` on any failure.
+async fn received_lsn(config: &tokio_postgres::Config) -> Option<u64> {
+    let bound = Duration::from_secs(2);
+    let (client, connection) = tokio::time::timeout(bound, config.connect(tokio_postgres::NoTls))
+        .await
+        .ok()?
+        .ok()?;
+    let driver = tokio::spawn(connection);
+    let row = tokio::time::timeout(
+        bound,
+        client.query_one(
+            "SELECT (pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint",
+            &[],
+        ),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    drop(client);
+    driver.abort();
+    row.try_get::<_, Option<i64>>(0)
+        .ok()?
+        .and_then(|v| u64::try_from(v).ok())
 }
 
 fn peer_view(p: &PeerState) -> Peer {

@@ -9,8 +9,12 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use k8s_openapi::api::core::v1::Pod;
-use kube::Api;
+use futures::StreamExt;
+use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+use kube::{
+    Api,
+    runtime::{WatchStreamExt, watcher},
+};
 use pgpilot_crds::contract::{
     ENV_CLUSTER, ENV_POD_NAME, ENV_POD_NAMESPACE, REST_PORT, SECRETS_DIR, lease_name,
 };
@@ -27,11 +31,12 @@ use pgpilot_sidecar::{
     rest,
     state::{Handles, MemberState},
 };
+use tokio::sync::Notify;
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::{mpsc, watch},
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -121,6 +126,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let timings = Timings::new(&cfg.ha)?;
     let creds =
         Credentials::load(&args.secrets_dir, &cfg.bootstrap.database).context("credentials")?;
+    let replication = creds.replication.clone();
     let pg = Postgres::new(PgSettings::for_pod(&args.cluster, &args.member), creds);
     let request_timeout = timings.retry_period.min(Duration::from_secs(2));
     let elector = Elector::new(LeaseClient::new(
@@ -139,6 +145,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         &args.member,
         peer_timeout,
     );
+    // A follower's loop also wakes on every Lease change: a release or a handover is acted on at once.
+    tokio::spawn(wake_on_lease_changes(
+        Api::<Lease>::namespaced(client.clone(), &args.namespace),
+        lease_name(&args.cluster),
+        peers.changed.clone(),
+    ));
     let ha = HaLoop::new(Parts {
         me: args.member.clone(),
         timings,
@@ -150,6 +162,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         state: state_tx,
         commands: commands_rx,
         metrics,
+        replication,
     });
     let mut ha = tokio::spawn(ha.run(shutdown_rx));
 
@@ -173,4 +186,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     info!("stopped");
     Ok(())
+}
+
+/// Notifies `wake` on every change of the Lease (watched by name, as the sidecars' Role allows).
+async fn wake_on_lease_changes(api: Api<Lease>, name: String, wake: Arc<Notify>) {
+    let mut stream = std::pin::pin!(watcher::watch_object(api, &name).default_backoff());
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(_) => wake.notify_one(),
+            Err(error) => warn!(%error, "Lease watch error (retrying)"),
+        }
+    }
 }
