@@ -518,6 +518,69 @@ async fn rewind_rejoins_a_diverged_former_primary() {
 }
 
 #[tokio::test]
+async fn a_replica_ahead_of_the_promoted_one_is_stuck_until_rejoined() {
+    let dir = TestDir::new("ahead");
+    let mut a = primary(&dir, "m0", &["m0", "m1", "m2"]).await;
+    let mut b = replica(&dir, "m1", &a).await;
+    let mut c = replica(&dir, "m2", &a).await;
+    wait_streaming(&mut a, "m1").await;
+    wait_streaming(&mut a, "m2").await;
+
+    // b stops; c keeps receiving; a dies; b is promoted without a's last commits, which c has.
+    b.stop(StopMode::Fast).await.unwrap();
+    let asu = superuser(&a).await;
+    asu.batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('only a and c')")
+        .await
+        .unwrap();
+    let csu = superuser(&c).await;
+    eventually(10, "c has a's last commit", async || {
+        csu.query("SELECT 1 FROM t", &[]).await.ok()
+    })
+    .await;
+    a.stop(StopMode::Fast).await.unwrap();
+    b.configure(&replica_of(&a, "m1")).await.unwrap();
+    b.start().await.unwrap();
+    b.promote().await.unwrap();
+    let mut bd = desired(Role::Primary);
+    bd.member_slots = vec!["m0".into(), "m1".into(), "m2".into()];
+    b.configure(&bd).await.unwrap();
+    assert_eq!(b.observe().await.timeline, Some(2));
+
+    // c is told to follow b: it connects, but its WAL is past b's fork point, so it never gets onto
+    // timeline 2. This is the signal the HA loop sees: the upstream's timeline stays ahead of c's.
+    c.configure(&replica_of(&b, "m2")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let stuck = c.observe().await;
+    assert_eq!(stuck.timeline, Some(1), "c cannot follow b: {stuck:?}");
+    assert!(
+        !b.observe()
+            .await
+            .replication
+            .iter()
+            .any(|r| r.application_name == "m2" && r.state == "streaming"),
+        "b never sees c streaming"
+    );
+
+    assert_eq!(
+        c.rejoin(&replica_of(&b, "m2")).await.unwrap(),
+        Rejoined::Rewound
+    );
+    wait_streaming(&mut b, "m2").await;
+    let csu = superuser(&c).await;
+    let rows = csu
+        .query("SELECT 1 FROM pg_class WHERE relname = 't'", &[])
+        .await
+        .unwrap();
+    assert!(
+        rows.is_empty(),
+        "c gave up the commit b never had, and follows b's history"
+    );
+    assert_eq!(c.observe().await.timeline, Some(2));
+    b.stop(StopMode::Fast).await.unwrap();
+    c.stop(StopMode::Fast).await.unwrap();
+}
+
+#[tokio::test]
 async fn reclone_when_the_diverged_wal_is_gone() {
     let dir = TestDir::new("reclone");
     let mut a = member(&dir, "m0");
