@@ -826,11 +826,18 @@ async fn a_crashed_postmaster_is_detected_and_restarts_with_crash_recovery() {
     assert!(!status.success());
     assert!(!pg.observe().await.running);
 
+    // A volume's fsGroup change may have widened the directory meanwhile; start narrows it again.
+    use std::os::unix::fs::PermissionsExt;
+    let data = pg.settings().data_dir.clone();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o2770)).unwrap();
+
     // The orphaned backends notice the postmaster's death and exit; until then the old shared memory
     // is still attached and a new postmaster refuses to start. The HA loop retries the same way.
     let started = eventually(30, "restart after crash", async || pg.start().await.ok()).await;
     let _: () = started;
     assert_eq!(pg.exited(), None, "a new start clears the crash");
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "data directory mode {mode:o}");
     let su = superuser(&pg).await;
     assert_eq!(
         count_rows(&su, "t").await,

@@ -59,6 +59,7 @@ impl Postgres {
         }
         self.crashed = None;
         self.clear_stale_pid_file()?;
+        self.restrict_data_dir()?;
         self.ensure_dir(&self.settings.socket_dir.clone(), 0o2775)?;
         let mut cmd = self.command("postgres");
         cmd.arg("-D").arg(&self.settings.data_dir);
@@ -199,6 +200,23 @@ impl Postgres {
             context: format!("remove {}", path.display()),
             source,
         })
+    }
+
+    /// PostgreSQL refuses to start on a data directory with more than `u=rwx,g=rx`; a volume's group
+    /// ownership change (the pod's `fsGroup`) can add group write. Resets it to 0700 when it has more.
+    fn restrict_data_dir(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = &self.settings.data_dir;
+        let io = |source| Error::Io {
+            context: format!("permissions of {}", data.display()),
+            source,
+        };
+        let mode = std::fs::metadata(data).map_err(io)?.permissions().mode() & 0o7777;
+        if mode & 0o027 != 0 {
+            warn!(data_dir = %data.display(), mode = format!("{mode:o}"), "restricting the data directory to 0700");
+            std::fs::set_permissions(data, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
+        }
+        Ok(())
     }
 
     /// Creates `dir` if missing, owned by `run_as`.
