@@ -129,9 +129,13 @@ impl Harness {
     /// Runs `e2e/fault <verb> <target>`; the first fault sets the fault instant.
     pub async fn fault(&mut self, verb: &str, target: &str) -> Result<(), HarnessError> {
         let command = format!("e2e/fault {verb} {target}");
+        let args: Vec<&str> = [verb, target]
+            .into_iter()
+            .filter(|a| !a.is_empty())
+            .collect();
         let at = now_us();
         let out = tokio::process::Command::new(fault_hook())
-            .args([verb, target])
+            .args(args)
             .env("KUBECONFIG", crate::kubeconfig_path())
             .output()
             .await
@@ -161,6 +165,14 @@ impl Harness {
             t.push(at, what.into());
         }
         self.fault_at.get_or_insert(at);
+    }
+
+    /// The cluster now has `instances` members (after a scale): convergence waits for all of them.
+    pub fn set_members(&mut self, instances: usize) {
+        self.members = (0..instances)
+            .map(|i| format!("{}-{i}", self.cluster))
+            .collect();
+        self.mark(format!("checker: expecting {instances} members"));
     }
 
     /// The instant the first fault was injected.
