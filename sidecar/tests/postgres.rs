@@ -1,8 +1,9 @@
 //! The PostgreSQL lifecycle against real PostgreSQL 15 servers on loopback (no Kubernetes).
 //!
 //! Tests run as root; the servers run as the `postgres` OS user (`run_as`) with their data under
-//! /var/tmp. Each test has its own directory and ports; servers are stopped at the end of each test and,
-//! if it panics, by `Postgres`'s drop (immediate shutdown). A failed test keeps its directory (logs).
+//! /var/tmp. Run as the `postgres` user itself, they exercise the pod's case (`run_as: None`). Each
+//! test has its own directory and ports; servers are stopped at the end of each test and, if it
+//! panics, by `Postgres`'s drop (immediate shutdown). A failed test keeps its directory (logs).
 
 #![allow(
     clippy::unwrap_used,
@@ -38,8 +39,7 @@ impl TestDir {
             N.fetch_add(1, Ordering::SeqCst)
         ));
         std::fs::create_dir_all(&path).unwrap();
-        let (uid, gid) = postgres_ids();
-        std::os::unix::fs::chown(&path, Some(uid), Some(gid)).unwrap();
+        give_to_postgres(&path);
         Self(path)
     }
 }
@@ -54,6 +54,20 @@ impl Drop for TestDir {
         } else {
             let _ = std::fs::remove_dir_all(&self.0);
         }
+    }
+}
+
+/// As root (CI, `make test`), the servers run as the `postgres` OS user. Run as that user (the pod's
+/// situation: `sudo -u postgres <test binary>`), they run as the test process itself.
+fn run_as() -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    let euid = std::fs::metadata("/proc/self").unwrap().uid();
+    (euid == 0).then(postgres_ids)
+}
+
+fn give_to_postgres(path: &std::path::Path) {
+    if let Some((uid, gid)) = run_as() {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).unwrap();
     }
 }
 
@@ -96,15 +110,14 @@ const CLUSTER: &str = "pgit";
 fn member(dir: &TestDir, name: &str) -> Postgres {
     let home = dir.0.join(name);
     std::fs::create_dir_all(&home).unwrap();
-    let (uid, gid) = postgres_ids();
-    std::os::unix::fs::chown(&home, Some(uid), Some(gid)).unwrap();
+    give_to_postgres(&home);
     let settings = PgSettings {
         bin_dir: find_bin_dir(),
         data_dir: home.join("pgdata"),
         port: free_port(),
         socket_dir: home.join("sock"),
         listen_addresses: "127.0.0.1".into(),
-        run_as: Some((uid, gid)),
+        run_as: run_as(),
         member: name.into(),
         cluster: CLUSTER.into(),
         start_timeout: Duration::from_secs(60),
