@@ -152,6 +152,8 @@ impl Harness {
                 output: text,
             });
         }
+        // The hook stamps the moment it acted; the time before it started includes its kubectl look-ups.
+        let at = acted_at(&text).unwrap_or(at);
         if let Ok(mut t) = self.timeline.lock() {
             t.push(at, format!("{command}: {text}"));
         }
@@ -357,6 +359,16 @@ impl Harness {
     }
 }
 
+/// The timestamp a fault hook printed with what it did (`2026-11-26T04:05:32.452Z fault: killed …`).
+pub fn acted_at(output: &str) -> Option<Micros> {
+    output
+        .lines()
+        .filter(|l| l.contains(" fault: "))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())
+        .map(jiff::Timestamp::as_microsecond)
+        .next_back()
+}
+
 /// Writes `<scenario>-<mode>.json` (the verdict) and `<scenario>-<mode>.samples.jsonl` (every probe
 /// sample, for a failure's post-mortem) under [`verdict_dir`].
 pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, HarnessError> {
@@ -373,4 +385,16 @@ pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, Harness
     let samples_path = dir.join(format!("{}-{}.samples.jsonl", v.scenario, v.mode));
     std::fs::write(&samples_path, lines).map_err(|e| HarnessError::Write(samples_path, e))?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hook_stamp_is_the_fault_instant() {
+        let out = "04:05:31.100 [fault] looking up\n2026-11-26T04:05:32.452Z fault: killed container postgres of ns/pg-2";
+        assert_eq!(acted_at(out), Some(1_795_665_932_452_000));
+        assert_eq!(acted_at("no stamp here"), None);
+    }
 }
