@@ -9,26 +9,25 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Credentials, Desired, PgSettings, Role, SyncMethod, SyncStandbys};
 
-/// Parameters pgpilot renders itself; values for them in the spec are ignored (the CRD rejects them).
-pub const OWNED_PARAMETERS: &[&str] = &[
-    "listen_addresses",
-    "port",
-    "unix_socket_directories",
-    "hot_standby",
-    "wal_level",
-    "max_wal_senders",
-    "max_replication_slots",
-    "wal_log_hints",
-    "hba_file",
-    "ident_file",
-    "data_directory",
-    "config_file",
-    "primary_conninfo",
-    "primary_slot_name",
-    "synchronous_standby_names",
-    "recovery_target_timeline",
-    "password_encryption",
-];
+/// Parameters pgpilot renders itself; values for them in the spec are ignored. The CRD rejects the
+/// ones in `pgpilot_crds::cluster::OWNED_PARAMETERS` (one list, so the two cannot disagree); the few
+/// below it lets through are handled here: `wal_level` may be raised to `logical`, the `max_*` limits
+/// may be raised above pgpilot's floor, and `password_encryption` stays `scram-sha-256` because
+/// pg_hba.conf accepts SCRAM only.
+pub fn is_owned(name: &str) -> bool {
+    pgpilot_crds::cluster::OWNED_PARAMETERS.contains(&name)
+        || [
+            "wal_level",
+            "max_wal_senders",
+            "max_replication_slots",
+            "password_encryption",
+        ]
+        .contains(&name)
+}
+
+/// Floors for the replication limits: enough for nine members plus a backup.
+const MIN_WAL_SENDERS: u32 = 10;
+const MIN_REPLICATION_SLOTS: u32 = 10;
 
 /// Defaults for a container, overridable from the spec.
 const DEFAULT_PARAMETERS: &[(&str, &str)] = &[
@@ -76,10 +75,27 @@ pub fn render(settings: &PgSettings, desired: &Desired, creds: &Credentials) -> 
         .collect();
     p.insert("cluster_name".into(), settings.cluster.clone());
     for (k, v) in &desired.parameters {
-        if !OWNED_PARAMETERS.contains(&k.as_str()) {
+        if !is_owned(k) {
             p.insert(k.clone(), v.clone());
         }
     }
+    let spec = |name: &str| {
+        desired
+            .parameters
+            .get(name)
+            .map(|v| v.trim().to_ascii_lowercase())
+    };
+    let wal_level = if spec("wal_level").as_deref() == Some("logical") {
+        "logical"
+    } else {
+        "replica"
+    };
+    let at_least = |name: &str, floor: u32| {
+        spec(name)
+            .and_then(|v| v.parse::<u32>().ok())
+            .map_or(floor, |v| v.max(floor))
+            .to_string()
+    };
     let owned = [
         ("listen_addresses", settings.listen_addresses.clone()),
         ("port", settings.port.to_string()),
@@ -88,9 +104,15 @@ pub fn render(settings: &PgSettings, desired: &Desired, creds: &Credentials) -> 
             settings.socket_dir.display().to_string(),
         ),
         ("hot_standby", "on".into()),
-        ("wal_level", "replica".into()),
-        ("max_wal_senders", "10".into()),
-        ("max_replication_slots", "10".into()),
+        ("wal_level", wal_level.into()),
+        (
+            "max_wal_senders",
+            at_least("max_wal_senders", MIN_WAL_SENDERS),
+        ),
+        (
+            "max_replication_slots",
+            at_least("max_replication_slots", MIN_REPLICATION_SLOTS),
+        ),
         ("wal_log_hints", "on".into()),
         ("password_encryption", "scram-sha-256".into()),
         ("recovery_target_timeline", "latest".into()),
@@ -348,6 +370,27 @@ mod tests {
         assert_eq!(p["synchronous_standby_names"], "");
         assert_eq!(p["recovery_target_timeline"], "latest");
         assert!(!p.contains_key("primary_conninfo"));
+    }
+
+    #[test]
+    fn spec_may_raise_replication_settings_but_not_lower_them() {
+        let mut d = desired(Role::Primary);
+        d.parameters.insert("wal_level".into(), "logical".into());
+        d.parameters.insert("max_wal_senders".into(), "20".into());
+        d.parameters
+            .insert("max_replication_slots".into(), "2".into());
+        d.parameters
+            .insert("password_encryption".into(), "md5".into());
+        let p = render(&settings(), &d, &creds()).parameters;
+        assert_eq!(p["wal_level"], "logical");
+        assert_eq!(p["max_wal_senders"], "20");
+        assert_eq!(p["max_replication_slots"], "10");
+        assert_eq!(p["password_encryption"], "scram-sha-256");
+        d.parameters.insert("wal_level".into(), "minimal".into());
+        assert_eq!(
+            render(&settings(), &d, &creds()).parameters["wal_level"],
+            "replica"
+        );
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl SyncStandbys {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     pub role: Role,
-    /// Parameters from the spec. pgpilot-owned ones ([`config::OWNED_PARAMETERS`]) are ignored.
+    /// Parameters from the spec. pgpilot-owned ones ([`config::is_owned`]) are ignored.
     pub parameters: BTreeMap<String, String>,
     /// Extra `pg_hba.conf` lines, placed before pgpilot's own.
     pub pg_hba: Vec<String>,
