@@ -469,42 +469,69 @@ async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected()
     )
     .await?;
 
-    // The sidecars' Lease writes survive the operator's: a holder written with the sidecar's field manager
-    // stays when the operator applies a new lease duration.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), &n);
-    let mut claimed = leases.get("pg-leader").await?;
-    let spec = claimed.spec.get_or_insert_default();
-    spec.holder_identity = Some("pg-1".into());
-    spec.lease_transitions = Some(1);
-    leases
-        .replace(
-            "pg-leader",
-            &PostParams {
-                field_manager: Some("pgpilot-sidecar".into()),
-                ..PostParams::default()
-            },
-            &claimed,
-        )
-        .await?;
+    // A spec change reaches the sidecars' ConfigMap.
     ns.kubectl(&[
         "patch",
         "pgc",
         "pg",
         "--type=merge",
         "-p",
+        r#"{"spec":{"postgresql":{"parameters":{"work_mem":"8MB"}}}}"#,
+    ])?;
+    wait_for(
+        "work_mem in the sidecar config",
+        30 * SECOND,
+        SECOND / 2,
+        || async {
+            let cm: ConfigMap = get(&client, &n, "pg-config").await?.context("configmap")?;
+            let config: SidecarConfig =
+                serde_json::from_str(&cm.data.unwrap_or_default()["config.json"])?;
+            Ok(
+                (config.parameters.get("work_mem").map(String::as_str) == Some("8MB"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+
+    // The sidecars' Lease writes survive the operator's: a holder written under the sidecar's field
+    // manager stays when the operator applies a new lease duration. A cluster whose PostgreSQL image does
+    // not exist has no sidecar running, so nothing else writes its Lease during the check.
+    let held = "apiVersion: pgpilot.io/v1alpha1\nkind: PostgresCluster\nmetadata: {name: held}\nspec: {image: localhost/pgpilot-none:never}\n";
+    ns.kubectl_output(&["apply", "-f", "-"], Some(held))?.ok()?;
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &n);
+    let mut claimed = wait_for("the held-leader Lease", 30 * SECOND, SECOND / 2, || async {
+        Ok(leases.get_opt("held-leader").await?)
+    })
+    .await?;
+    let spec = claimed.spec.get_or_insert_default();
+    spec.holder_identity = Some("held-0".into());
+    spec.lease_transitions = Some(7);
+    let sidecar = PostParams {
+        field_manager: Some("pgpilot-sidecar".into()),
+        ..PostParams::default()
+    };
+    leases.replace("held-leader", &sidecar, &claimed).await?;
+    ns.kubectl(&[
+        "patch",
+        "pgc",
+        "held",
+        "--type=merge",
+        "-p",
         r#"{"spec":{"ha":{"leaseDurationSeconds":20}}}"#,
     ])?;
     let after = wait_for("lease duration 20", 30 * SECOND, SECOND / 2, || async {
-        let l = leases.get("pg-leader").await?;
+        let l = leases.get("held-leader").await?;
         Ok(l.spec
             .clone()
             .filter(|s| s.lease_duration_seconds == Some(20)))
     })
     .await?;
     ensure!(
-        after.holder_identity.as_deref() == Some("pg-1") && after.lease_transitions == Some(1),
+        after.holder_identity.as_deref() == Some("held-0") && after.lease_transitions == Some(7),
         "the operator reset the election: {after:?}"
     );
+    ns.kubectl(&["delete", "pgc", "held"])?;
 
     // Secrets are generated once: a reconcile after a spec change leaves the password alone.
     wait_for("status of generation 2", 30 * SECOND, SECOND, || async {
