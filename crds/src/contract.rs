@@ -119,7 +119,11 @@ pub struct HaTimings {
 
 impl Default for HaTimings {
     fn default() -> Self {
-        Self { lease_duration_seconds: 15, renew_deadline_seconds: 10, retry_period_seconds: 2 }
+        Self {
+            lease_duration_seconds: 15,
+            renew_deadline_seconds: 10,
+            retry_period_seconds: 2,
+        }
     }
 }
 
@@ -127,7 +131,8 @@ impl HaTimings {
     /// DESIGN.md L6: `leaseDuration > renewDeadline > 1.2 · retryPeriod`. The CRD enforces the same rule.
     pub fn is_valid(&self) -> bool {
         self.lease_duration_seconds > self.renew_deadline_seconds
-            && u64::from(self.renew_deadline_seconds) * 10 > u64::from(self.retry_period_seconds) * 12
+            && u64::from(self.renew_deadline_seconds) * 10
+                > u64::from(self.retry_period_seconds) * 12
             && self.retry_period_seconds > 0
     }
 }
@@ -153,7 +158,11 @@ pub struct ReplicationConfig {
 
 impl Default for ReplicationConfig {
     fn default() -> Self {
-        Self { mode: ReplicationMode::Async, sync_replicas: 1, maximum_lag_on_failover_bytes: 1024 * 1024 }
+        Self {
+            mode: ReplicationMode::Async,
+            sync_replicas: 1,
+            maximum_lag_on_failover_bytes: 1024 * 1024,
+        }
     }
 }
 
@@ -168,7 +177,10 @@ pub struct BootstrapConfig {
 
 impl Default for BootstrapConfig {
     fn default() -> Self {
-        Self { database: "app".into(), owner: "app".into() }
+        Self {
+            database: "app".into(),
+            owner: "app".into(),
+        }
     }
 }
 
@@ -253,9 +265,16 @@ mod tests {
 
     #[test]
     fn l6_rejects_each_broken_inequality() {
-        let t = |l, d, r| HaTimings { lease_duration_seconds: l, renew_deadline_seconds: d, retry_period_seconds: r };
+        let t = |l, d, r| HaTimings {
+            lease_duration_seconds: l,
+            renew_deadline_seconds: d,
+            retry_period_seconds: r,
+        };
         assert!(!t(10, 10, 2).is_valid(), "lease must exceed renew deadline");
-        assert!(!t(15, 12, 10).is_valid(), "renew deadline must exceed 1.2 x retry");
+        assert!(
+            !t(15, 12, 10).is_valid(),
+            "renew deadline must exceed 1.2 x retry"
+        );
         assert!(!t(15, 6, 5).is_valid(), "6 is exactly 1.2 x 5: not greater");
         assert!(t(15, 7, 5).is_valid());
         assert!(!t(15, 10, 0).is_valid(), "retry period must be positive");
@@ -263,11 +282,13 @@ mod tests {
 
     #[test]
     fn config_round_trips_and_fills_defaults() {
-        let c: SidecarConfig = serde_json::from_str(r#"{"replication":{"mode":"strictSync"}}"#).unwrap();
+        let c: SidecarConfig =
+            serde_json::from_str(r#"{"replication":{"mode":"strictSync"}}"#).unwrap();
         assert_eq!(c.replication.mode, ReplicationMode::StrictSync);
         assert_eq!(c.replication.sync_replicas, 1);
         assert_eq!(c.ha, HaTimings::default());
-        let back: SidecarConfig = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
+        let back: SidecarConfig =
+            serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, c);
     }
 }
