@@ -685,3 +685,87 @@ async fn with_two_operator_replicas_only_the_lease_holder_reconciles() -> Result
     .await?;
     Ok(())
 }
+
+/// Switchover through the spec: the operator asks the primary's sidecar (basic auth from the `<c>-api`
+/// Secret) once, and reports the change. Needs working sidecars: the members must elect a primary.
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn a_switchover_in_the_spec_is_requested_once_and_reported() -> Result<()> {
+    let client = client().await?;
+    let mut ns = TestNamespace::create("op-switchover")?;
+    ns.install_operator(&[])?;
+    let n = ns.name.clone();
+    ns.kubectl(&["apply", "-f", &example("cluster-3.yaml")])?;
+    let running = wait_for(
+        "pg Running with a primary",
+        180 * SECOND,
+        SECOND,
+        || async {
+            let s = cluster(&client, &n).await?.status;
+            Ok(s.filter(|s| s.phase.as_deref() == Some("Running") && s.primary.is_some()))
+        },
+    )
+    .await?;
+    let primary = running.primary.context("primary")?;
+    let target = ["pg-0", "pg-1", "pg-2"]
+        .into_iter()
+        .find(|m| *m != primary)
+        .context("a replica")?;
+
+    let patch = format!(r#"{{"spec":{{"switchover":{{"targetInstance":"{target}"}}}}}}"#);
+    ns.kubectl(&["patch", "pgc", "pg", "--type=merge", "-p", &patch])?;
+    let done = wait_for(
+        "the target to become primary",
+        60 * SECOND,
+        SECOND / 2,
+        || async {
+            let s = cluster(&client, &n).await?.status;
+            Ok(s.filter(|s| s.primary.as_deref() == Some(target)))
+        },
+    )
+    .await?;
+    let record = done.last_failover.context("lastFailover")?;
+    ensure!(
+        (
+            record.from.as_str(),
+            record.to.as_str(),
+            record.reason.as_str()
+        ) == (primary.as_str(), target, "Switchover"),
+        "{record:?}"
+    );
+    let settled = wait_for(
+        "SwitchoverInProgress=False/Completed",
+        30 * SECOND,
+        SECOND,
+        || async {
+            let s = cluster(&client, &n).await?.status.unwrap_or_default();
+            Ok(s.conditions
+                .into_iter()
+                .find(|c| c.type_ == "SwitchoverInProgress" && c.reason == "Completed"))
+        },
+    )
+    .await?;
+    ensure!(
+        settled.status == "False" && settled.observed_generation == Some(2),
+        "{settled:?}"
+    );
+    wait_for(
+        "SwitchoverRequested and SwitchoverCompleted events",
+        30 * SECOND,
+        SECOND,
+        || async {
+            let reasons = event_reasons(&ns).await?;
+            let requested = reasons
+                .iter()
+                .filter(|r| *r == "SwitchoverRequested")
+                .count();
+            ensure!(requested <= 1, "requested {requested} times: {reasons:?}");
+            Ok(
+                (requested == 1 && reasons.iter().any(|r| r == "SwitchoverCompleted"))
+                    .then_some(()),
+            )
+        },
+    )
+    .await?;
+    Ok(())
+}
