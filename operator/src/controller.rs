@@ -88,6 +88,10 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let ns = cluster.namespace().unwrap_or_default();
     let api: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), &ns);
     let prev = cluster.status.clone().unwrap_or_default();
+    // Being deleted: the garbage collector removes the children; applying them again would fight it.
+    if cluster.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
 
     let c = match validate(cluster, &ctx.sidecar_image) {
         Ok(c) => c,
