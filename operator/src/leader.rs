@@ -156,6 +156,29 @@ pub async fn run(
     }
 }
 
+/// Hands the Lease over on shutdown: clears the holder (conditional on the version just read, L1) so a
+/// standby replica takes over at once instead of after the lease duration.
+pub async fn release(client: Client, namespace: &str, name: &str, me: &str) {
+    let api: Api<Lease> = Api::namespaced(client, namespace);
+    let lease = match api.get_opt(name).await {
+        Ok(Some(l)) if record(&l).holder.as_deref() == Some(me) => l,
+        Ok(_) => return,
+        Err(e) => {
+            warn!(error = %e, "reading the operator lease to release it");
+            return;
+        }
+    };
+    let mut released = lease.clone();
+    if let Some(spec) = released.spec.as_mut() {
+        spec.holder_identity = None;
+        spec.renew_time = None;
+    }
+    match api.replace(name, &PostParams::default(), &released).await {
+        Ok(_) => info!(identity = me, "released operator lease"),
+        Err(e) => warn!(error = %e, "releasing the operator lease"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -113,7 +113,7 @@ async fn main() -> anyhow::Result<()> {
     }
     let (tx, mut rx) = watch::channel(false);
     let elector = leader::run(
-        client,
+        client.clone(),
         &args.lease_namespace,
         &args.lease_name,
         &args.identity,
@@ -127,7 +127,11 @@ async fn main() -> anyhow::Result<()> {
     }
     info!(identity = %args.identity, "leading: reconciling");
     tokio::select! {
-        () = run => Ok(()),
+        () = run => {
+            // Shut down by a signal: hand over at once.
+            leader::release(client, &args.lease_namespace, &args.lease_name, &args.identity).await;
+            Ok(())
+        }
         e = elector => Err(e.into()),
         r = rx.wait_for(|leader| !*leader) => { r.context("election channel closed")?; anyhow::bail!("lost the operator lease") }
         r = server => { r.context("metrics server task")??; Ok(()) }
