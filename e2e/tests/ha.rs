@@ -177,11 +177,24 @@ async fn a_frozen_primary_is_fenced_by_the_time_a_replica_takes_over_and_rejoins
     let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
     let target = format!("{}/{primary}", ns.name);
     h.fault("freeze", &target).await?;
-    // Frozen past leaseDuration: a replica takes over (L2), the frozen one cannot renew.
-    let new_primary = h.wait_primary(Duration::from_secs(60)).await?;
-    ensure!(
-        new_primary != primary,
-        "{primary} still writable while frozen"
+    // Frozen past leaseDuration: a replica takes over (L2), the frozen one cannot renew. (Right after
+    // the freeze the probes still hold the frozen primary's last sample, so wait for another member.)
+    let frozen_at = std::time::Instant::now();
+    let new_primary = loop {
+        match h.writable_member() {
+            Some(m) if m != primary => break m,
+            _ if frozen_at.elapsed() > Duration::from_secs(60) => {
+                anyhow::bail!(
+                    "no other member became primary\n{}",
+                    ha::describe(&ns, CLUSTER)
+                )
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    println!(
+        "freeze primary: {new_primary} writable {:?} after the freeze",
+        frozen_at.elapsed()
     );
     let (holder, _) = ha::lease(&c, &ns.name, CLUSTER).await?;
     ensure!(

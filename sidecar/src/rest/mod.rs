@@ -407,13 +407,20 @@ pub fn plan_switchover(
     };
     let sync_mode = s.config.replication.mode != ReplicationMode::Async;
     let usable = |name: &str| -> Result<(), String> {
-        let peer = s
-            .peers
-            .iter()
-            .find(|p| p.name == name)
-            .ok_or_else(|| format!("candidate {name} does not exist"))?;
-        peer.healthy_replica()
-            .ok_or_else(|| format!("candidate {name} is not running as a replica"))?;
+        // The request may be sent to the candidate itself: it knows its own state best.
+        let replica = if name == s.member {
+            s.is_replica()
+        } else {
+            let peer = s
+                .peers
+                .iter()
+                .find(|p| p.name == name)
+                .ok_or_else(|| format!("candidate {name} does not exist"))?;
+            peer.healthy_replica().is_some()
+        };
+        if !replica {
+            return Err(format!("candidate {name} is not running as a replica"));
+        }
         let tags = s.config.tags.get(name).cloned().unwrap_or_default();
         if tags.no_failover || tags.failover_priority == Some(0) {
             return Err(format!("candidate {name} is tagged noFailover"));

@@ -435,6 +435,26 @@ async fn switchover_reaches_the_ha_loop() {
 }
 
 #[tokio::test]
+async fn a_replica_accepts_itself_as_candidate() {
+    // Sent to the candidate: it checks itself, then (not being the primary) forwards to the primary;
+    // the primary's address is unknown here, so the forward answers 503 — not a 412 "does not exist".
+    let h = harness(replica_state(0));
+    let r = handle(
+        &h.ctx,
+        post("/switchover", r#"{"leader":"c-0","candidate":"c-1"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert!(r.body.contains("address"), "{}", r.body);
+    let r = handle(
+        &h.ctx,
+        post("/switchover", r#"{"leader":"c-0","candidate":"c-9"}"#),
+    )
+    .await;
+    assert_eq!(r.status, 412);
+}
+
+#[tokio::test]
 async fn reinitialize_is_refused_on_the_leader() {
     let h = harness(primary_state());
     let r = handle(&h.ctx, post("/reinitialize", "")).await;
