@@ -9,15 +9,14 @@ mkdir -p "$LOG_DIR"
 if ! image_id "$BASE_IMAGE" >/dev/null; then
   start=$SECONDS
   rootfs=$(mktemp -d /var/tmp/pgpilot-rootfs.XXXXXX)
-  trap 'rm -rf "$rootfs"' EXIT
+  trap 'rm -rf "$rootfs" "$rootfs.tar"' EXIT
   log "debootstrap $DEBIAN_SUITE from $DEBIAN_MIRROR"
   debootstrap --variant=minbase "$DEBIAN_SUITE" "$rootfs" "$DEBIAN_MIRROR" >>"$LOG_DIR/images-build.log" 2>&1 \
     || die "debootstrap failed: see $LOG_DIR/images-build.log"
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -cf "$rootfs.tar" .
   container=$(bh from scratch)
-  mnt=$(bh mount "$container")
-  cp -a "$rootfs"/. "$mnt"/
-  bh umount "$container" >/dev/null
+  bh add --quiet "$container" "$rootfs.tar" / >/dev/null
   bh config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 \
     --cmd /bin/bash "$container"
   bh commit --quiet --rm "$container" "$BASE_IMAGE" >/dev/null

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds every pinned component of the local cluster from its Go module into $CACHE_DIR/bin/<name>-<version>/.
 # Idempotent: a component whose directory exists is skipped. Links kubectl and helm into target/e2e/bin.
-LOG_TAG=build source "$(dirname "$0")/lib/common.sh"
+LOG_TAG=build
+source "$(dirname "$0")/lib/common.sh"
 
 BIN="$CACHE_DIR/bin"
 mkdir -p "$BIN" "$OUT_DIR/bin"

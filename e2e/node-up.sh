@@ -19,7 +19,7 @@ CONTAINERD_SOCKET=$(containerd_socket "$i")
 KUBELET_PORT=$(kubelet_port "$i")
 KUBELET_HEALTHZ_PORT=$(kubelet_healthz_port "$i")
 PKI="$STATE_DIR/pki"
-REGISTRY_HOSTS_DIR="$STATE_DIR/registry-hosts"
+REGISTRY_HOSTS_DIR="$NODE_DIR/registry-hosts"
 SHIM_SOCKET_DIR="$RUNTIME_DIR/$NODE_NAME/s"
 RUNC_ROOT="$RUNTIME_DIR/$NODE_NAME/runc"
 mkdir -p "$NODE_DIR" "$LOG_DIR" "$SHIM_SOCKET_DIR"

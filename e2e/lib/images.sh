@@ -3,7 +3,7 @@
 # buildah keeps its images in our cache directory; no daemon, no registry. A node re-imports an image only
 # when the image's ID differs from the one it last imported.
 
-BUILDAH_ROOT="$CACHE_DIR/containers"
+BUILDAH_ROOT="$CACHE_DIR/buildah"
 ARCHIVES="$CACHE_DIR/images"
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_IMAGE="localhost/debian:$DEBIAN_SUITE"
@@ -13,8 +13,12 @@ LOCAL_PATH_IMAGE="localhost/local-path-provisioner:$LOCAL_PATH_VERSION"
 # What every node holds before its kubelet starts (base-images.sh builds them).
 CLUSTER_IMAGES=("$PAUSE_IMAGE" "$COREDNS_IMAGE" "$LOCAL_PATH_IMAGE" "$BASE_IMAGE")
 
+# Every buildah call runs in a mount namespace of its own: the overlay mounts it makes go away with it, so
+# nothing stays mounted on the host between calls.
 bh() {
-  buildah --root "$BUILDAH_ROOT/storage" --runroot "$BUILDAH_ROOT/run" --storage-driver vfs "$@"
+  [[ -f $BUILDAH_ROOT/containers.conf ]] || render "$TEMPLATES/containers.conf" "$BUILDAH_ROOT/containers.conf"
+  CONTAINERS_CONF="$BUILDAH_ROOT/containers.conf" unshare --mount --propagation private \
+    buildah --root "$BUILDAH_ROOT/storage" --runroot "$BUILDAH_ROOT/run" --storage-driver overlay "$@"
 }
 
 image_id() { bh inspect --type image --format '{{.FromImageID}}' "$1" 2>/dev/null; }
