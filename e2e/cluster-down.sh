@@ -41,7 +41,7 @@ if [[ -d /sys/fs/cgroup/pids/$CGROUP_PARENT ]]; then
 fi
 
 # Mounts under our directories, deepest first; then pod network namespaces CNI could not release.
-awk '{print $2}' /proc/self/mounts | grep -E "^($STATE_DIR|$RUNTIME_DIR)(/|$)" | sort -r | while read -r m; do
+awk '{print $2}' /proc/self/mounts | { grep -E "^($STATE_DIR|$RUNTIME_DIR)(/|$)" || true; } | sort -r | while read -r m; do
   umount "$m" 2>/dev/null || umount -l "$m"
   log "unmounted $m"
 done

@@ -24,11 +24,12 @@ cgroup_create() {
   done
 }
 
-# cgroup_remove PATH: removes $CGROUP_PARENT/PATH and everything below it, deepest first, in every hierarchy.
-# Only empty cgroups can go: stop what runs in them first.
+# cgroup_remove PATH: removes $CGROUP_PARENT/PATH and everything below it, deepest first, in every hierarchy
+# (runc mirrors the pods' cgroups into the controller-less v2 mount too). Only empty cgroups can go: stop
+# what runs in them first.
 cgroup_remove() {
   local h
-  for h in $(cgroup_hierarchies); do
+  for h in $(awk '$3 == "cgroup" || $3 == "cgroup2" { print $2 }' /proc/mounts); do
     [[ -d $h/$CGROUP_PARENT/$1 ]] || continue
     find "$h/$CGROUP_PARENT/$1" -depth -type d -exec rmdir {} + 2>/dev/null || true
     [[ ! -d $h/$CGROUP_PARENT/$1 ]] || log "warning: $h/$CGROUP_PARENT/$1 is still in use"
