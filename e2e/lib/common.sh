@@ -87,7 +87,7 @@ render() {
     vars+=("$var")
   done
   local content
-  content=$(export "${vars[@]}"; envsubst "${vars[*]/#/\$}" <"$template")
+  content=$( ((${#vars[@]} == 0)) || export "${vars[@]}"; envsubst "${vars[*]/#/\$}" <"$template")
   RENDER_CHANGED=false
   if [[ -f $dest ]] && [[ $(<"$dest") == "$content" ]]; then return 0; fi
   RENDER_CHANGED=true

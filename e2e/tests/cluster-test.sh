@@ -124,6 +124,17 @@ test_pods_have_no_way_out() {
   expect_eq "$(wc -l <<<"$routes")" 3 "number of routes in the pod"
 }
 
+test_missing_image_is_not_pulled_from_outside() {
+  kn run not-imported --image docker.io/library/busybox:1.36 --restart Never >/dev/null
+  pull_failed() { kn get pod not-imported -o jsonpath='{.status.containerStatuses[0].state.waiting.message}' | grep -q .; }
+  eventually 30 pull_failed || fail "the pull of an image that was not imported did not fail"
+  local message
+  message=$(kn get pod not-imported -o jsonpath='{.status.containerStatuses[0].state.waiting.message}')
+  echo "$message"
+  grep -q 'dial tcp 127.0.0.1:1: connect: connection refused' <<<"$message" || fail "the pull went elsewhere"
+  kn delete pod not-imported --now >/dev/null
+}
+
 test_endpointslice_lists_ready_pods() {
   local slice pods
   slice=$(kn get endpointslices -l kubernetes.io/service-name=web \
@@ -245,6 +256,7 @@ run "pod -> pod across nodes" test_pod_to_pod_across_nodes
 run "pod and host -> Service ClusterIP (also a pod -> itself)" test_service_clusterip
 run "Service and pod names resolve in a pod" test_dns
 run "pods have no default route" test_pods_have_no_way_out
+run "an image that was not imported is pulled from nowhere" test_missing_image_is_not_pulled_from_outside
 run "EndpointSlice lists exactly the ready pods" test_endpointslice_lists_ready_pods
 run "a file on a PVC survives deleting the pod (non-root)" test_volume_survives_pod_deletion
 run "a pod's token is refused a Secret its Role does not grant" test_pod_token_is_limited_by_rbac
