@@ -664,14 +664,26 @@ async fn with_two_operator_replicas_only_the_lease_holder_reconciles() -> Result
         "the follower must not reconcile:\n{follower_logs}"
     );
 
-    // The leader goes away: the follower takes over after the lease expires, and reconciles.
+    // The leader is deleted: it releases the Lease on SIGTERM, so another replica (the follower, or the
+    // Deployment's replacement pod) takes over well before the lease duration (15 s) would have run out.
+    let deleted = std::time::Instant::now();
     ns.kubectl(&["delete", "pod", &leader, "--wait=false"])?;
-    wait_for("the follower to take over", 90 * SECOND, SECOND, || async {
-        Ok(operator_leader(&client, &n, &release)
-            .await?
-            .filter(|h| *h == follower))
-    })
+    let successor = wait_for(
+        "another replica to take over",
+        90 * SECOND,
+        SECOND / 4,
+        || async {
+            Ok(operator_leader(&client, &n, &release)
+                .await?
+                .filter(|h| *h != leader))
+        },
+    )
     .await?;
+    let takeover = deleted.elapsed();
+    ensure!(
+        takeover < 12 * SECOND,
+        "{successor} took over after {takeover:?}: the leader did not release its Lease"
+    );
     ns.kubectl(&["scale", "pgc/pg-minimal", "--replicas=2"])?;
     wait_for(
         "the new leader to scale the StatefulSet",
