@@ -419,6 +419,17 @@ pub fn compute(
             "Scaling",
             format!("{existing} members, scaling to {want}"),
         )
+    } else if let Some(outdated) = outdated_members(obs).filter(|o| !o.is_empty()) {
+        // The StatefulSet updates on delete only, so that the primary can go last; until the operator
+        // rolls members itself, say which ones still run the previous pod template.
+        (
+            true,
+            "UpdatePending",
+            format!(
+                "{} run an older pod template: delete the replicas, then switch over and delete the old primary",
+                outdated.join(", ")
+            ),
+        )
     } else {
         (false, "Stable", format!("{want} members"))
     };
@@ -527,6 +538,29 @@ pub fn compute(
         observed_generation: generation,
     };
     (status, events)
+}
+
+/// Members whose pod was created from an older revision of the StatefulSet's template; `None` before the
+/// StatefulSet reports its revision.
+fn outdated_members(obs: &Observed) -> Option<Vec<String>> {
+    let revision = obs
+        .statefulset
+        .as_ref()?
+        .status
+        .as_ref()?
+        .update_revision
+        .clone()?;
+    Some(
+        obs.pods
+            .iter()
+            .filter(|p| {
+                p.labels()
+                    .get("controller-revision-hash")
+                    .is_some_and(|r| *r != revision)
+            })
+            .map(ResourceExt::name_any)
+            .collect(),
+    )
 }
 
 /// `FailoverBlocked`: whether no automatic failover can happen, and why.
@@ -884,6 +918,49 @@ mod tests {
         assert_eq!(cond(&s, "Progressing").reason, "Scaling");
         assert_eq!(s.phase.as_deref(), Some("Degraded"));
         assert!(events.contains(&Transition::Scaled { from: 3, to: 5 }));
+    }
+
+    #[test]
+    fn members_on_an_old_template_are_an_update_pending() {
+        let mut obs = healthy();
+        obs.statefulset
+            .as_mut()
+            .unwrap()
+            .status
+            .as_mut()
+            .unwrap()
+            .update_revision = Some("pg-new".into());
+        for (pod, rev) in obs.pods.iter_mut().zip(["pg-old", "pg-new", "pg-old"]) {
+            pod.metadata
+                .labels
+                .as_mut()
+                .unwrap()
+                .insert("controller-revision-hash".into(), rev.into());
+        }
+        let (s, _) = compute(
+            &cluster(),
+            &PostgresClusterStatus::default(),
+            &obs,
+            &SwitchoverOutcome::None,
+            None,
+            t(0),
+        );
+        let p = cond(&s, "Progressing");
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "UpdatePending")
+        );
+        assert!(
+            p.message
+                .starts_with("pg-0, pg-2 run an older pod template"),
+            "{}",
+            p.message
+        );
+        assert_eq!(
+            s.phase.as_deref(),
+            Some("Running"),
+            "an update pending does not make the cluster unready"
+        );
     }
 
     #[test]
