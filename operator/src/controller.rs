@@ -143,8 +143,13 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         now,
     );
     if !applied.created_secrets.is_empty() {
-        transitions.push(Transition::SecretsCreated {
-            kinds: applied.created_secrets.clone(),
+        let kinds = applied.created_secrets.clone();
+        // After the first reconcile a missing Secret was deleted by someone: the new password is not the
+        // one PostgreSQL has, which a human must know about.
+        transitions.push(if prev.observed_generation.is_none() {
+            Transition::SecretsCreated { kinds }
+        } else {
+            Transition::SecretsRecreated { kinds }
         });
     }
     transitions.extend(more);

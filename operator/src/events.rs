@@ -51,6 +51,9 @@ pub enum Transition {
     SecretsCreated {
         kinds: Vec<&'static str>,
     },
+    SecretsRecreated {
+        kinds: Vec<&'static str>,
+    },
 }
 
 impl Transition {
@@ -116,6 +119,14 @@ impl Transition {
                 EventType::Normal,
                 "SecretsCreated",
                 format!("generated credentials: {}", kinds.join(", ")),
+            ),
+            Self::SecretsRecreated { kinds } => (
+                EventType::Warning,
+                "SecretsRecreated",
+                format!(
+                    "Secrets {} were missing and got new random passwords, which PostgreSQL does not know yet",
+                    kinds.join(", ")
+                ),
             ),
         };
         Event {
