@@ -4,7 +4,6 @@
 LOG_TAG=cluster-down
 source "$(dirname "$0")/lib/common.sh"
 source "$E2E_DIR/lib/daemons.sh"
-source "$E2E_DIR/lib/images.sh"
 
 start=$SECONDS
 freezer="/sys/fs/cgroup/freezer/$CGROUP_PARENT"

@@ -35,8 +35,8 @@ for image in "${CLUSTER_IMAGES[@]}"; do import_image "$i" "$image"; done
 
 render "$TEMPLATES/kubelet.yaml" "$NODE_DIR/kubelet.yaml"
 $RENDER_CHANGED && stop_daemon "kubelet-$NODE_NAME"
-# The kubelet refuses to start unless its cgroup root exists in every hierarchy.
-cgroup_create "$NODE_NAME"
+# The kubelet refuses to start unless its cgroup root (pgpilot/node-<i>) exists in every hierarchy: placing
+# containerd in pgpilot/node-<i>/daemons made it.
 start_daemon "kubelet-$NODE_NAME" "$NODE_NAME/daemons" "$K8S_BIN/kubelet" \
   --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$PKI/$NODE_NAME.kubeconfig" \
   --root-dir "$NODE_DIR/kubelet" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
