@@ -2,6 +2,8 @@
 # The local cluster itself, tested the way pgpilot uses it: a StatefulSet spread over the 3 nodes, pod and
 # Service networking, DNS, volumes, RBAC, logs/exec, and the observable effect of every fault hook. Runs in
 # its own namespace, undoes every fault it injected, prints one line per test and ends with "N passed, N failed".
+# Arguments select tests by function name (e.g. `cluster-test.sh fault_kill dns`).
+# shellcheck disable=SC2034 # variables named in the manifest template are read by render()
 LOG_TAG=cluster-test
 source "$(dirname "$0")/../lib/common.sh"
 source "$E2E_DIR/lib/images.sh"
