@@ -46,6 +46,21 @@ fn passed(v: &Verdict, ns: &TestNamespace) -> Result<()> {
     Ok(())
 }
 
+/// Waits until a member other than `old` is the one writable member. (Right after a fault the probes
+/// still hold the old primary's last sample, so "one writable member" alone could be the old one.)
+async fn wait_new_primary(h: &Harness, old: &str, timeout: Duration) -> Result<(String, Duration)> {
+    let since = std::time::Instant::now();
+    loop {
+        match h.writable_member() {
+            Some(m) if m != old => return Ok((m, since.elapsed())),
+            _ if since.elapsed() > timeout => {
+                anyhow::bail!("no member other than {old} became writable")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A cluster of 3 with the default timings (15/10/2 s) in `mode`, converged.
 async fn three(prefix: &str, mode: &str) -> Result<(TestNamespace, String)> {
     let mut ns = TestNamespace::create(prefix)?;
@@ -138,8 +153,9 @@ async fn killing_the_primary_container_promotes_a_replica_and_the_old_one_rejoin
     let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
     let target = format!("{}/{primary}/{}", ns.name, contract::POSTGRES_CONTAINER);
     h.fault("kill", &target).await?;
-    let new_primary = h.wait_primary(Duration::from_secs(60)).await?;
+    let (new_primary, after) = wait_new_primary(&h, &primary, Duration::from_secs(60)).await?;
     h.mark(format!("checker: {new_primary} writable"));
+    println!("kill primary container: {new_primary} writable (probe) {after:?} after the kill");
     h.healed();
     let v = h
         .finish(
@@ -179,23 +195,8 @@ async fn a_frozen_primary_is_fenced_by_the_time_a_replica_takes_over_and_rejoins
     h.fault("freeze", &target).await?;
     // Frozen past leaseDuration: a replica takes over (L2), the frozen one cannot renew. (Right after
     // the freeze the probes still hold the frozen primary's last sample, so wait for another member.)
-    let frozen_at = std::time::Instant::now();
-    let new_primary = loop {
-        match h.writable_member() {
-            Some(m) if m != primary => break m,
-            _ if frozen_at.elapsed() > Duration::from_secs(60) => {
-                anyhow::bail!(
-                    "no other member became primary\n{}",
-                    ha::describe(&ns, CLUSTER)
-                )
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    };
-    println!(
-        "freeze primary: {new_primary} writable {:?} after the freeze",
-        frozen_at.elapsed()
-    );
+    let (new_primary, after) = wait_new_primary(&h, &primary, Duration::from_secs(60)).await?;
+    println!("freeze primary: {new_primary} writable (probe) {after:?} after the freeze");
     let (holder, _) = ha::lease(&c, &ns.name, CLUSTER).await?;
     ensure!(
         holder.as_deref() == Some(new_primary.as_str()),
@@ -319,7 +320,7 @@ async fn sync_mode_a_primary_kill_loses_no_acknowledged_write() -> Result<()> {
         &format!("{}/{primary}/{}", ns.name, contract::POSTGRES_CONTAINER),
     )
     .await?;
-    let new_primary = h.wait_primary(Duration::from_secs(60)).await?;
+    let (new_primary, _) = wait_new_primary(&h, &primary, Duration::from_secs(60)).await?;
     h.mark(format!("checker: {new_primary} writable"));
     h.healed();
     let v = h
@@ -344,6 +345,11 @@ async fn sync_mode_a_primary_kill_loses_no_acknowledged_write() -> Result<()> {
         v.lost.is_empty(),
         "lost acknowledged writes in sync mode: {:?}",
         v.lost
+    );
+    let final_primary = v.final_primary.clone().unwrap_or_default();
+    ensure!(
+        final_primary == new_primary,
+        "the primary moved again: {new_primary}, then {final_primary}"
     );
     ensure!(
         recorded.split(',').any(|m| m == new_primary),
