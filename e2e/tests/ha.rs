@@ -357,3 +357,52 @@ async fn sync_mode_a_primary_kill_loses_no_acknowledged_write() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn deleting_the_primary_pod_releases_the_lease_and_a_replica_takes_over() -> Result<()> {
+    let (ns, primary) = three("ha-term", "async").await?;
+    let c = client().await?;
+    let (_, epoch_before) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
+    // SIGTERM (pod deletion): the sidecar stops PostgreSQL fast and releases the Lease (L4), which a
+    // replica claims at once (L2) instead of waiting for it to expire.
+    h.fault_marked(now_us(), format!("kubectl delete pod {primary}"));
+    ns.kubectl(&["delete", "pod", &primary, "--wait=false"])?;
+    let (new_primary, after) = wait_new_primary(&h, &primary, Duration::from_secs(60)).await?;
+    h.mark(format!("checker: {new_primary} writable"));
+    println!("delete primary pod: {new_primary} writable (probe) {after:?} after the deletion");
+    h.healed();
+    let v = h
+        .finish(
+            "delete-primary-pod",
+            "async",
+            Expectations {
+                max_lost: Some(0),
+                converge_within_us: 120_000_000,
+            },
+            Duration::from_secs(30),
+        )
+        .await?;
+    println!(
+        "delete primary pod: writes resumed after {}, lost {}",
+        ms(v.writes_resumed_us),
+        v.lost.len()
+    );
+    passed(&v, &ns)?;
+    let (holder, epoch_after) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    ensure!(
+        holder.as_deref() == Some(new_primary.as_str()),
+        "holder {holder:?}"
+    );
+    ensure!(
+        epoch_after == epoch_before + 1,
+        "one takeover: epoch {epoch_before} -> {epoch_after}"
+    );
+    // Well before the 15 s lease would have expired: the release was used.
+    ensure!(
+        after < Duration::from_secs(10),
+        "takeover took {after:?}: the Lease was not released"
+    );
+    Ok(())
+}
