@@ -6,11 +6,20 @@
 //! Secrets are the exception: created when absent, never applied, never overwritten, never logged.
 //! Returns what the status step needs to know about the change ([`Applied`]).
 
-use std::fmt::Debug;
+use std::{
+    fmt::Debug,
+    hash::{DefaultHasher, Hash, Hasher},
+};
 
 use k8s_openapi::{
     NamespaceResourceScope,
-    api::{apps::v1::StatefulSet, core::v1::Secret},
+    api::{
+        apps::v1::StatefulSet,
+        coordination::v1::Lease,
+        core::v1::{ConfigMap, Secret, Service, ServiceAccount},
+        policy::v1::PodDisruptionBudget,
+        rbac::v1::{Role, RoleBinding},
+    },
 };
 use kube::{
     Api, Client, Resource, ResourceExt,
@@ -146,6 +155,89 @@ async fn ensure_secrets(client: &Client, c: &ValidatedCluster) -> Result<Vec<&'s
     Ok(created)
 }
 
+/// A fingerprint of the built children: equal fingerprints mean applying again would change nothing the
+/// operator owns, so the reconcile can skip the apply (server-side apply of an unchanged object is still
+/// an API write request).
+pub fn fingerprint(children: &Children) -> Result<u64, serde_json::Error> {
+    let Children {
+        service_account,
+        role,
+        role_binding,
+        config_map,
+        lease,
+        services,
+        pdb,
+        statefulset,
+    } = children;
+    let mut hasher = DefaultHasher::new();
+    for json in [
+        serde_json::to_vec(service_account)?,
+        serde_json::to_vec(role)?,
+        serde_json::to_vec(role_binding)?,
+        serde_json::to_vec(config_map)?,
+        serde_json::to_vec(lease)?,
+        serde_json::to_vec(services)?,
+        serde_json::to_vec(pdb)?,
+        serde_json::to_vec(statefulset)?,
+    ] {
+        json.hash(&mut hasher);
+    }
+    Ok(hasher.finish())
+}
+
+async fn exists<K>(client: &Client, ns: &str, name: &str) -> Result<bool, Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let found = api
+        .get_metadata_opt(name)
+        .await
+        .map_err(|source| Error::Read {
+            kind: "child",
+            name: name.to_owned(),
+            source,
+        })?;
+    Ok(found.is_some())
+}
+
+/// Whether a child or a Secret of the cluster is missing (deleted by someone): reads only.
+pub async fn any_missing(
+    client: &Client,
+    c: &ValidatedCluster,
+    children: &Children,
+) -> Result<bool, Error> {
+    let Children {
+        service_account,
+        role,
+        role_binding,
+        config_map,
+        lease,
+        services,
+        pdb,
+        statefulset,
+    } = children;
+    let ns = c.namespace.as_str();
+    let mut present = exists::<ServiceAccount>(client, ns, &service_account.name_any()).await?
+        && exists::<Role>(client, ns, &role.name_any()).await?
+        && exists::<RoleBinding>(client, ns, &role_binding.name_any()).await?
+        && exists::<ConfigMap>(client, ns, &config_map.name_any()).await?
+        && exists::<Lease>(client, ns, &lease.name_any()).await?
+        && exists::<PodDisruptionBudget>(client, ns, &pdb.name_any()).await?
+        && exists::<StatefulSet>(client, ns, &statefulset.name_any()).await?;
+    for svc in services {
+        present = present && exists::<Service>(client, ns, &svc.name_any()).await?;
+    }
+    for kind in SECRET_KINDS {
+        present =
+            present && exists::<Secret>(client, ns, &contract::secret_name(&c.name, kind)).await?;
+    }
+    Ok(!present)
+}
+
 /// Applies every child; the bundle is destructured without `..` so a new child cannot be skipped silently.
 pub async fn apply(
     client: &Client,
@@ -196,8 +288,7 @@ pub async fn apply(
 /// Server-side apply never deletes: a client Service the spec no longer asks for is deleted here, and only
 /// if this cluster owns it.
 async fn delete_disabled_services(client: &Client, c: &ValidatedCluster) -> Result<(), Error> {
-    let api: Api<k8s_openapi::api::core::v1::Service> =
-        Api::namespaced(client.clone(), &c.namespace);
+    let api: Api<Service> = Api::namespaced(client.clone(), &c.namespace);
     for (suffix, _) in services::CLIENT_SERVICES {
         if services::enabled(c, suffix) {
             continue;

@@ -5,7 +5,7 @@
 //! (no requeue loop). A valid cluster is looked at again every [`RESYNC`], because the sidecars change
 //! member state (roles, lag, timelines) that no watched object shows.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -41,6 +41,27 @@ use crate::{
 pub const RESYNC: Duration = Duration::from_secs(10);
 /// Back-off after a failed reconcile.
 pub const RETRY: Duration = Duration::from_secs(5);
+/// Unchanged children are applied again this often, to undo edits by others (a deleted child is
+/// re-created at the next reconcile).
+pub const REAPPLY_EVERY: Duration = Duration::from_secs(300);
+/// Status changes that are only WAL positions are written at most this often.
+pub const VOLATILE_STATUS_EVERY: Duration = Duration::from_secs(60);
+
+/// What the operator remembers about one cluster between reconciles (lost on restart, which only costs
+/// one more apply and status write).
+#[derive(Clone, Copy, Debug)]
+pub struct Memo {
+    pub fingerprint: u64,
+    pub applied_at: Instant,
+    pub status_written_at: Option<Instant>,
+}
+
+/// Whether the built children must be applied: they changed, or it is time to re-assert them.
+pub fn needs_apply(memo: Option<&Memo>, fingerprint: u64, now: Instant) -> bool {
+    memo.is_none_or(|m| {
+        m.fingerprint != fingerprint || now.duration_since(m.applied_at) >= REAPPLY_EVERY
+    })
+}
 
 pub struct Context {
     pub client: Client,
@@ -49,6 +70,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// The sidecar image given to the init container.
     pub sidecar_image: String,
+    /// By `<namespace>/<name>`.
+    pub memos: std::sync::Mutex<HashMap<String, Memo>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,7 +138,26 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     };
 
     let children = build::build_children(&c).map_err(Error::Build)?;
-    let applied = apply::apply(&ctx.client, &c, children).await?;
+    let key = format!("{}/{}", c.namespace, c.name);
+    let memo = ctx.memos.lock().ok().and_then(|m| m.get(&key).copied());
+    let fingerprint = apply::fingerprint(&children).map_err(Error::Build)?;
+    let started = Instant::now();
+    let must_apply = needs_apply(memo.as_ref(), fingerprint, started)
+        || apply::any_missing(&ctx.client, &c, &children).await?;
+    let applied = if must_apply {
+        apply::apply(&ctx.client, &c, children).await?
+    } else {
+        apply::Applied::default()
+    };
+    let mut memo = Memo {
+        fingerprint,
+        applied_at: if must_apply {
+            started
+        } else {
+            memo.map_or(started, |m| m.applied_at)
+        },
+        status_written_at: memo.and_then(|m| m.status_written_at),
+    };
     let observed = status::observe(&ctx.client, &ctx.http, &c).await?;
 
     let primary = observed.primary();
@@ -153,7 +195,12 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         });
     }
     transitions.extend(more);
-    if status::write(&api, &c.name, &prev, &next).await? {
+    let volatile_recently_written = status::only_volatile_changes(&prev, &next)
+        && memo
+            .status_written_at
+            .is_some_and(|t| t.elapsed() < VOLATILE_STATUS_EVERY);
+    if !volatile_recently_written && status::write(&api, &c.name, &prev, &next).await? {
+        memo.status_written_at = Some(Instant::now());
         info!(
             phase = next.phase.as_deref().unwrap_or_default(),
             primary = next.primary.as_deref().unwrap_or_default(),
@@ -162,6 +209,9 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         );
     }
     events::publish(&ctx.recorder, cluster, &transitions).await;
+    if let Ok(mut memos) = ctx.memos.lock() {
+        memos.insert(key, memo);
+    }
 
     Ok(Action::requeue(next_look(&outcome, now)))
 }
@@ -223,6 +273,7 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         sidecar_image,
+        memos: std::sync::Mutex::new(HashMap::new()),
     });
     Controller::new(
         api::<PostgresCluster>(&client, ns),
@@ -252,6 +303,20 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn unchanged_children_are_applied_again_only_every_few_minutes() {
+        let t0 = Instant::now();
+        let memo = Memo {
+            fingerprint: 7,
+            applied_at: t0,
+            status_written_at: None,
+        };
+        assert!(needs_apply(None, 7, t0), "first sight");
+        assert!(needs_apply(Some(&memo), 8, t0), "the children changed");
+        assert!(!needs_apply(Some(&memo), 7, t0 + Duration::from_secs(10)));
+        assert!(needs_apply(Some(&memo), 7, t0 + REAPPLY_EVERY));
+    }
 
     #[test]
     fn scheduled_switchovers_are_looked_at_when_due() {

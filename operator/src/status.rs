@@ -289,6 +289,21 @@ pub fn eq_time_insensitive(a: &PostgresClusterStatus, b: &PostgresClusterStatus)
     strip(a) == strip(b)
 }
 
+/// Whether `next` differs from `prev` only in what moves with every transaction: the members' LSNs and
+/// lag. The operator writes such changes at most every [`crate::controller::VOLATILE_STATUS_EVERY`]
+/// (DESIGN.md L9 in spirit: live WAL positions are the REST API's job, not the apiserver's).
+pub fn only_volatile_changes(prev: &PostgresClusterStatus, next: &PostgresClusterStatus) -> bool {
+    let strip = |s: &PostgresClusterStatus| {
+        let mut s = s.clone();
+        for m in &mut s.members {
+            m.lsn = None;
+            m.lag_bytes = None;
+        }
+        s
+    };
+    !eq_time_insensitive(prev, next) && eq_time_insensitive(&strip(prev), &strip(next))
+}
+
 /// The status of a cluster whose spec failed validation: `Ready=False` with the reason, the rest kept.
 pub fn invalid(
     prev: &PostgresClusterStatus,
@@ -961,6 +976,37 @@ mod tests {
             Some("Running"),
             "an update pending does not make the cluster unready"
         );
+    }
+
+    #[test]
+    fn wal_positions_alone_are_volatile() {
+        let c = cluster();
+        let (a, _) = compute(
+            &c,
+            &PostgresClusterStatus::default(),
+            &healthy(),
+            &SwitchoverOutcome::None,
+            None,
+            t(0),
+        );
+        let mut moved = healthy();
+        moved
+            .reports
+            .insert("pg-0".into(), report("primary", 2, 0x1_0000_9000, None));
+        moved.reports.insert(
+            "pg-1".into(),
+            report("replica", 2, 0x1_0000_8000, Some(4096)),
+        );
+        let (b, _) = compute(&c, &a, &moved, &SwitchoverOutcome::None, None, t(10));
+        assert!(only_volatile_changes(&a, &b));
+        assert!(
+            !only_volatile_changes(&a, &a),
+            "no change at all is not a volatile change"
+        );
+        let mut unready = moved.clone();
+        unready.pods[2] = pod("pg-2", Some("replica"), false);
+        let (d, _) = compute(&c, &a, &unready, &SwitchoverOutcome::None, None, t(20));
+        assert!(!only_volatile_changes(&a, &d), "readiness is not volatile");
     }
 
     #[test]
