@@ -14,6 +14,13 @@ VENV="$CACHE_DIR/bench-venv"
 mkdir -p "$OUT" "$LOG_DIR"
 start=$SECONDS
 
+# A virtualenv kept with the other caches: pip for Patroni's wheels, matplotlib for the chart (from PyPI).
+if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
+  log "installing matplotlib into $VENV"
+  python3 -m venv "$VENV" || { apt-get install -y -q python3-venv >/dev/null && python3 -m venv "$VENV"; }
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
+fi
+
 # Patroni's image: the same PostgreSQL 15 image pgpilot's clusters run, plus Patroni from PyPI. The wheels
 # are fetched here with pip and built in from a staged context: the build itself reaches no index.
 image_id docker.io/library/postgres:15 >/dev/null || die "no postgres:15 image: run 'make images' first"
@@ -21,10 +28,13 @@ STAGE="$CACHE_DIR/patroni-$PATRONI_VERSION"
 if [[ ! -f $STAGE/wheels/.complete ]]; then
   log "downloading Patroni $PATRONI_VERSION and its dependencies from PyPI"
   rm -rf "$STAGE/wheels"
-  # `pip wheel` also turns the one source-only dependency (ydiff) into a wheel. The host's Python is 3.11 on
-  # x86_64 glibc, like the image's: the binary wheels fit.
-  python3 -m pip wheel --quiet --wheel-dir "$STAGE/wheels" \
-    "patroni[kubernetes]==$PATRONI_VERSION" "psycopg[binary]>=3.1,<4"
+  pip=("$VENV/bin/pip" --quiet --disable-pip-version-check)
+  # Binary wheels for the image's Python (Debian bookworm: 3.11, x86_64 glibc), whatever the host's is. The
+  # one dependency published as source only (ydiff, pure Python) is turned into a wheel first.
+  "${pip[@]}" wheel --no-deps --wheel-dir "$STAGE/wheels" "ydiff>=1.2,<1.5,!=1.4.0,!=1.4.1"
+  "${pip[@]}" download --dest "$STAGE/wheels" --find-links "$STAGE/wheels" --only-binary=:all: \
+    --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux_2_28_x86_64 "patroni[kubernetes]==$PATRONI_VERSION" "psycopg[binary]>=3.1,<4"
   touch "$STAGE/wheels/.complete"
 fi
 cp "$E2E_DIR/patroni/entrypoint.sh" "$STAGE/entrypoint.sh"
@@ -37,13 +47,6 @@ for pid in "${pids[@]}"; do wait "$pid" || die "importing $PATRONI_IMAGE failed"
 
 log "building the benchmark (pgpilot-bench, pgpilot-probe)"
 CARGO_TARGET_DIR="$BUILD" cargo build --quiet -p pgpilot-e2e --bins --manifest-path "$REPO_DIR/Cargo.toml"
-
-# matplotlib for the chart, from PyPI, in a virtualenv kept with the other caches.
-if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import matplotlib' 2>/dev/null; then
-  log "installing matplotlib into $VENV"
-  python3 -m venv "$VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
-fi
 
 log "running the benchmark (about 20 minutes per system with 5 repetitions)"
 cd "$REPO_DIR"

@@ -52,6 +52,10 @@ postgresql:
   data_dir: /var/lib/postgresql/data/pgdata
   bin_dir: /usr/lib/postgresql/15/bin
   pgpass: /tmp/pgpass
+  # As in pgpilot, a new replica's base backup asks for an immediate checkpoint (pg_basebackup's default,
+  # a spread one, keeps a replica of an idle primary waiting for minutes).
+  basebackup:
+    - checkpoint: fast
   authentication:
     superuser: {username: postgres, password: '${SUPERUSER_PASSWORD}'}
     replication: {username: standby, password: '${REPLICATION_PASSWORD}'}

@@ -53,6 +53,10 @@ struct Args {
     /// Systems to run (pgpilot, patroni-defaults, patroni-pgpilot-timings); all when empty.
     #[arg(long, value_delimiter = ',', env = "BENCH_SYSTEMS")]
     systems: Vec<String>,
+    /// Measurements to take (apply, steady, kill, switchover, cut, partition, five); all when empty.
+    /// `partition` disturbs every pod on the primary's node: leave it out on a cluster others are using.
+    #[arg(long, value_delimiter = ',', env = "BENCH_MEASURE")]
+    measure: Vec<String>,
     /// Seconds over which steady-state CPU and API writes are measured.
     #[arg(long, default_value_t = 60)]
     window_secs: u64,
@@ -483,8 +487,23 @@ impl Rig<'_> {
     }
 }
 
-/// Each agent process's (RSS bytes, CPU seconds), found through its pod's cgroup on the host.
+/// Each member's agent (RSS bytes, CPU seconds), found through its pod's cgroup on the host: the sum over
+/// the pod's processes named `comm` (Patroni runs as two: a PID-1 reaper and the agent).
 fn agents(pods: &[MemberPod], comm: &str) -> Vec<(String, u64, f64)> {
+    let mut per_member: BTreeMap<String, (u64, f64)> = BTreeMap::new();
+    for (member, rss, cpu) in agent_processes(pods, comm) {
+        let e = per_member.entry(member).or_default();
+        e.0 += rss;
+        e.1 += cpu;
+    }
+    per_member
+        .into_iter()
+        .map(|(m, (rss, cpu))| (m, rss, cpu))
+        .collect()
+}
+
+/// Every process named `comm` in the pods' cgroups: (member, RSS bytes, CPU seconds).
+fn agent_processes(pods: &[MemberPod], comm: &str) -> Vec<(String, u64, f64)> {
     let ticks = 100.0; // USER_HZ on Linux
     let mut out = Vec::new();
     for p in pods {
@@ -652,11 +671,15 @@ async fn bench_system(kube: &Client, sys: &System, args: &Args) -> Series {
     say(format!("=== {} ===", sys.label));
     // kubectl apply -> Ready, on fresh namespaces; the last deployment stays for the rest.
     let mut kept: Option<Deployed> = None;
-    for rep in 0..args.reps {
+    let wanted_apply = args.measure.is_empty() || args.measure.iter().any(|x| x == "apply");
+    let deploys = if wanted_apply { args.reps } else { 1 };
+    for rep in 0..deploys {
         match deploy(kube, sys).await {
             Ok((d, secs)) => {
-                push(&mut series, "apply_to_ready_s", Ok(secs));
-                if rep + 1 == args.reps {
+                if wanted_apply {
+                    push(&mut series, "apply_to_ready_s", Ok(secs));
+                }
+                if rep + 1 == deploys {
                     kept = Some(d);
                 }
             }
@@ -690,8 +713,14 @@ async fn bench_system(kube: &Client, sys: &System, args: &Args) -> Series {
         ));
     }
     let window = Duration::from_secs(args.window_secs);
-    match steady(kube, &d, sys, window).await {
-        Ok((rss, cpu, agent, all)) => {
+    let wanted = |m: &str| args.measure.is_empty() || args.measure.iter().any(|x| x == m);
+    match if wanted("steady") {
+        Some(steady(kube, &d, sys, window).await)
+    } else {
+        None
+    } {
+        None => {}
+        Some(Ok((rss, cpu, agent, all))) => {
             for v in rss {
                 push(&mut series, "agent_rss_mib", Ok(v));
             }
@@ -701,27 +730,30 @@ async fn bench_system(kube: &Client, sys: &System, args: &Args) -> Series {
             push(&mut series, "api_writes_per_min_3", Ok(agent));
             push(&mut series, "all_writes_per_min_3", Ok(all));
         }
-        Err(e) => push(&mut series, "agent_rss_mib", Err(e)),
+        Some(Err(e)) => push(&mut series, "agent_rss_mib", Err(e)),
     }
-    for _ in 0..args.reps {
+    for _ in 0..args.reps * usize::from(wanted("kill")) {
         let v = rig.failover("kill", None, false).await;
         push(&mut series, "kill_primary_s", v);
     }
-    for _ in 0..args.reps {
+    for _ in 0..args.reps * usize::from(wanted("switchover")) {
         let v = rig.switchover().await;
         push(&mut series, "switchover_unavailable_s", v);
     }
-    for _ in 0..args.reps {
+    for _ in 0..args.reps * usize::from(wanted("cut")) {
         let v = rig.failover("cut", Some("heal"), false).await;
         push(&mut series, "cut_primary_s", v);
     }
-    for _ in 0..args.reps {
+    for _ in 0..args.reps * usize::from(wanted("partition")) {
         let v = rig.failover("partition", Some("heal"), true).await;
         push(&mut series, "partition_primary_node_s", v);
     }
     let Rig { writer, probes, .. } = rig;
     let _ = writer.stop().await;
     let _ = probes.stop().await;
+    if !wanted("five") {
+        return series;
+    }
     // Five members, for the API writes' growth with members.
     let scaled = if sys.patroni {
         d.ns.kubectl(&["scale", "statefulset", &d.name, "--replicas=5"])
