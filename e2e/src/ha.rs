@@ -304,3 +304,64 @@ pub fn ensure_members(reports: &BTreeMap<String, MemberReport>, n: usize) -> Res
     );
     Ok(())
 }
+
+/// The local apiserver's audit log (written by `make cluster`).
+pub fn audit_log() -> std::path::PathBuf {
+    crate::repo_dir().join("target/e2e/logs/audit.log")
+}
+
+/// The audit log's current length: where a measurement window starts.
+pub fn audit_offset() -> Result<u64> {
+    Ok(std::fs::metadata(audit_log())?.len())
+}
+
+/// One write by a sidecar, from the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditWrite {
+    pub verb: String,
+    pub resource: String,
+    pub name: String,
+    /// The pod the ServiceAccount token was bound to.
+    pub pod: String,
+}
+
+/// Writes (create, update, patch, delete) by the cluster's sidecar ServiceAccount logged after `offset`.
+pub fn sidecar_writes_since(offset: u64, ns: &str, cluster: &str) -> Result<Vec<AuditWrite>> {
+    use std::io::{BufRead, Seek, SeekFrom};
+    let user = format!(
+        "system:serviceaccount:{ns}:{}",
+        contract::service_account_name(cluster)
+    );
+    let mut file = std::fs::File::open(audit_log())?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut out = Vec::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line = line?;
+        if !line.contains(&user) {
+            continue;
+        }
+        let Ok(e) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        let verb = e["verb"].as_str().unwrap_or_default();
+        if e["stage"] != "ResponseComplete"
+            || e["user"]["username"] != user.as_str()
+            || !matches!(verb, "create" | "update" | "patch" | "delete")
+        {
+            continue;
+        }
+        out.push(AuditWrite {
+            verb: verb.into(),
+            resource: e["objectRef"]["resource"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+            name: e["objectRef"]["name"].as_str().unwrap_or_default().into(),
+            pod: e["user"]["extra"]["authentication.kubernetes.io/pod-name"][0]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+        });
+    }
+    Ok(out)
+}

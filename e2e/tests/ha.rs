@@ -142,6 +142,40 @@ async fn three_members_one_primary_two_streaming_replicas_rw_routes_to_it() -> R
     println!("-rw endpoints: {rw:?}; primary {primary} epoch {epoch}");
     let rss = ha::sidecar_rss_kib()?;
     println!("sidecar RSS (KiB) of every pgpilot-sidecar on this machine: {rss:?}");
+
+    // L9: in steady state only the holder writes to Kubernetes, its renewals only (at most 12 a minute
+    // with a 15 s lease). Measured from the apiserver's audit log over one minute.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let from = ha::audit_offset()?;
+    let window = Duration::from_secs(60);
+    tokio::time::sleep(window).await;
+    let writes = ha::sidecar_writes_since(from, &ns.name, CLUSTER)?;
+    println!(
+        "sidecar API writes in {window:?} of steady state: {} {writes:?}",
+        writes.len()
+    );
+    let foreign: Vec<_> = writes
+        .iter()
+        .filter(|w| w.pod != primary || w.resource != "leases")
+        .collect();
+    check(
+        foreign.is_empty(),
+        &ns,
+        CLUSTER,
+        &format!("writes other than the holder's renewals: {foreign:?}"),
+    )?;
+    check(
+        writes.len() <= 13,
+        &ns,
+        CLUSTER,
+        &format!("{} renewals in a minute", writes.len()),
+    )?;
+    check(
+        writes.len() >= 6,
+        &ns,
+        CLUSTER,
+        &format!("only {} renewals in a minute", writes.len()),
+    )?;
     Ok(())
 }
 
