@@ -347,7 +347,12 @@ pub const STABLE_US: Micros = 2_000_000;
 
 impl Verdict {
     pub fn new(rec: &Recording, expect: Expectations) -> Self {
-        let lost = lost_writes(&rec.acks, &rec.final_ids);
+        // Without a final primary there is nothing to hold the ids against: the loss is unknown, not total.
+        let lost = if rec.final_primary.is_some() {
+            lost_writes(&rec.acks, &rec.final_ids)
+        } else {
+            Vec::new()
+        };
         let split_brain = overlaps(&rec.samples);
         let converge_us = converged_at(&rec.samples, &rec.members, rec.healed_at_us, STABLE_US)
             .map(|t| t - rec.healed_at_us);
@@ -434,9 +439,10 @@ impl Verdict {
                 |us| format!("{:.0} ms", us as f64 / 1000.0),
             )
         };
-        let lost = match self.expectations.max_lost {
-            Some(max) => format!("{} (allowed {max})", self.lost.len()),
-            None => format!("{} (reported only)", self.lost.len()),
+        let lost = match (&self.final_primary, self.expectations.max_lost) {
+            (None, _) => "unknown (no final primary)".to_owned(),
+            (Some(_), Some(max)) => format!("{} (allowed {max})", self.lost.len()),
+            (Some(_), None) => format!("{} (reported only)", self.lost.len()),
         };
         let rows = [
             ("scenario", format!("{} [{}]", self.scenario, self.mode)),
@@ -855,6 +861,19 @@ mod tests {
 
         let mut never = recording();
         never.samples.retain(|s| s.stream != "pg-1@b");
+        never.final_primary = None;
+        never.final_ids.clear();
+        let v = Verdict::new(&never, expect);
+        assert!(
+            v.lost.is_empty(),
+            "no final primary: the loss is unknown, not every id"
+        );
+        assert!(
+            v.table().contains("unknown (no final primary)"),
+            "{}",
+            v.table()
+        );
+        assert!(v.failures.iter().any(|f| f.contains("no final primary")));
         assert!(
             Verdict::new(&never, expect)
                 .failures
