@@ -498,7 +498,8 @@ impl HaLoop {
     async fn release(&mut self) -> Result<(), HaError> {
         self.mem.serving_primary = false;
         self.pg.stop(StopMode::Fast).await?;
-        let result = self.elector.release().await;
+        let synchronous = self.config.borrow().replication.mode != ReplicationMode::Async;
+        let result = self.elector.release(synchronous).await;
         self.metrics.lease_write("release", result.is_ok());
         result?;
         info!(member = %self.me, "released the Lease");
@@ -1104,7 +1105,8 @@ impl HaLoop {
             let _ = self.pg.stop(StopMode::Immediate).await;
         }
         if holder {
-            match self.elector.release().await {
+            let synchronous = self.config.borrow().replication.mode != ReplicationMode::Async;
+            match self.elector.release(synchronous).await {
                 Ok(()) => info!("released the Lease"),
                 Err(e) => {
                     warn!(error = %e, "cannot release the Lease; it expires by leaseDuration")

@@ -264,7 +264,7 @@ async fn l2_a_released_lease_is_claimed_at_once_keeping_the_epoch() {
     let (mut a, mut b) = (f.elector("c-0", &t), f.elector("c-1", &t));
     step(&mut a, &t).await.1.unwrap().unwrap();
     step(&mut b, &t).await;
-    a.release().await.unwrap();
+    a.release(false).await.unwrap();
     let released = f.lease().await;
     assert_eq!(holder(&released), None);
     assert_eq!(transitions(&released), 1, "release keeps the epoch");

@@ -113,9 +113,11 @@ impl LeaseClient {
         .await
     }
 
-    /// Clean release after PostgreSQL is stopped or demoted (L4): empty holder, transitions kept.
-    pub async fn release(&self, current: &Lease) -> Result<Lease, LeaseError> {
-        self.write(released(current)).await
+    /// Clean release after PostgreSQL is stopped or demoted (L4): empty holder, transitions kept. With
+    /// `synchronous`, this member is added to the recorded synchronous members (see [`released`]).
+    pub async fn release(&self, current: &Lease, synchronous: bool) -> Result<Lease, LeaseError> {
+        let me = synchronous.then_some(self.me.as_str());
+        self.write(released(current, me)).await
     }
 
     /// Switchover: names `candidate` as holder (a new epoch) and marks the handover, which the candidate
@@ -245,9 +247,10 @@ impl Elector {
         self.write(Write::Acquire).await
     }
 
-    /// Empty holder, epoch kept; call only after PostgreSQL is stopped or demoted (L4).
-    pub async fn release(&mut self) -> Result<(), LeaseError> {
-        self.write(Write::Release).await
+    /// Empty holder, epoch kept; call only after PostgreSQL is stopped or demoted (L4). `synchronous`
+    /// (the sync modes): the releasing primary records itself as having every acknowledged commit.
+    pub async fn release(&mut self, synchronous: bool) -> Result<(), LeaseError> {
+        self.write(Write::Release(synchronous)).await
     }
 
     /// Switchover: the candidate becomes holder; call only after PostgreSQL is stopped (L4).
@@ -275,7 +278,7 @@ impl Elector {
         let result = match &what {
             Write::Renew => self.client.renew(current).await,
             Write::Acquire => self.client.acquire(current).await,
-            Write::Release => self.client.release(current).await,
+            Write::Release(synchronous) => self.client.release(current, *synchronous).await,
             Write::HandOver(candidate) => self.client.hand_over(current, candidate).await,
             Write::SyncMembers(members) => self.client.set_sync_members(current, members).await,
         };
@@ -302,7 +305,7 @@ impl Elector {
 enum Write {
     Renew,
     Acquire,
-    Release,
+    Release(bool),
     HandOver(String),
     SyncMembers(Vec<String>),
 }
@@ -394,8 +397,23 @@ pub fn acquired(current: &Lease, me: &str, now: Timestamp, duration: i32) -> Lea
 }
 
 /// A clean release (L4): no holder, so anyone eligible may claim it at once (L2); the epoch is kept.
-pub fn released(current: &Lease) -> Lease {
+///
+/// `synchronous_member`: in the sync modes the releasing primary adds itself to the recorded synchronous
+/// members. The holder always has every acknowledged commit, but once it is no longer the holder only the
+/// record can say so; without this, a primary that ran without a recorded standby (degraded `sync`) and
+/// then shut down cleanly would leave no member allowed to lead (L3).
+pub fn released(current: &Lease, synchronous_member: Option<&str>) -> Lease {
     let (mut meta, mut spec) = base(current);
+    if let Some(me) = synchronous_member {
+        let mut members = record_of(current).sync_members.unwrap_or_default();
+        if !members.iter().any(|m| m == me) {
+            members.push(me.to_owned());
+            members.sort();
+        }
+        meta.annotations
+            .get_or_insert_default()
+            .insert(ANNOTATION_SYNC_MEMBERS.into(), members.join(","));
+    }
     spec.holder_identity = None;
     spec.acquire_time = None;
     spec.renew_time = None;
@@ -465,7 +483,7 @@ mod tests {
         for written in [
             renewed(&current, "a", ts(5), 15),
             acquired(&current, "b", ts(5), 15),
-            released(&current),
+            released(&current, None),
             handed_over(&current, "b", ts(5), 15),
             with_sync_members(&current, &["b".into()]),
         ] {
@@ -486,7 +504,7 @@ mod tests {
             3,
             "a restart's confirmation"
         );
-        let released = released(&current);
+        let released = released(&current, None);
         assert_eq!(record_of(&released).holder, None);
         assert_eq!(
             record_of(&released).transitions,
@@ -518,6 +536,20 @@ mod tests {
         let r = record_of(&renewed(&current, "a", ts(99), 15));
         assert_ne!(r.renew_time, record_of(&current).renew_time);
         assert_eq!(r.holder.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn a_synchronous_release_records_the_releasing_primary() {
+        let current = with_sync_members(&lease(Some("a"), 3), &["b".into()]);
+        let r = record_of(&released(&current, Some("a")));
+        assert_eq!(r.sync_members, Some(vec!["a".to_owned(), "b".to_owned()]));
+        assert_eq!(r.holder, None);
+        let r = record_of(&released(&lease(Some("a"), 3), Some("a")));
+        assert_eq!(r.sync_members, Some(vec!["a".to_owned()]));
+        assert_eq!(
+            record_of(&released(&current, None)).sync_members,
+            Some(vec!["b".to_owned()])
+        );
     }
 
     #[test]

@@ -503,7 +503,7 @@ fn rank<'a>(policy: &Policy, record: &LeaseRecord, name: &'a str, wal: u64) -> i
 }
 
 /// L3: may this member try to take the Lease? It must be healthy, allowed to fail over, synchronous in
-/// the sync modes, and — by what the reachable peers report — no primary may still run elsewhere, none may
+/// the sync modes (recorded, or the holder the Lease still names), and — by what the reachable peers report — no primary may still run elsewhere, none may
 /// be on a newer timeline, it must be within `maximumLagOnFailover` of the best, and no eligible peer may
 /// rank above it ([`rank`]). Unreachable peers cannot object: that is what the Lease's own rules are for.
 pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Ineligible> {
@@ -515,11 +515,15 @@ pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Inelig
     if !policy.may_fail_over(me) {
         return Err(Ineligible::NoFailover);
     }
+    // The members recorded as having every acknowledged commit — and the holder the record names, whose
+    // own data is the reference (a restarted primary may reclaim its Lease even if no standby was
+    // recorded while it ran).
     let synchronous = |name: &str| {
-        record
-            .sync_members
-            .as_ref()
-            .is_some_and(|s| s.iter().any(|m| m == name))
+        record.holder() == Some(name)
+            || record
+                .sync_members
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|m| m == name))
     };
     let sync_mode = policy.mode != ReplicationMode::Async;
     if sync_mode && !synchronous(me) {

@@ -388,6 +388,29 @@ fn l3_sync_mode_only_recorded_synchronous_members() {
     ineligible(&obs, Ineligible::NotSynchronous);
 }
 
+#[test]
+fn l3_sync_mode_a_restarted_holder_without_recorded_standbys_may_reclaim() {
+    // The primary ran with no recorded standby (degraded sync) and restarted: only it has every
+    // acknowledged commit, so it may confirm; the replicas may not take over.
+    let mut lease = record(Some("c-0"), "10", 2);
+    lease.sync_members = Some(vec![]);
+    let mut holder = replica_obs(lease.clone());
+    holder.me = "c-0".into();
+    holder.peers = vec![
+        peer("c-1", Some(replica_report(1000))),
+        peer("c-2", Some(replica_report(1000))),
+    ];
+    holder.policy.mode = ReplicationMode::Sync;
+    assert_eq!(
+        decide(&holder, t(1.0), &timings()),
+        Decision::Acquire(AcquireReason::Confirm)
+    );
+    let mut replica = replica_obs(lease);
+    replica.policy.mode = ReplicationMode::Sync;
+    replica.holder_pod = PodStatus::Gone;
+    ineligible(&replica, Ineligible::NotSynchronous);
+}
+
 // ---- L4: acquire before promote; a restarted holder confirms first ---------------------------------
 
 #[test]
