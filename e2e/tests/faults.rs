@@ -508,6 +508,7 @@ fn enabled(id: &str) -> bool {
 /// What a scenario body gets besides the harness.
 struct Ctx {
     ns: TestNamespace,
+    mode: Mode,
 }
 
 impl Ctx {
@@ -584,7 +585,7 @@ where
         .ok()
         .context("applying the cluster")?;
     wait_members_ready(&ns, 3, Duration::from_secs(240)).await?;
-    let ctx = Ctx { ns };
+    let ctx = Ctx { ns, mode };
     let mut h = Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await?;
     let outcome = body(&mut h, &ctx).await;
     if let Err(e) = &outcome {
@@ -799,8 +800,26 @@ async fn scale_under_load(h: &mut Harness, c: &Ctx) -> Result<()> {
 /// `POST /switchover` to the primary's REST API with the cluster's API credentials.
 async fn switchover_under_load(h: &mut Harness, c: &Ctx) -> Result<()> {
     let p = primary(h).await?;
-    let candidate = replica(h).await?;
     let pods = h.pods().await?;
+    // In synchronous mode only a synchronous standby may take over (a 412 otherwise, as in Patroni): ask
+    // each replica's `GET /sync`.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()?;
+    let mut candidate = None;
+    for pod in pods.iter().filter(|x| x.name != p) {
+        let Some(ip) = &pod.ip else { continue };
+        let sync = http
+            .get(format!("http://{ip}:8008/sync"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if c.mode == Mode::Async || sync {
+            candidate = Some(pod.name.clone());
+            break;
+        }
+    }
+    let candidate = candidate.context("no replica may take over")?;
     let ip = pods
         .iter()
         .find(|x| x.name == p)
