@@ -90,7 +90,6 @@ struct Memory {
     /// Shown as `state` while PostgreSQL is not answering.
     pg_state: &'static str,
     last_decision: String,
-    clone_failures: u32,
 }
 
 /// What [`HaLoop::new`] needs.
@@ -564,7 +563,8 @@ impl HaLoop {
         let change = self.pg.configure(&desired).await?;
         self.mem.sync_configured = None;
         if !self.pg.is_running() {
-            if self.mem.needs_rewind && upstream.is_none() && self.mem.last_pg.error.is_some() {
+            if self.mem.needs_rewind && upstream.is_none() {
+                // Read-only, replaying its own WAL; rewound once a primary is there to rewind from.
                 debug!("former primary waiting as a standby until a primary appears");
             }
             self.mem.pg_state = "starting";
@@ -585,11 +585,8 @@ impl HaLoop {
         info!(member = %self.me, upstream = %up.host, "cloning with pg_basebackup");
         self.mem.pg_state = "creating replica";
         self.publish(cfg);
-        if let Err(e) = self.pg.basebackup(up, None).await {
-            self.mem.clone_failures += 1;
-            return Err(e.into());
-        }
-        self.mem.clone_failures = 0;
+        // A failed clone leaves PGDATA incomplete; the next loop clones again (basebackup clears leftovers).
+        self.pg.basebackup(up, None).await?;
         self.mem.needs_rewind = false;
         // Start streaming in this same loop.
         let role = Role::Replica {
