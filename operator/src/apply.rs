@@ -45,7 +45,7 @@ pub enum Error {
     },
     #[error("reading {kind} {name}")]
     Read {
-        kind: &'static str,
+        kind: String,
         name: String,
         #[source]
         source: kube::Error,
@@ -125,7 +125,7 @@ async fn ensure_secrets(client: &Client, c: &ValidatedCluster) -> Result<Vec<&'s
             .get_metadata_opt(&name)
             .await
             .map_err(|source| Error::Read {
-                kind: "Secret",
+                kind: "Secret".into(),
                 name: name.clone(),
                 source,
             })?;
@@ -197,7 +197,7 @@ where
         .get_metadata_opt(name)
         .await
         .map_err(|source| Error::Read {
-            kind: "child",
+            kind: K::kind(&()).into_owned(),
             name: name.to_owned(),
             source,
         })?;
@@ -273,7 +273,7 @@ pub async fn apply(
         .get_opt(&c.name)
         .await
         .map_err(|source| Error::Read {
-            kind: "StatefulSet",
+            kind: "StatefulSet".into(),
             name: c.name.clone(),
             source,
         })?
@@ -298,7 +298,7 @@ async fn delete_disabled_services(client: &Client, c: &ValidatedCluster) -> Resu
             .get_metadata_opt(&name)
             .await
             .map_err(|source| Error::Read {
-                kind: "Service",
+                kind: "Service".into(),
                 name: name.clone(),
                 source,
             })?;

@@ -149,6 +149,17 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     } else {
         apply::Applied::default()
     };
+    // Announced at once: a later step failing must not lose what the apply changed.
+    events::publish(
+        &ctx.recorder,
+        cluster,
+        &apply_transitions(
+            &applied,
+            c.spec.instances,
+            prev.observed_generation.is_none(),
+        ),
+    )
+    .await;
     let mut memo = Memo {
         fingerprint,
         applied_at: if must_apply {
@@ -176,24 +187,7 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     )
     .await;
 
-    let (next, more) = status::compute(
-        &c,
-        &prev,
-        &observed,
-        &outcome,
-        applied.previous_replicas,
-        now,
-    );
-    if !applied.created_secrets.is_empty() {
-        let kinds = applied.created_secrets.clone();
-        // After the first reconcile a missing Secret was deleted by someone: the new password is not the
-        // one PostgreSQL has, which a human must know about.
-        transitions.push(if prev.observed_generation.is_none() {
-            Transition::SecretsCreated { kinds }
-        } else {
-            Transition::SecretsRecreated { kinds }
-        });
-    }
+    let (next, more) = status::compute(&c, &prev, &observed, &outcome, now);
     transitions.extend(more);
     let volatile_recently_written = status::only_volatile_changes(&prev, &next)
         && memo
@@ -214,6 +208,29 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     }
 
     Ok(Action::requeue(next_look(&outcome, now)))
+}
+
+/// What an apply changed that is worth an Event: a scale, and Secrets generated (expected on the first
+/// reconcile, a warning later: someone deleted them, and PostgreSQL does not know the new password).
+fn apply_transitions(applied: &apply::Applied, instances: i32, first: bool) -> Vec<Transition> {
+    let mut t = Vec::new();
+    if let Some(before) = applied.previous_replicas
+        && before != instances
+    {
+        t.push(Transition::Scaled {
+            from: before,
+            to: instances,
+        });
+    }
+    if !applied.created_secrets.is_empty() {
+        let kinds = applied.created_secrets.clone();
+        t.push(if first {
+            Transition::SecretsCreated { kinds }
+        } else {
+            Transition::SecretsRecreated { kinds }
+        });
+    }
+    t
 }
 
 /// A scheduled switchover is looked at when it is due, if that is sooner than the resync.
@@ -316,6 +333,33 @@ mod tests {
         assert!(needs_apply(Some(&memo), 8, t0), "the children changed");
         assert!(!needs_apply(Some(&memo), 7, t0 + Duration::from_secs(10)));
         assert!(needs_apply(Some(&memo), 7, t0 + REAPPLY_EVERY));
+    }
+
+    #[test]
+    fn apply_announces_scales_and_generated_secrets() {
+        let applied = |prev, secrets: Vec<&'static str>| apply::Applied {
+            previous_replicas: prev,
+            created_secrets: secrets,
+        };
+        assert_eq!(
+            apply_transitions(&applied(Some(3), vec![]), 5, false),
+            [Transition::Scaled { from: 3, to: 5 }]
+        );
+        assert!(apply_transitions(&applied(Some(3), vec![]), 3, false).is_empty());
+        assert!(
+            apply_transitions(&applied(None, vec![]), 3, false).is_empty(),
+            "created, not scaled"
+        );
+        assert_eq!(
+            apply_transitions(&applied(None, vec!["app", "api"]), 3, true),
+            [Transition::SecretsCreated {
+                kinds: vec!["app", "api"]
+            }]
+        );
+        assert_eq!(
+            apply_transitions(&applied(Some(3), vec!["api"]), 3, false),
+            [Transition::SecretsRecreated { kinds: vec!["api"] }]
+        );
     }
 
     #[test]

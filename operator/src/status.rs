@@ -333,7 +333,6 @@ pub fn compute(
     prev: &PostgresClusterStatus,
     obs: &Observed,
     switchover: &SwitchoverOutcome,
-    previous_replicas: Option<i32>,
     now: Timestamp,
 ) -> (PostgresClusterStatus, Vec<Transition>) {
     let mut events = Vec::new();
@@ -513,14 +512,6 @@ pub fn compute(
     // Events on transitions only.
     if prev.observed_generation.is_none() {
         events.push(Transition::Created);
-    }
-    if let Some(before) = previous_replicas
-        && before != want
-    {
-        events.push(Transition::Scaled {
-            from: before,
-            to: want,
-        });
     }
     let was_ready = find_condition(prev, condition::READY).is_some_and(|c| c.status == "True");
     if phase == phase::RUNNING && !was_ready {
@@ -746,7 +737,6 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
         assert_eq!(s.phase.as_deref(), Some("Running"));
@@ -788,7 +778,6 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
         assert_eq!(s.primary, None);
@@ -813,7 +802,6 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
         assert_eq!(s.phase.as_deref(), Some("Creating"));
@@ -854,14 +842,13 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
         // pg-0 dies: no primary for a while.
         let mut gap = healthy();
         gap.pods.remove(0);
         gap.lease = Some(lease(Some("pg-0"), 4));
-        let (during, events) = compute(&c, &first, &gap, &SwitchoverOutcome::None, None, t(10));
+        let (during, events) = compute(&c, &first, &gap, &SwitchoverOutcome::None, t(10));
         assert_eq!(during.phase.as_deref(), Some("NoPrimary"));
         assert_eq!(during.last_primary.as_deref(), Some("pg-0"));
         assert_eq!(cond(&during, "Degraded").reason, "NoPrimary");
@@ -872,7 +859,7 @@ mod tests {
         let mut after = gap.clone();
         after.pods[0] = pod("pg-1", Some("primary"), true);
         after.lease = Some(lease(Some("pg-1"), 5));
-        let (s, events) = compute(&c, &during, &after, &SwitchoverOutcome::None, None, t(20));
+        let (s, events) = compute(&c, &during, &after, &SwitchoverOutcome::None, t(20));
         let f = s.last_failover.clone().unwrap();
         assert_eq!(
             (f.from.as_str(), f.to.as_str(), f.reason.as_str()),
@@ -884,7 +871,7 @@ mod tests {
             from: "pg-0".into(),
             to: "pg-1".into()
         }));
-        let (again, events) = compute(&c, &s, &after, &SwitchoverOutcome::None, None, t(30));
+        let (again, events) = compute(&c, &s, &after, &SwitchoverOutcome::None, t(30));
         assert!(
             !events
                 .iter()
@@ -902,16 +889,15 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
-        let (b, events) = compute(&c, &a, &healthy(), &SwitchoverOutcome::None, None, t(50));
+        let (b, events) = compute(&c, &a, &healthy(), &SwitchoverOutcome::None, t(50));
         assert!(eq_time_insensitive(&a, &b));
         assert_eq!(a, b, "nothing changed: identical, times included");
         assert!(events.is_empty(), "{events:?}");
         let mut obs = healthy();
         obs.pods[2] = pod("pg-2", Some("replica"), false);
-        let (d, _) = compute(&c, &b, &obs, &SwitchoverOutcome::None, None, t(60));
+        let (d, _) = compute(&c, &b, &obs, &SwitchoverOutcome::None, t(60));
         assert_eq!(d.phase.as_deref(), Some("Degraded"));
         assert_eq!(cond(&d, "Ready").last_transition_time, Time(t(60)));
         assert_eq!(cond(&d, "Paused").last_transition_time, Time(t(0)));
@@ -919,20 +905,18 @@ mod tests {
     }
 
     #[test]
-    fn scaling_is_progressing_and_announced() {
+    fn scaling_is_progressing() {
         let mut c = cluster();
         c.spec.instances = 5;
-        let (s, events) = compute(
+        let (s, _) = compute(
             &c,
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
-            Some(3),
             t(0),
         );
         assert_eq!(cond(&s, "Progressing").reason, "Scaling");
         assert_eq!(s.phase.as_deref(), Some("Degraded"));
-        assert!(events.contains(&Transition::Scaled { from: 3, to: 5 }));
     }
 
     #[test]
@@ -957,7 +941,6 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
         let p = cond(&s, "Progressing");
@@ -986,7 +969,6 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
         let mut moved = healthy();
@@ -997,7 +979,7 @@ mod tests {
             "pg-1".into(),
             report("replica", 2, 0x1_0000_8000, Some(4096)),
         );
-        let (b, _) = compute(&c, &a, &moved, &SwitchoverOutcome::None, None, t(10));
+        let (b, _) = compute(&c, &a, &moved, &SwitchoverOutcome::None, t(10));
         assert!(only_volatile_changes(&a, &b));
         assert!(
             !only_volatile_changes(&a, &a),
@@ -1005,7 +987,7 @@ mod tests {
         );
         let mut unready = moved.clone();
         unready.pods[2] = pod("pg-2", Some("replica"), false);
-        let (d, _) = compute(&c, &a, &unready, &SwitchoverOutcome::None, None, t(20));
+        let (d, _) = compute(&c, &a, &unready, &SwitchoverOutcome::None, t(20));
         assert!(!only_volatile_changes(&a, &d), "readiness is not volatile");
     }
 
@@ -1034,7 +1016,6 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
-            None,
             t(0),
         );
         let s = invalid(
