@@ -84,18 +84,21 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// `RUST_LOG` in the `target=level,...` form (default `info`). A plain per-target filter rather than
+/// `EnvFilter`: it keeps the regex engine out of the binary, which matters for the sidecar's memory.
 fn init_tracing(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: container logs stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
+    use tracing_subscriber::{filter::Targets, fmt, prelude::*};
+    let targets: Targets = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(targets);
     if format == "json" {
-        builder.json().init();
+        registry.with(fmt::layer().json()).init();
     } else {
-        builder.init();
+        // Colours only on a terminal: container logs stay plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        registry.with(fmt::layer().with_ansi(ansi)).init();
     }
 }
 
