@@ -72,6 +72,8 @@ pub struct Context {
     pub sidecar_image: String,
     /// By `<namespace>/<name>`.
     pub memos: std::sync::Mutex<HashMap<String, Memo>>,
+    /// The failure category last announced per cluster, so a failure repeating every retry is one Event.
+    pub failures: std::sync::Mutex<HashMap<String, String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +105,38 @@ pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Resu
         started.elapsed(),
         result.as_ref().err().map(Error::category),
     );
+    let key = format!(
+        "{}/{}",
+        cluster.namespace().unwrap_or_default(),
+        cluster.name_any()
+    );
+    let failure = result
+        .as_ref()
+        .err()
+        .map(|e| (e.category(), error_chain(e)));
+    let announce = ctx
+        .failures
+        .lock()
+        .ok()
+        .and_then(|mut seen| match &failure {
+            Some((category, _)) if seen.get(&key) != Some(category) => {
+                seen.insert(key, category.clone());
+                failure.clone()
+            }
+            Some(_) => None,
+            None => {
+                seen.remove(&key);
+                None
+            }
+        });
+    if let Some((reason, message)) = announce {
+        events::publish(
+            &ctx.recorder,
+            &cluster,
+            &[Transition::ReconcileFailed { reason, message }],
+        )
+        .await;
+    }
     result
 }
 
@@ -291,6 +325,7 @@ pub async fn run(
         metrics,
         sidecar_image,
         memos: std::sync::Mutex::new(HashMap::new()),
+        failures: std::sync::Mutex::new(HashMap::new()),
     });
     Controller::new(
         api::<PostgresCluster>(&client, ns),

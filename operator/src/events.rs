@@ -54,6 +54,11 @@ pub enum Transition {
     SecretsRecreated {
         kinds: Vec<&'static str>,
     },
+    /// A reconcile failed; `reason` is the error's category. Announced once per change of category.
+    ReconcileFailed {
+        reason: String,
+        message: String,
+    },
 }
 
 impl Transition {
@@ -120,6 +125,11 @@ impl Transition {
                 "SecretsCreated",
                 format!("generated credentials: {}", kinds.join(", ")),
             ),
+            Self::ReconcileFailed { reason, message } => (
+                EventType::Warning,
+                reason.as_str(),
+                message.chars().take(1000).collect(),
+            ),
             Self::SecretsRecreated { kinds } => (
                 EventType::Warning,
                 "SecretsRecreated",
@@ -146,5 +156,41 @@ pub async fn publish(recorder: &Recorder, cluster: &PostgresCluster, transitions
         if let Err(e) = recorder.publish(&t.to_event(), &reference).await {
             warn!(error = %e, event = ?t, "could not publish event");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_read_well_in_kubectl_describe() {
+        let e = Transition::FailoverObserved {
+            from: "pg-0".into(),
+            to: "pg-1".into(),
+        }
+        .to_event();
+        assert_eq!(
+            (e.type_, e.reason.as_str()),
+            (EventType::Warning, "FailoverObserved")
+        );
+        assert_eq!(e.note.as_deref(), Some("primary changed from pg-0 to pg-1"));
+        let e = Transition::Scaled { from: 3, to: 5 }.to_event();
+        assert_eq!((e.type_, e.reason.as_str()), (EventType::Normal, "Scaled"));
+        let long = "x".repeat(5000);
+        let e = Transition::ReconcileFailed {
+            reason: "ApplyStatefulSetFailed".into(),
+            message: long,
+        }
+        .to_event();
+        assert_eq!(
+            (e.type_, e.reason.as_str()),
+            (EventType::Warning, "ApplyStatefulSetFailed")
+        );
+        assert_eq!(
+            e.note.map(|n| n.len()),
+            Some(1000),
+            "notes are limited to 1 kB"
+        );
     }
 }
