@@ -269,13 +269,12 @@ impl HaLoop {
             timeline: pg_obs.timeline,
             wal: pg_obs.wal_position(),
         };
-        let epoch = lease.as_ref().map(|l| l.transitions);
-        let failsafe_confirmed = !peer_states.is_empty()
-            && peer_states.iter().all(|p| {
-                p.report
-                    .as_ref()
-                    .is_some_and(|r| r.role != ROLE_PRIMARY && Some(r.pgpilot.epoch) == epoch)
-            });
+        // The epoch as last known: with the apiserver unreachable (failsafe's case) the last record read.
+        let epoch = lease
+            .as_ref()
+            .or(self.elector.record().as_ref())
+            .map(|l| l.transitions);
+        let failsafe_confirmed = failsafe_confirmed(&peer_states, epoch);
         let obs = Observation {
             me: self.me.clone(),
             lease: lease.clone(),
@@ -1198,6 +1197,17 @@ async fn received_lsn(config: &tokio_postgres::Config) -> Option<u64> {
         .and_then(|v| u64::try_from(v).ok())
 }
 
+/// Failsafe (L5): every other member answered over REST this loop, none runs as primary, and each
+/// reports the epoch this member holds — none has seen a newer holder. No peers: no confirmation.
+fn failsafe_confirmed(peers: &[PeerState], epoch: Option<u64>) -> bool {
+    !peers.is_empty()
+        && peers.iter().all(|p| {
+            p.report
+                .as_ref()
+                .is_some_and(|r| r.role != ROLE_PRIMARY && Some(r.pgpilot.epoch) == epoch)
+        })
+}
+
 fn peer_view(p: &PeerState) -> Peer {
     Peer {
         name: p.name.clone(),
@@ -1453,6 +1463,43 @@ mod tests {
             plan_sync(ReplicationMode::Async, 1, None, None, &[]).record,
             None
         );
+    }
+
+    fn peer(name: &str, role: &str, epoch: u64, answered: bool) -> PeerState {
+        PeerState {
+            name: name.into(),
+            host: None,
+            report: answered.then(|| pgpilot_crds::contract::MemberReport {
+                role: role.into(),
+                pgpilot: pgpilot_crds::contract::PgpilotInfo {
+                    epoch,
+                    ..Default::default()
+                },
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn failsafe_needs_every_peer_on_the_same_epoch_and_none_primary() {
+        let ok = [
+            peer("b", ROLE_REPLICA, 4, true),
+            peer("c", ROLE_REPLICA, 4, true),
+        ];
+        assert!(failsafe_confirmed(&ok, Some(4)));
+        assert!(!failsafe_confirmed(&ok, Some(5)), "a peer on another epoch");
+        assert!(!failsafe_confirmed(&ok, None));
+        assert!(!failsafe_confirmed(&[], Some(4)), "nobody confirms");
+        let silent = [
+            peer("b", ROLE_REPLICA, 4, true),
+            peer("c", ROLE_REPLICA, 4, false),
+        ];
+        assert!(!failsafe_confirmed(&silent, Some(4)), "one did not answer");
+        let primary = [
+            peer("b", ROLE_REPLICA, 4, true),
+            peer("c", ROLE_PRIMARY, 4, true),
+        ];
+        assert!(!failsafe_confirmed(&primary, Some(4)), "another primary");
     }
 
     #[test]
