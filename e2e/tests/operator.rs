@@ -573,6 +573,28 @@ async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected()
         "describe shows the scale event:\n{described}"
     );
 
+    // The operator's metrics and health, through its metrics Service.
+    let release = ns.release().context("release")?.to_owned();
+    let metrics = ns.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{n}/services/{release}-metrics:8080/proxy/metrics"),
+    ])?;
+    ensure!(
+        metrics.contains("pgpilot_operator_reconciles_total"),
+        "metrics:\n{metrics}"
+    );
+    ensure!(
+        metrics.contains("pgpilot_operator_reconcile_duration_seconds_bucket"),
+        "metrics:\n{metrics}"
+    );
+    let health = ns.kubectl(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{n}/services/{release}-metrics:8080/proxy/healthz"),
+    ])?;
+    ensure!(health == "ok", "healthz: {health}");
+
     // Deleting the cluster garbage-collects every child.
     Api::<PostgresCluster>::namespaced(client.clone(), &n)
         .delete("pg", &DeleteParams::foreground())
