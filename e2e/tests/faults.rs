@@ -494,6 +494,8 @@ const CORE: &[&str] = &[
     "delete-primary-pod-sync",
     "switchover-sync",
     "freeze-primary-sync",
+    "cut-primary-sync",
+    "partition-primary-node-sync",
 ];
 
 fn enabled(id: &str) -> bool {
@@ -548,6 +550,8 @@ struct Setup {
     failsafe: bool,
     /// Converge within this long of the heal.
     converge_within: Duration,
+    /// Writes never unavailable for longer than this (failsafe).
+    max_write_gap: Option<Duration>,
 }
 
 /// Long enough for a failover (`leaseDuration` at worst, L2), then for the old primary to come back as a
@@ -562,6 +566,7 @@ impl Default for Setup {
             spread_required: true,
             failsafe: false,
             converge_within: default_bound(),
+            max_write_gap: None,
         }
     }
 }
@@ -587,6 +592,9 @@ where
     wait_members_ready(&ns, 3, Duration::from_secs(240)).await?;
     let ctx = Ctx { ns, mode };
     let mut h = Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await?;
+    if let Some(max) = setup.max_write_gap {
+        h.require_write_gap_at_most(max);
+    }
     let outcome = body(&mut h, &ctx).await;
     if let Err(e) = &outcome {
         h.mark(format!("scenario body failed: {e:#}"));
@@ -891,7 +899,8 @@ scenario_tests! {
     cut_replica_sync, cut_replica_async, "cut-replica", cut_replica, Setup::default();
     apiserver_stop_sync, apiserver_stop_async, "apiserver-stop", apiserver_stop, Setup::default();
     apiserver_stop_failsafe_sync, apiserver_stop_failsafe_async, "apiserver-stop-failsafe", apiserver_stop,
-        Setup { failsafe: true, ..Setup::default() };
+        // Every member still confirms the primary over REST: it must keep serving (DESIGN.md L5).
+        Setup { failsafe: true, max_write_gap: Some(Duration::from_secs(RENEW)), ..Setup::default() };
     delete_primary_pod_sync, delete_primary_pod_async, "delete-primary-pod", delete_primary_pod, Setup::default();
     scale_sync, scale_async, "scale-3-5-2", scale_under_load,
         Setup { spread_required: false, converge_within: Duration::from_secs(120), ..Setup::default() };

@@ -50,6 +50,7 @@ pub struct Harness {
     timeline: Mutex<Timeline>,
     fault_at: Option<Micros>,
     healed_at: Option<Micros>,
+    max_write_gap: Option<Duration>,
 }
 
 /// The repository's `e2e/fault` hook.
@@ -107,6 +108,7 @@ impl Harness {
             timeline: Mutex::new(Timeline::default()),
             fault_at: None,
             healed_at: None,
+            max_write_gap: None,
         };
         let started = now_us();
         h.wait_converged_since(started, Duration::from_secs(120))
@@ -115,6 +117,11 @@ impl Harness {
             .await?;
         h.mark("checker: baseline converged, writes acknowledged");
         Ok(h)
+    }
+
+    /// Writes must never be unavailable longer than `max` after the fault (checked by [`Harness::finish`]).
+    pub fn require_write_gap_at_most(&mut self, max: Duration) {
+        self.max_write_gap = Some(max);
     }
 
     /// Puts an event on the timeline, now.
@@ -326,7 +333,10 @@ impl Harness {
         let end_us = now_us();
         let members = self.members.clone();
         let Self {
-            probes, timeline, ..
+            probes,
+            timeline,
+            max_write_gap,
+            ..
         } = self;
         let (samples, probe_timeline) = probes.stop().await;
         let mut timeline = timeline.into_inner().unwrap_or_default();
@@ -352,7 +362,10 @@ impl Harness {
             end_us,
             last_decisions,
         };
-        let verdict = Verdict::new(&recording, expect);
+        let mut verdict = Verdict::new(&recording, expect);
+        if let Some(max) = max_write_gap {
+            verdict.require_write_gap_at_most(i64::try_from(max.as_micros()).unwrap_or(i64::MAX));
+        }
         println!("{}", verdict.table());
         write_verdict(&verdict, &recording.samples)?;
         Ok(verdict)

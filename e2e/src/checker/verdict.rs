@@ -427,6 +427,22 @@ impl Verdict {
         }
     }
 
+    /// Adds the expectation that writes were never unavailable for longer than `max_us` after the fault
+    /// (failsafe mode promises a primary that keeps serving while the apiserver is gone).
+    pub fn require_write_gap_at_most(&mut self, max_us: Micros) {
+        match self.longest_write_gap_us {
+            Some(gap) if gap > max_us => self.failures.push(format!(
+                "writes unavailable for {} ms, allowed {} ms",
+                gap / 1000,
+                max_us / 1000
+            )),
+            None => self
+                .failures
+                .push("no acknowledged write after the fault".into()),
+            Some(_) => {}
+        }
+    }
+
     pub fn passed(&self) -> bool {
         self.failures.is_empty()
     }
@@ -858,6 +874,19 @@ mod tests {
             "{:?}",
             slow.failures
         );
+
+        let mut gap = Verdict::new(&recording(), expect);
+        gap.require_write_gap_at_most(50_000);
+        assert!(
+            gap.failures
+                .iter()
+                .any(|f| f.starts_with("writes unavailable for")),
+            "{:?}",
+            gap.failures
+        );
+        let mut ok = Verdict::new(&recording(), expect);
+        ok.require_write_gap_at_most(1_000_000);
+        assert!(ok.passed(), "{:?}", ok.failures);
 
         let mut never = recording();
         never.samples.retain(|s| s.stream != "pg-1@b");
