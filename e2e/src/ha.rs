@@ -243,15 +243,29 @@ pub async fn switchover(
     leader: &str,
     candidate: &str,
 ) -> Result<(u16, String)> {
+    let body = serde_json::json!({ "leader": leader, "candidate": candidate });
+    post(client, ns, cluster, ip, "/switchover", Some(body)).await
+}
+
+/// A mutating REST call on `ip` with the cluster's API credentials; returns (status, body).
+pub async fn post(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+    ip: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Result<(u16, String)> {
     let (user, password) = cluster::credentials(client, ns, cluster, "api").await?;
-    let url = format!("http://{ip}:{}/switchover", contract::REST_PORT);
-    let r = reqwest::Client::new()
+    let url = format!("http://{ip}:{}{path}", contract::REST_PORT);
+    let mut request = reqwest::Client::new()
         .post(&url)
         .basic_auth(user, Some(password))
-        .json(&serde_json::json!({ "leader": leader, "candidate": candidate }))
-        .timeout(Duration::from_secs(70))
-        .send()
-        .await?;
+        .timeout(Duration::from_secs(70));
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let r = request.send().await?;
     let status = r.status().as_u16();
     Ok((status, r.text().await.unwrap_or_default()))
 }

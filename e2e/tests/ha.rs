@@ -440,3 +440,62 @@ async fn deleting_the_primary_pod_releases_the_lease_and_a_replica_takes_over() 
     );
     Ok(())
 }
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> {
+    let (ns, primary) = three("ha-rest", "async").await?;
+    let c = client().await?;
+    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
+    let ip_of = |name: &str| {
+        pods.iter()
+            .find(|p| kube::ResourceExt::name_any(*p) == name)
+            .and_then(ha::pod_ip)
+            .unwrap_or_default()
+    };
+    let replica = ha::members(CLUSTER, 3)
+        .into_iter()
+        .find(|m| *m != primary)
+        .unwrap_or_default();
+    // Without credentials: 401.
+    let anonymous = reqwest::Client::new()
+        .post(format!(
+            "http://{}:{}/restart",
+            ip_of(&replica),
+            contract::REST_PORT
+        ))
+        .send()
+        .await?;
+    ensure!(
+        anonymous.status().as_u16() == 401,
+        "anonymous restart answered {}",
+        anonymous.status()
+    );
+    // The primary refuses to reinitialize itself.
+    let (status, body) = ha::post(
+        &c,
+        &ns.name,
+        CLUSTER,
+        &ip_of(&primary),
+        "/reinitialize",
+        None,
+    )
+    .await?;
+    ensure!(
+        status == 503,
+        "reinitialize on the primary answered {status}: {body}"
+    );
+    for path in ["/reload", "/restart", "/reinitialize"] {
+        let (status, body) = ha::post(&c, &ns.name, CLUSTER, &ip_of(&replica), path, None).await?;
+        ensure!(
+            status == 200,
+            "{path} on {replica} answered {status}: {body}\n{}",
+            ha::describe(&ns, CLUSTER)
+        );
+        // The member comes back as a streaming replica of the same primary.
+        let after = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(120)).await?;
+        ensure!(after == primary, "{path} moved the primary to {after}");
+        println!("{path} on {replica}: {body}; converged again");
+    }
+    Ok(())
+}
