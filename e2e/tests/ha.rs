@@ -1,9 +1,11 @@
 //! HA scenarios on the local cluster, through the Helm chart, the operator and real pods: a 3-member
-//! cluster converges; a killed primary container fails over and the old primary rejoins; a frozen
-//! primary is fenced and rejoins after the thaw; a switchover and a primary kill in `sync` mode lose no
-//! acknowledged write. The fault scenarios run the fault-matrix checker (writer through `-rw`, probes in
-//! every pod) and fail on its verdict; the figures (failover time, switchover unavailability, sidecar RSS)
-//! are printed, never asserted as timings (DESIGN.md: benchmarks, not timed tests).
+//! cluster converges (and in steady state only the holder writes to Kubernetes, L9); a killed primary
+//! container fails over and the old primary rejoins; a frozen primary is fenced and rejoins after the
+//! thaw; a deleted primary pod releases the Lease; a switchover and a primary kill in `sync` mode lose no
+//! acknowledged write; REST reload/restart/reinitialize act; spec parameters are reloaded or reported as
+//! pending restart. The fault scenarios run the fault-matrix checker (writer through `-rw`, probes in
+//! every pod) and fail on its verdict; the figures (failover time, switchover unavailability, sidecar
+//! RSS, API writes) are printed, never asserted as timings (DESIGN.md: benchmarks, not timed tests).
 
 use std::{path::PathBuf, time::Duration};
 
@@ -497,5 +499,95 @@ async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> 
         ensure!(after == primary, "{path} moved the primary to {after}");
         println!("{path} on {replica}: {body}; converged again");
     }
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()> {
+    let (ns, primary) = three("ha-params", "async").await?;
+    let c = client().await?;
+    // work_mem applies by reload; max_connections needs a restart (PostgreSQL's `postmaster` context).
+    let patch =
+        r#"{"spec":{"postgresql":{"parameters":{"work_mem":"7MB","max_connections":"60"}}}}"#;
+    ns.kubectl(&[
+        "patch",
+        "postgrescluster",
+        CLUSTER,
+        "--type",
+        "merge",
+        "-p",
+        patch,
+    ])?;
+    let members = ha::members(CLUSTER, 3);
+    pgpilot_e2e::wait_for(
+        "pending_restart on every member",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
+            Ok(members
+                .iter()
+                .all(|m| reports.get(m).is_some_and(|r| r.pending_restart))
+                .then_some(()))
+        },
+    )
+    .await?;
+    let (user, password) =
+        pgpilot_e2e::checker::cluster::credentials(&c, &ns.name, CLUSTER, "superuser").await?;
+    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
+    for pod in &pods {
+        let ip = ha::pod_ip(pod).unwrap_or_default();
+        let show = |setting: &'static str| {
+            let (ip, user, password) = (ip.clone(), user.clone(), password.clone());
+            async move {
+                let conn = format!(
+                    "host={ip} port={} user={user} password={password} dbname=postgres connect_timeout=3",
+                    contract::PG_PORT
+                );
+                let (client, connection) =
+                    tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+                tokio::spawn(connection);
+                let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
+                anyhow::Ok(row.get::<_, String>(0))
+            }
+        };
+        ensure!(
+            show("work_mem").await? == "7MB",
+            "work_mem not reloaded on {}",
+            kube::ResourceExt::name_any(pod)
+        );
+        ensure!(
+            show("max_connections").await? == "50",
+            "max_connections changed without a restart"
+        );
+    }
+    // A restart (through the API, replicas first) applies it and clears the flag.
+    let mut order: Vec<&k8s_openapi::api::core::v1::Pod> = pods.iter().collect();
+    order.sort_by_key(|p| kube::ResourceExt::name_any(*p) == primary);
+    for pod in order {
+        let ip = ha::pod_ip(pod).unwrap_or_default();
+        let (status, body) = ha::post(&c, &ns.name, CLUSTER, &ip, "/restart", None).await?;
+        ensure!(
+            status == 200,
+            "restart of {} answered {status}: {body}",
+            kube::ResourceExt::name_any(pod)
+        );
+    }
+    pgpilot_e2e::wait_for(
+        "no pending_restart after the restarts",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
+            Ok((reports.len() == 3 && reports.values().all(|r| !r.pending_restart)).then_some(()))
+        },
+    )
+    .await?;
+    let after = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(60)).await?;
+    ensure!(
+        after == primary,
+        "the restarts moved the primary to {after}"
+    );
     Ok(())
 }
