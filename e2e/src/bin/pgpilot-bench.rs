@@ -400,11 +400,22 @@ impl Rig<'_> {
         }
     }
 
-    /// Seconds from `at` to the first acknowledged write after it.
-    async fn writes_back_after(&self, at: Micros, timeout: Duration) -> Result<f64> {
+    /// Seconds from `at` to the first acknowledged write after it by a server other than `not_from` (the
+    /// old primary, when it may still be reachable from the writer and acknowledging: a partitioned node's
+    /// pods are, from this host, and in asynchronous mode they acknowledge until they fence themselves).
+    async fn writes_back_after(
+        &self,
+        at: Micros,
+        not_from: Option<&str>,
+        timeout: Duration,
+    ) -> Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(t) = self.writer.first_ack_since(at) {
+            let first = match not_from {
+                None => self.writer.first_ack_since(at),
+                Some(old) => self.writer.first_ack_since_not_from(at, old),
+            };
+            if let Some(t) = first {
                 return Ok((t - at) as f64 / 1e6);
             }
             if Instant::now() > deadline {
@@ -431,7 +442,16 @@ impl Rig<'_> {
             format!("{}/{}", self.d.ns.name, p.name)
         };
         let at = fault(verb, &target).await?;
-        let measured = self.writes_back_after(at, Duration::from_secs(180)).await;
+        // A killed primary's processes are gone: any acknowledgement is a recovered primary's (Patroni restarts
+        // in place). A cut or partitioned one may still acknowledge: only another member's count.
+        let not_from = if verb == "kill" {
+            None
+        } else {
+            p.ip.as_deref()
+        };
+        let measured = self
+            .writes_back_after(at, not_from, Duration::from_secs(180))
+            .await;
         if let Some(undo) = undo {
             // Keep the fault a little past the failover, as an outage would last, then heal.
             tokio::time::sleep(Duration::from_secs(3)).await;

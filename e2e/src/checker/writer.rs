@@ -170,6 +170,18 @@ impl Writer {
             .map(|a| a.at_us)
     }
 
+    /// When the first acknowledgement at or after `since_us` by a server other than `not_from` arrived.
+    pub fn first_ack_since_not_from(&self, since_us: i64, not_from: &str) -> Option<i64> {
+        let log = self.log.lock().ok()?;
+        log.acks
+            .iter()
+            .rev()
+            .take_while(|a| a.at_us >= since_us)
+            .filter(|a| a.server != not_from)
+            .last()
+            .map(|a| a.at_us)
+    }
+
     /// Stops writing and returns the log.
     pub async fn stop(self) -> Log {
         let _ = self.stop.send(true);
