@@ -474,16 +474,15 @@ impl HaLoop {
     /// L4: promote only after the Lease was acquired (the caller holds it, confirmed).
     async fn promote(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
         info!(member = %self.me, "promoting");
-        // The primary's configuration goes in *before* the promotion, so `synchronous_standby_names` is in
-        // force from the first commit on the new timeline (zero acknowledged-write loss, L3). This drops
-        // `standby.signal` while still in recovery: a crash now restarts as primary — allowed, this member
-        // holds the Lease (L4).
         let desired = self.desired(cfg, Role::Primary, self.initial_sync(cfg));
-        self.pg.configure(&desired).await?;
-        self.mem.sync_configured = desired.synchronous.as_ref().map(|s| s.names.clone());
         self.pg.promote().await?;
         self.mem.serving_primary = true;
-        // Route writes here at once: the `-rw` Service follows the label (slots and the rest come after).
+        // `synchronous_standby_names` before the `-rw` Service routes here (the label below): clients of
+        // the Service never commit without the synchronous standbys (L3). (It cannot go in before the
+        // promotion: PostgreSQL's promotion needs `standby.signal`, which the primary's files drop.)
+        self.pg.configure(&desired).await?;
+        self.mem.sync_configured = desired.synchronous.as_ref().map(|s| s.names.clone());
+        // Route writes here at once; the rest of the primary's upkeep follows in this loop.
         self.label_own_pod().await;
         let obs = self.pg.observe().await;
         self.mem.history.push(HistoryEntry {
