@@ -894,8 +894,14 @@ async fn main() -> Result<()> {
     }
     let started = Instant::now();
     let mut results: BTreeMap<&'static str, Series> = BTreeMap::new();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     for sys in chosen {
-        let series = bench_system(&kube, sys, &args).await;
+        // Interrupted, the system's future is dropped: its namespace (and Helm release) is deleted on the way.
+        let series = tokio::select! {
+            series = bench_system(&kube, sys, &args) => series,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted"),
+            _ = terminate.recv() => bail!("terminated"),
+        };
         results.insert(sys.id, series);
         // Each system's results are written as soon as they exist.
         write_results(&args, &results)?;
