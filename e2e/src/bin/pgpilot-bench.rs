@@ -57,6 +57,10 @@ struct Args {
     /// `partition` disturbs every pod on the primary's node: leave it out on a cluster others are using.
     #[arg(long, value_delimiter = ',', env = "BENCH_MEASURE")]
     measure: Vec<String>,
+    /// Keep the results already in `--out/results.json` and replace only what this run measures (to
+    /// re-measure one metric of one system).
+    #[arg(long)]
+    merge: bool,
     /// Seconds over which steady-state CPU and API writes are measured.
     #[arg(long, default_value_t = 60)]
     window_secs: u64,
@@ -585,12 +589,33 @@ fn cgroup_pids(root: &Path, pod_dir: &str) -> Vec<u32> {
     pids
 }
 
+/// The audit log of the running kube-apiserver (its `--audit-log-path`: whichever checkout last started the
+/// control plane decides where it is), else this checkout's `target/e2e/logs/audit.log`.
+fn audit_log_path() -> PathBuf {
+    let running = std::fs::read_dir("/proc").ok().and_then(|procs| {
+        procs.flatten().find_map(|p| {
+            let cmdline = std::fs::read(p.path().join("cmdline")).ok()?;
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            if !args.first()?.ends_with("/kube-apiserver") {
+                return None;
+            }
+            let at = args.iter().position(|a| a == "--audit-log-path")?;
+            args.get(at + 1).map(PathBuf::from)
+        })
+    });
+    running.unwrap_or_else(|| repo_dir().join("target/e2e/logs/audit.log"))
+}
+
 /// API writes (create/update/patch/delete, completed) in `[from, to)` from the audit log, by user.
 fn audit_writes(from: Micros, to: Micros) -> Result<BTreeMap<String, u64>> {
-    let path = repo_dir().join("target/e2e/logs/audit.log");
+    let path = audit_log_path();
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut by_user = BTreeMap::new();
+    let mut newest = i64::MIN;
     for line in text.lines() {
         let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -612,6 +637,7 @@ fn audit_writes(from: Micros, to: Micros) -> Result<BTreeMap<String, u64>> {
             continue;
         };
         let at = at.as_microsecond();
+        newest = newest.max(at);
         if at < from || at >= to {
             continue;
         }
@@ -620,6 +646,13 @@ fn audit_writes(from: Micros, to: Micros) -> Result<BTreeMap<String, u64>> {
             .unwrap_or_default()
             .to_owned();
         *by_user.entry(user).or_insert(0) += 1;
+    }
+    // The apiserver writes its own Lease every 10 s: an audit log without them was not being written.
+    if newest < to - 30_000_000 {
+        bail!(
+            "{} has no entry after {newest} (the window ends at {to}): not the running apiserver's log",
+            path.display()
+        );
     }
     Ok(by_user)
 }
@@ -893,7 +926,11 @@ async fn main() -> Result<()> {
         bail!("no such system in {:?}", args.systems);
     }
     let started = Instant::now();
-    let mut results: BTreeMap<&'static str, Series> = BTreeMap::new();
+    let mut results: BTreeMap<&'static str, Series> = if args.merge {
+        read_results(&args.out)?
+    } else {
+        BTreeMap::new()
+    };
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     for sys in chosen {
         // Interrupted, the system's future is dropped: its namespace (and Helm release) is deleted on the way.
@@ -902,7 +939,8 @@ async fn main() -> Result<()> {
             _ = tokio::signal::ctrl_c() => bail!("interrupted"),
             _ = terminate.recv() => bail!("terminated"),
         };
-        results.insert(sys.id, series);
+        let entry = results.entry(sys.id).or_default();
+        entry.extend(series);
         // Each system's results are written as soon as they exist.
         write_results(&args, &results)?;
     }
@@ -915,6 +953,44 @@ async fn main() -> Result<()> {
         args.out.display()
     ));
     Ok(())
+}
+
+/// The results of an earlier run, as series (every value `Ok`, every recorded error `Err`).
+fn read_results(out: &Path) -> Result<BTreeMap<&'static str, Series>> {
+    let path = out.join("results.json");
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let mut results = BTreeMap::new();
+    for sys in doc["systems"].as_array().into_iter().flatten() {
+        let Some(id) = SYSTEMS.iter().map(|s| s.id).find(|id| sys["id"] == *id) else {
+            continue;
+        };
+        let mut series = Series::new();
+        for (key, _, _) in METRICS {
+            let m = &sys["metrics"][key];
+            let mut vals: Vec<Result<f64, String>> = m["values"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_f64())
+                .map(Ok)
+                .collect();
+            vals.extend(
+                m["errors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|e| e.as_str())
+                    .map(|e| Err(e.to_owned())),
+            );
+            if !vals.is_empty() {
+                series.insert(key, vals);
+            }
+        }
+        results.insert(id, series);
+    }
+    Ok(results)
 }
 
 fn write_results(args: &Args, results: &BTreeMap<&'static str, Series>) -> Result<()> {
