@@ -4,11 +4,15 @@ SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
 export PATH := $(CURDIR)/target/e2e/bin:$(HOME)/.cargo/bin:/usr/local/go/bin:$(PATH)
 export KUBECONFIG ?= $(CURDIR)/target/e2e/kubeconfig
+# Cargo's build directory is a cache outside the clone, like the components' (a fresh clone reuses the
+# compiled dependencies). Set CARGO_TARGET_DIR to build elsewhere.
+export PGPILOT_CACHE ?= /var/cache/pgpilot
+export CARGO_TARGET_DIR ?= $(PGPILOT_CACHE)/cargo-target
 
 CARGO ?= cargo
 CRD_FILE := charts/pgpilot/crds/postgresclusters.pgpilot.io.yaml
 
-.PHONY: demo test host components cluster cluster-down images lint unit crd crd-check helm-lint e2e bench
+.PHONY: demo test host components cluster cluster-down images lint unit crd crd-check helm-lint e2e faults bench
 
 ## Set-up steps (idempotent, cached)
 host:            ## Debian packages, Go-built components' prerequisites, PostgreSQL 15
@@ -36,9 +40,12 @@ helm-lint: components
 	helm template pgpilot charts/pgpilot > /dev/null
 unit: host       ## unit tests and integration tests against real PostgreSQL
 	$(CARGO) test --workspace
-e2e: images      ## tests on the local cluster: the environment itself, then the operator and HA scenarios
+e2e: images      ## tests on the local cluster: the environment itself, the Lease protocol, the operator, HA scenarios
 	e2e/tests/cluster-test.sh
-	$(CARGO) test --workspace -- --ignored --test-threads=1
+	$(CARGO) test --workspace --exclude pgpilot-e2e -- --ignored --test-threads=1
+	$(CARGO) test -p pgpilot-e2e --lib --test operator --test ha -- --ignored --test-threads=1
+faults: images   ## the fault matrix with the split-brain / lost-write checker (PGPILOT_FAULTS=all|core|<names>)
+	PGPILOT_FAULTS=$${PGPILOT_FAULTS:-all} $(CARGO) test -p pgpilot-e2e --test faults -- --ignored --test-threads=1
 
 test: host lint crd-check unit helm-lint e2e
 

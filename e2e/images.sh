@@ -17,8 +17,18 @@ mkdir -p "$LOG_DIR"
 
 # The musl target cannot be installed here: glibc binaries, built against bookworm like the image base.
 log "cargo build --release (operator, sidecar)"
-CARGO_TARGET_DIR="$REPO_DIR/target/images" cargo build --release --quiet \
+# The build directory may be a shared cache (the Makefile's CARGO_TARGET_DIR); the Dockerfile takes the
+# binaries from target/images/release inside the build context.
+PREBUILT_DIR="$REPO_DIR/target/images/release"
+cargo_dir=${CARGO_TARGET_DIR:-$REPO_DIR/target/images}
+CARGO_TARGET_DIR="$cargo_dir" cargo build --release --quiet \
   -p pgpilot-operator -p pgpilot-sidecar --manifest-path "$REPO_DIR/Cargo.toml"
+if [[ $cargo_dir/release != "$PREBUILT_DIR" ]]; then
+  mkdir -p "$PREBUILT_DIR"
+  for bin in pgpilot-operator pgpilot-sidecar; do
+    cmp -s "$cargo_dir/release/$bin" "$PREBUILT_DIR/$bin" || cp "$cargo_dir/release/$bin" "$PREBUILT_DIR/$bin"
+  done
+fi
 log "binaries built after $((SECONDS - start))s"
 
 local_build=(--build-arg "BUILDER=$BASE_IMAGE" --build-arg "RUNTIME=$BASE_IMAGE" --build-arg PREBUILT=target/images/release)
