@@ -672,20 +672,7 @@ async fn replica(h: &Harness) -> Result<String> {
 
 /// Waits until a member other than `old` accepts writes.
 async fn wait_new_primary(h: &Harness, old: &str, timeout: Duration) -> Result<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(m) = h.writable_member()
-            && m != old
-        {
-            h.mark(format!("checker: {m} is the new primary"));
-            return Ok(m);
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "no new primary within {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    Ok(h.wait_new_primary(old, timeout).await?)
 }
 
 /// The node a member runs on.

@@ -295,7 +295,9 @@ async fn switchover_moves_the_primary_without_losing_an_acknowledged_write() -> 
         "switchover answered {status}: {body}\n{}",
         ha::describe(&ns, CLUSTER)
     );
-    let now = h.wait_primary(Duration::from_secs(30)).await?;
+    let now = h
+        .wait_new_primary(&primary, Duration::from_secs(30))
+        .await?;
     ensure!(now == candidate, "{now} is primary, not {candidate}");
     h.healed();
     let v = h

@@ -225,6 +225,29 @@ impl Harness {
         }
     }
 
+    /// Waits until a member other than `old` accepts writes (the probes' samples lag the cluster by up to a
+    /// probe period, so "some writable member" right after a handover can still be the old one).
+    pub async fn wait_new_primary(
+        &self,
+        old: &str,
+        timeout: Duration,
+    ) -> Result<String, HarnessError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.writable_member().filter(|m| m != old) {
+                self.mark(format!("checker: {m} is the new primary"));
+                return Ok(m);
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(
+                    timeout,
+                    format!("a writable member other than {old}"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits until the cluster has been converged for [`STABLE_US`] after `since`; returns when it began.
     pub async fn wait_converged_since(
         &self,
