@@ -84,6 +84,8 @@ pub enum Error {
     Apply(#[from] apply::Error),
     #[error(transparent)]
     Status(#[from] status::Error),
+    #[error("reading the cluster's current status")]
+    ReadStatus(#[source] kube::Error),
 }
 
 impl Error {
@@ -93,6 +95,7 @@ impl Error {
             Self::Build(_) => "BuildFailed".into(),
             Self::Apply(e) => e.category(),
             Self::Status(e) => e.category(),
+            Self::ReadStatus(_) => "ReadFailed".into(),
         }
     }
 }
@@ -144,7 +147,15 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let now = Timestamp::now();
     let ns = cluster.namespace().unwrap_or_default();
     let api: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    let prev = cluster.status.clone().unwrap_or_default();
+    // The status as last written, not as cached: a reconcile triggered right after the previous one's status
+    // patch can run before the watch delivers it, and would then misjudge transitions (a requested
+    // switchover seen as a failover).
+    let prev = api
+        .get_status(&cluster.name_any())
+        .await
+        .map_err(Error::ReadStatus)?
+        .status
+        .unwrap_or_default();
     // Being deleted: the garbage collector removes the children; applying them again would fight it.
     if cluster.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
