@@ -213,16 +213,8 @@ impl Harness {
 
     /// Waits until exactly one member is writable and returns it.
     pub async fn wait_primary(&self, timeout: Duration) -> Result<String, HarnessError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(m) = self.writable_member() {
-                return Ok(m);
-            }
-            if Instant::now() > deadline {
-                return Err(HarnessError::Timeout(timeout, "one writable member".into()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.wait_writable(|_| true, "one writable member", timeout)
+            .await
     }
 
     /// Waits until a member other than `old` accepts writes (the probes' samples lag the cluster by up to a
@@ -232,17 +224,25 @@ impl Harness {
         old: &str,
         timeout: Duration,
     ) -> Result<String, HarnessError> {
+        let what = format!("a writable member other than {old}");
+        let m = self.wait_writable(|m| m != old, &what, timeout).await?;
+        self.mark(format!("checker: {m} is the new primary"));
+        Ok(m)
+    }
+
+    async fn wait_writable(
+        &self,
+        accept: impl Fn(&str) -> bool,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<String, HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(m) = self.writable_member().filter(|m| m != old) {
-                self.mark(format!("checker: {m} is the new primary"));
+            if let Some(m) = self.writable_member().filter(|m| accept(m)) {
                 return Ok(m);
             }
             if Instant::now() > deadline {
-                return Err(HarnessError::Timeout(
-                    timeout,
-                    format!("a writable member other than {old}"),
-                ));
+                return Err(HarnessError::Timeout(timeout, what.into()));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
