@@ -2,7 +2,8 @@
 # `make bench`: pgpilot and Patroni side by side on the local cluster — failover, switchover, start-up,
 # agent footprint and API writes — as the median of BENCH_REPS (default 5) repetitions. Not a test: it
 # prints a table, writes target/bench/{results.json,table.md} and draws target/bench/failover.png.
-# Arguments are passed to pgpilot-bench (e.g. --systems pgpilot,patroni-defaults --reps 3).
+# Arguments are passed to pgpilot-bench (e.g. --systems pgpilot,patroni-defaults --reps 3; --merge keeps the
+# other results of target/bench/results.json); `--table-only` redraws the table and chart of the last run.
 LOG_TAG=bench
 source "$(dirname "$0")/lib/common.sh"
 source "$E2E_DIR/lib/images.sh"
@@ -21,36 +22,43 @@ if [[ ! -x $VENV/bin/python ]] || ! "$VENV/bin/python" -c 'import matplotlib' 2>
   "$VENV/bin/pip" install --quiet --disable-pip-version-check 'matplotlib>=3.8,<4'
 fi
 
-# Patroni's image: the same PostgreSQL 15 image pgpilot's clusters run, plus Patroni from PyPI. The wheels
-# are fetched here with pip and built in from a staged context: the build itself reaches no index.
-image_id docker.io/library/postgres:15 >/dev/null || die "no postgres:15 image: run 'make images' first"
-STAGE="$CACHE_DIR/patroni-$PATRONI_VERSION"
-if [[ ! -f $STAGE/wheels/.complete ]]; then
-  log "downloading Patroni $PATRONI_VERSION and its dependencies from PyPI"
-  rm -rf "$STAGE/wheels"
-  pip=("$VENV/bin/pip" --quiet --disable-pip-version-check)
-  # Binary wheels for the image's Python (Debian bookworm: 3.11, x86_64 glibc), whatever the host's is. The
-  # one dependency published as source only (ydiff, pure Python) is turned into a wheel first.
-  "${pip[@]}" wheel --no-deps --wheel-dir "$STAGE/wheels" "ydiff>=1.2,<1.5,!=1.4.0,!=1.4.1"
-  "${pip[@]}" download --dest "$STAGE/wheels" --find-links "$STAGE/wheels" --only-binary=:all: \
-    --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux_2_28_x86_64 "patroni[kubernetes]==$PATRONI_VERSION" "psycopg[binary]>=3.1,<4"
-  touch "$STAGE/wheels/.complete"
-fi
-cp "$E2E_DIR/patroni/entrypoint.sh" "$STAGE/entrypoint.sh"
-build_image "$PATRONI_IMAGE" "$STAGE" "$E2E_DIR/patroni/Dockerfile" \
-  --build-arg BASE=docker.io/library/postgres:15 --build-arg "PATRONI_VERSION=$PATRONI_VERSION"
-image_archive "$PATRONI_IMAGE" >/dev/null
-pids=()
-for ((i = 0; i < NODE_COUNT; i++)); do import_image "$i" "$PATRONI_IMAGE" & pids+=($!); done
-for pid in "${pids[@]}"; do wait "$pid" || die "importing $PATRONI_IMAGE failed"; done
+build_patroni_image() {
+  # Patroni's image: the same PostgreSQL 15 image pgpilot's clusters run, plus Patroni from PyPI. The wheels
+  # are fetched here with pip and built in from a staged context: the build itself reaches no index.
+  image_id docker.io/library/postgres:15 >/dev/null || die "no postgres:15 image: run 'make images' first"
+  STAGE="$CACHE_DIR/patroni-$PATRONI_VERSION"
+  if [[ ! -f $STAGE/wheels/.complete ]]; then
+    log "downloading Patroni $PATRONI_VERSION and its dependencies from PyPI"
+    rm -rf "$STAGE/wheels"
+    pip=("$VENV/bin/pip" --quiet --disable-pip-version-check)
+    # Binary wheels for the image's Python (Debian bookworm: 3.11, x86_64 glibc), whatever the host's is. The
+    # one dependency published as source only (ydiff, pure Python) is turned into a wheel first.
+    "${pip[@]}" wheel --no-deps --wheel-dir "$STAGE/wheels" "ydiff>=1.2,<1.5,!=1.4.0,!=1.4.1"
+    "${pip[@]}" download --dest "$STAGE/wheels" --find-links "$STAGE/wheels" --only-binary=:all: \
+      --python-version 3.11 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
+      --platform manylinux_2_28_x86_64 "patroni[kubernetes]==$PATRONI_VERSION" "psycopg[binary]>=3.1,<4"
+    touch "$STAGE/wheels/.complete"
+  fi
+  cp "$E2E_DIR/patroni/entrypoint.sh" "$STAGE/entrypoint.sh"
+  build_image "$PATRONI_IMAGE" "$STAGE" "$E2E_DIR/patroni/Dockerfile" \
+    --build-arg BASE=docker.io/library/postgres:15 --build-arg "PATRONI_VERSION=$PATRONI_VERSION"
+  image_archive "$PATRONI_IMAGE" >/dev/null
+  pids=()
+  for ((i = 0; i < NODE_COUNT; i++)); do import_image "$i" "$PATRONI_IMAGE" & pids+=($!); done
+  for pid in "${pids[@]}"; do wait "$pid" || die "importing $PATRONI_IMAGE failed"; done
+}
+[[ ${1:-} == --table-only ]] || build_patroni_image
 
 log "building the benchmark (pgpilot-bench, pgpilot-probe)"
 CARGO_TARGET_DIR="$BUILD" cargo build --quiet -p pgpilot-e2e --bins --manifest-path "$REPO_DIR/Cargo.toml"
 
-log "running the benchmark (about 20 minutes per system with 5 repetitions)"
 cd "$REPO_DIR"
-KUBECONFIG="$KUBECONFIG_FILE" PATRONI_IMAGE="$PATRONI_IMAGE" "$BUILD/debug/pgpilot-bench" --out "$OUT" "$@"
+if [[ ${1:-} != --table-only ]]; then
+  log "running the benchmark (about 20 minutes per system with 5 repetitions)"
+  KUBECONFIG="$KUBECONFIG_FILE" PATRONI_IMAGE="$PATRONI_IMAGE" "$BUILD/debug/pgpilot-bench" --out "$OUT" "$@"
+else
+  "$BUILD/debug/pgpilot-bench" --out "$OUT" --table-only
+fi
 
 # One chart: the failover and switchover medians of every system, with each repetition as a dot.
 "$VENV/bin/python" - "$OUT/results.json" "$OUT/failover.png" <<'PY'

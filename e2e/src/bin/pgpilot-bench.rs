@@ -61,6 +61,9 @@ struct Args {
     /// re-measure one metric of one system).
     #[arg(long)]
     merge: bool,
+    /// Measure nothing: print the table of `--out/results.json` again (and rewrite `table.md`).
+    #[arg(long)]
+    table_only: bool,
     /// Seconds over which steady-state CPU and API writes are measured.
     #[arg(long, default_value_t = 60)]
     window_secs: u64,
@@ -139,7 +142,7 @@ const METRICS: [(&str, &str, &str); 10] = [
     (
         "all_writes_per_min_3",
         "/min",
-        "API writes per minute incl. operator, 3 members",
+        "API writes/min incl. operator, 3 members",
     ),
 ];
 
@@ -917,6 +920,12 @@ fn short(s: &System) -> &'static str {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if args.table_only {
+        let table = table(&read_results(&args.out)?);
+        println!("{table}");
+        std::fs::write(args.out.join("table.md"), &table)?;
+        return Ok(());
+    }
     let kube = client().await?;
     let chosen: Vec<&System> = SYSTEMS
         .iter()
