@@ -514,21 +514,31 @@ impl HaLoop {
             return Ok(());
         }
         // The upstream only counts once it runs as primary (its report says so).
-        let upstream = leader.filter(|l| *l != self.me).and_then(|l| {
+        let leader_report = leader.filter(|l| *l != self.me).and_then(|l| {
             let peer = self.mem.peers.iter().find(|p| p.name == l)?;
             let report = peer.report.as_ref()?;
             let host = peer.host.clone()?;
-            (report.role == ROLE_PRIMARY && report.state == "running").then_some(Upstream {
-                host,
-                port: PG_PORT,
-            })
+            (report.role == ROLE_PRIMARY && report.state == "running").then_some((
+                Upstream {
+                    host,
+                    port: PG_PORT,
+                },
+                report.timeline,
+            ))
         });
+        let upstream = leader_report.as_ref().map(|(up, _)| up.clone());
         if !self.pg.is_initialized() {
             let Some(up) = upstream else {
                 self.mem.pg_state = "waiting for a primary";
                 return Ok(());
             };
             return self.clone_from(&up, cfg).await;
+        }
+        if !self.mem.needs_rewind
+            && let Some((up, Some(upstream_timeline))) = &leader_report
+            && self.replica_diverged(up, *upstream_timeline).await
+        {
+            self.mem.needs_rewind = true;
         }
         if self.mem.needs_rewind
             && let Some(up) = &upstream
@@ -582,6 +592,32 @@ impl HaLoop {
             );
         }
         Ok(())
+    }
+
+    /// A running replica on an older timeline than its upstream whose WAL went past the upstream's fork
+    /// point: it can never stream from it (after a failover it had received more of the old primary's
+    /// WAL than the promoted member). A failed check counts as "not diverged" and is retried next loop.
+    async fn replica_diverged(&self, up: &Upstream, upstream_timeline: u32) -> bool {
+        let obs = &self.mem.last_pg;
+        let (Some(true), Some(timeline), Some(lsn)) =
+            (obs.in_recovery, obs.timeline, obs.wal_position())
+        else {
+            return false;
+        };
+        if timeline >= upstream_timeline {
+            return false;
+        }
+        match self
+            .pg
+            .diverged_from(up, upstream_timeline, timeline, lsn)
+            .await
+        {
+            Ok(diverged) => diverged,
+            Err(e) => {
+                debug!(error = %e, upstream = %up.host, "cannot compare with the upstream's history yet");
+                false
+            }
+        }
     }
 
     async fn clone_from(&mut self, up: &Upstream, cfg: &SidecarConfig) -> Result<(), HaError> {

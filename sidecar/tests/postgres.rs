@@ -574,6 +574,18 @@ async fn a_replica_ahead_of_the_promoted_one_is_stuck_until_rejoined() {
         "b never sees c streaming"
     );
 
+    let wal = stuck.wal_position().unwrap();
+    assert!(
+        c.diverged_from(&upstream(&b), 2, 1, wal).await.unwrap(),
+        "c's WAL is past b's fork point"
+    );
+    assert!(
+        !c.diverged_from(&upstream(&b), 2, 1, 0x100_0000)
+            .await
+            .unwrap(),
+        "WAL that ends before the fork point (here: at the first segment) is not diverged"
+    );
+
     assert_eq!(
         c.rejoin(&replica_of(&b, "m2")).await.unwrap(),
         Rejoined::Rewound

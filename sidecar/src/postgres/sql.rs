@@ -436,6 +436,11 @@ pub fn parse_lsn(text: &str) -> Option<u64> {
     (hi <= u64::from(u32::MAX) && lo <= u64::from(u32::MAX)).then_some((hi << 32) | lo)
 }
 
+/// Byte position → `16/B374D848`, as PostgreSQL prints it.
+pub fn format_lsn(lsn: u64) -> String {
+    format!("{:X}/{:X}", lsn >> 32, lsn & 0xFFFF_FFFF)
+}
+
 /// The timeline is the first 8 hex digits of a WAL file name.
 fn timeline_of_walfile(name: &str) -> Option<u32> {
     u32::from_str_radix(name.get(..8)?, 16).ok()
@@ -454,6 +459,9 @@ mod tests {
         assert_eq!(parse_lsn("nonsense"), None);
         assert_eq!(parse_lsn("1/"), None);
         assert_eq!(parse_lsn("100000000/0"), None);
+        for text in ["0/0", "16/B374D848", "0/3000148"] {
+            assert_eq!(format_lsn(parse_lsn(text).unwrap()), text);
+        }
     }
 
     #[test]

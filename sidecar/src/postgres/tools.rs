@@ -147,17 +147,7 @@ impl Postgres {
                 "no complete data directory to rewind: re-clone",
             ));
         }
-        let port = from.port.to_string();
-        let repl = &self.creds.replication;
-        let conn = conninfo(&[
-            ("host", &from.host),
-            ("port", &port),
-            ("user", &repl.username),
-            ("password", &repl.password),
-            ("dbname", "postgres"),
-            ("application_name", &self.settings.member),
-            ("connect_timeout", "5"),
-        ]);
+        let conn = self.source_conninfo(from);
         checkpoint_source_timeline(from, &conn).await?;
         self.mark_incomplete("pg_rewind")?;
         let data = format!("--target-pgdata={}", self.settings.data_dir.display());
@@ -169,6 +159,66 @@ impl Postgres {
         self.clear_incomplete()?;
         info!(upstream = %from.host, output = %out.trim(), "pg_rewind done");
         Ok(())
+    }
+
+    /// Whether this replica's WAL (timeline `timeline`, up to `lsn`) went past the point where the
+    /// upstream's history (it runs on `upstream_timeline`) left ours: such a replica can never stream from
+    /// it and must be rewound. Right after a failover, a replica that had received more of the old
+    /// primary's WAL than the promoted one is in exactly this state. Reads the upstream's timeline history
+    /// file as the replication user (EXECUTE on `pg_read_binary_file` is granted for `pg_rewind`).
+    /// Only meaningful when `timeline < upstream_timeline`; otherwise `false`.
+    #[instrument(skip(self), fields(member = %self.settings.member))]
+    pub async fn diverged_from(
+        &self,
+        from: &Upstream,
+        upstream_timeline: u32,
+        timeline: u32,
+        lsn: u64,
+    ) -> Result<bool> {
+        if timeline >= upstream_timeline {
+            return Ok(false);
+        }
+        let client = connect_source(from, &self.source_conninfo(from)).await?;
+        let file = format!("pg_wal/{upstream_timeline:08X}.history");
+        let row = tokio::time::timeout(
+            QUERY_TIMEOUT,
+            client.query_one("SELECT pg_catalog.pg_read_binary_file($1)", &[&file]),
+        )
+        .await
+        .map_err(|_| Error::Timeout {
+            what: "read the upstream's timeline history",
+            timeout: QUERY_TIMEOUT,
+        })?
+        .map_err(|source| Error::Sql {
+            context: "read the upstream's timeline history",
+            source,
+        })?;
+        let history: Vec<u8> = row.get(0);
+        let diverged = diverged(&String::from_utf8_lossy(&history), timeline, lsn);
+        if diverged {
+            info!(
+                timeline,
+                lsn = %super::sql::format_lsn(lsn),
+                upstream_timeline,
+                "this replica's WAL is past the upstream's fork point"
+            );
+        }
+        Ok(diverged)
+    }
+
+    /// A connection string to `from` as the replication user, for SQL (pg_rewind's source, history).
+    fn source_conninfo(&self, from: &Upstream) -> String {
+        let port = from.port.to_string();
+        let repl = &self.creds.replication;
+        conninfo(&[
+            ("host", &from.host),
+            ("port", &port),
+            ("user", &repl.username),
+            ("password", &repl.password),
+            ("dbname", "postgres"),
+            ("application_name", &self.settings.member),
+            ("connect_timeout", "5"),
+        ])
     }
 
     /// Removes PGDATA entirely (and the incomplete-operation marker), for a re-clone. The server must
@@ -268,17 +318,7 @@ impl Postgres {
 /// a diverged former primary stream on top of its own extra WAL. The replication role may checkpoint
 /// (`pg_checkpoint`, see [`Postgres::bootstrap_roles`]).
 async fn checkpoint_source_timeline(from: &Upstream, conn: &str) -> Result<()> {
-    let unreachable = |source| Error::Unreachable {
-        host: from.host.clone(),
-        port: from.port,
-        source,
-    };
-    let (client, connection) =
-        tokio::time::timeout(QUERY_TIMEOUT, tokio_postgres::connect(conn, NoTls))
-            .await
-            .map_err(|_| unreachable(None))?
-            .map_err(|e| unreachable(Some(e)))?;
-    let connection = tokio::spawn(connection);
+    let client = connect_source(from, conn).await?;
     let sql = |context| move |source| Error::Sql { context, source };
     let row = client
         .query_one(
@@ -304,9 +344,36 @@ async fn checkpoint_source_timeline(from: &Upstream, conn: &str) -> Result<()> {
             .await
             .map_err(sql("checkpoint the rewind source"))?;
     }
-    drop(client);
-    connection.abort();
     Ok(())
+}
+
+/// A connection to another member's server; its connection task ends when the client is dropped.
+async fn connect_source(from: &Upstream, conn: &str) -> Result<tokio_postgres::Client> {
+    let unreachable = |source| Error::Unreachable {
+        host: from.host.clone(),
+        port: from.port,
+        source,
+    };
+    let (client, connection) =
+        tokio::time::timeout(QUERY_TIMEOUT, tokio_postgres::connect(conn, NoTls))
+            .await
+            .map_err(|_| unreachable(None))?
+            .map_err(|e| unreachable(Some(e)))?;
+    tokio::spawn(connection);
+    Ok(client)
+}
+
+/// Whether a server whose WAL on `timeline` reaches `lsn` is past the fork point recorded for that
+/// timeline in a timeline history file (`<parent timeline>\t<switch LSN>\t<reason>` per line). A
+/// timeline the history does not list at all is another branch: diverged.
+fn diverged(history: &str, timeline: u32, lsn: u64) -> bool {
+    let switch_point = history.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let tli: u32 = fields.next()?.parse().ok()?;
+        let at = super::sql::parse_lsn(fields.next()?)?;
+        (tli == timeline).then_some(at)
+    });
+    switch_point.is_none_or(|at| lsn > at)
 }
 
 /// `path` with `suffix` appended to its last component.
@@ -377,5 +444,20 @@ mod tests {
         assert!(c.data_checksums);
         assert!(!c.is_clean_primary_shutdown());
         assert_eq!(parse_controldata("garbage"), None);
+    }
+
+    #[test]
+    fn divergence_from_a_timeline_history() {
+        let history = "1\t0/5000A0\tno recovery target specified\n\n\
+                       2\t0/70001C8\tno recovery target specified\n";
+        assert!(
+            !diverged(history, 1, 0x50_00A0),
+            "exactly at the fork point"
+        );
+        assert!(!diverged(history, 1, 0x30_0000), "behind it: streams on");
+        assert!(diverged(history, 1, 0x50_00A1), "past it");
+        assert!(!diverged(history, 2, 0x700_01C8));
+        assert!(diverged(history, 2, 0x700_0200));
+        assert!(diverged(history, 5, 0), "a branch the history never had");
     }
 }
