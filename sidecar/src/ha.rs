@@ -475,7 +475,31 @@ impl HaLoop {
     async fn promote(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
         info!(member = %self.me, "promoting");
         let desired = self.desired(cfg, Role::Primary, self.initial_sync(cfg));
-        self.pg.promote().await?;
+        let interval = self.timings.renew_interval();
+        let deadline = self.timings.renew_deadline;
+        match renewing(
+            &mut self.elector,
+            interval,
+            deadline,
+            "promote",
+            self.pg.promote(),
+        )
+        .await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // Never hold the Lease over a member that cannot become primary: another one may.
+                error!(member = %self.me, error = %e, "promotion failed: stopping PostgreSQL and releasing the Lease");
+                self.metrics.error("promote", e.category());
+                self.mem.needs_rewind = true;
+                self.release().await?;
+                return Err(e.into());
+            }
+            Err(e) => {
+                self.pg.fence().await?;
+                return Err(e);
+            }
+        }
         self.mem.serving_primary = true;
         // `synchronous_standby_names` before the `-rw` Service routes here (the label below): clients of
         // the Service never commit without the synchronous standbys (L3). (It cannot go in before the
