@@ -44,8 +44,8 @@ e2e: images      ## tests on the local cluster: the environment itself, the Leas
 	e2e/tests/cluster-test.sh
 	$(CARGO) test --workspace --exclude pgpilot-e2e -- --ignored --test-threads=1
 	$(CARGO) test -p pgpilot-e2e --lib --test operator --test ha -- --ignored --test-threads=1
-faults: images   ## the fault matrix with the split-brain / lost-write checker (PGPILOT_FAULTS=all|core|<names>)
-	PGPILOT_FAULTS=$${PGPILOT_FAULTS:-all} $(CARGO) test -p pgpilot-e2e --test faults -- --ignored --test-threads=1
+faults: images   ## the fault matrix with the split-brain / lost-write checker (FAULTS="<test name filters>")
+	$(CARGO) test -p pgpilot-e2e --test faults -- --ignored --test-threads=1 $(FAULTS)
 
 test: host lint crd-check unit helm-lint e2e
 

@@ -3,10 +3,9 @@
 //! with two writable members, convergence within a bound derived from the Lease timings, and — in
 //! synchronous mode — no acknowledged write lost (asynchronous mode reports its loss).
 //!
-//! The scenarios need the local cluster (`make cluster images`). They are many and slow (1–3 minutes
-//! each on 2 cores), so `make test` runs the core set; `PGPILOT_FAULTS=all` runs every scenario in both
-//! modes, `PGPILOT_FAULTS=<name>,<name>` (names as in `scenario_tests!` below, with `-sync`/`-async`)
-//! runs those, `PGPILOT_FAULTS=none` none.
+//! The scenarios need the local cluster (`make cluster images`) and are slow (1–3 minutes each on
+//! 2 cores): `make faults` runs all of them, `make faults FAULTS="kill_primary cut_replica_async"` the
+//! tests whose names contain one of the words (cargo's test-name filters).
 //!
 //! The first tests here need no cluster: they prove the checker against real PostgreSQL servers on
 //! loopback — that it sees a streaming replica, a second primary and a lost write when there is one.
@@ -486,27 +485,6 @@ const LEASE: u64 = 15;
 const RENEW: u64 = 10;
 const RETRY: u64 = 2;
 
-/// Scenarios `make test` runs by default: the ones that matter most and pass reliably.
-const CORE: &[&str] = &[
-    "kill-primary-sync",
-    "kill-primary-async",
-    "kill-replica-sync",
-    "delete-primary-pod-sync",
-    "switchover-sync",
-    "freeze-primary-sync",
-    "cut-primary-sync",
-    "partition-primary-node-sync",
-];
-
-fn enabled(id: &str) -> bool {
-    match std::env::var("PGPILOT_FAULTS").ok().as_deref() {
-        None | Some("") | Some("core") => CORE.contains(&id),
-        Some("all") => true,
-        Some("none") => false,
-        Some(list) => list.split(',').any(|n| n.trim() == id),
-    }
-}
-
 /// What a scenario body gets besides the harness.
 struct Ctx {
     ns: TestNamespace,
@@ -576,12 +554,6 @@ async fn run_scenario<F>(id: &str, mode: Mode, setup: Setup, body: F) -> Result<
 where
     F: AsyncFnOnce(&mut Harness, &Ctx) -> Result<()>,
 {
-    if !enabled(id) {
-        eprintln!(
-            "skipped {id}: not in PGPILOT_FAULTS (default: the core set; PGPILOT_FAULTS=all runs every scenario)"
-        );
-        return Ok(());
-    }
     let kube = client().await?;
     let mut ns = TestNamespace::create(&format!("f-{}", id.chars().take(20).collect::<String>()))?;
     ns.install_operator(&[])?;
@@ -857,7 +829,7 @@ async fn kill_new_primary_during_failover(h: &mut Harness, c: &Ctx) -> Result<()
     Ok(())
 }
 
-/// Two tests per scenario (sync, async): `$id` is the scenario's name in `PGPILOT_FAULTS`.
+/// Two tests per scenario (sync, async): `$id` names the scenario in its verdict.
 macro_rules! scenario_tests {
     ($($sync:ident, $async_:ident, $id:literal, $body:path, $setup:expr;)*) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -327,10 +327,17 @@ impl HaLoop {
             }
             Decision::Fence => self.fence().await,
             Decision::FailsafeHold => {
-                warn!(
-                    "apiserver unreachable: every member confirms this primary, keeping it (failsafe)"
-                );
-                Ok(())
+                let result = self.elector.renew().await;
+                self.metrics.lease_write("renew", result.is_ok());
+                match result {
+                    Ok(()) => self.lead(cfg).await,
+                    // Someone else wrote the Lease: no failsafe; the next loop reads it and demotes.
+                    Err(e @ LeaseError::Conflict) => Err(e.into()),
+                    Err(e) => {
+                        warn!(error = %e, "apiserver unreachable: every member confirms this primary, keeping it (failsafe)");
+                        Ok(())
+                    }
+                }
             }
             Decision::Demote { leader } => {
                 self.demote().await?;

@@ -317,7 +317,9 @@ pub enum Decision {
     Acquire(AcquireReason),
     /// Holder without a successful renewal within `renewDeadline`: stop accepting writes now (L5).
     Fence,
-    /// Holder without the apiserver, kept serving because every member confirmed it over REST (L5).
+    /// Holder without the apiserver (the Lease unreadable when a renewal is due), kept serving because
+    /// every member confirmed it over REST this loop (L5). Still tries to renew; the watchdog's deadline
+    /// moves to `renewDeadline` after this confirmation.
     FailsafeHold,
     /// Runs as primary without holding the Lease: demote, then follow (L4).
     Demote { leader: Option<String> },
@@ -378,7 +380,8 @@ impl std::fmt::Display for Decision {
 /// Order of precedence:
 /// 1. The holder (this process confirmed it) renews once its last renewal is [`Timings::renew_interval`]
 ///    old, and holds otherwise; past `renewDeadline` since the last successful renewal was sent it
-///    fences a running primary instead (L5), unless failsafe holds.
+///    fences a running primary instead (L5). Failsafe (opt-in) holds instead of renewing or fencing
+///    while the Lease is unreadable and every member confirms this primary.
 /// 2. The Lease unreadable: a non-holder changes nothing.
 /// 3. Pause: the holder still renews, nobody else changes anything.
 /// 4. A running primary that does not hold the Lease demotes (L4).
@@ -396,15 +399,18 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
             .is_none_or(|record| record.holder() == Some(me));
 
     if let Some(sent) = obs.renewed_sent_at.filter(|_| confirmed_holder) {
-        let overdue = now.saturating_duration_since(sent) >= timings.renew_deadline;
-        if overdue && obs.local.primary && !obs.policy.paused {
-            return if obs.policy.failsafe && obs.failsafe_confirmed {
-                Decision::FailsafeHold
-            } else {
-                Decision::Fence
-            };
+        let since = now.saturating_duration_since(sent);
+        let due = since >= timings.renew_interval();
+        let serving = obs.local.primary && !obs.policy.paused;
+        // Failsafe takes over from the first due renewal the apiserver does not answer (the Lease was
+        // unreadable this loop), well before the deadline: the watchdog fences at the deadline itself.
+        let apiserver_gone = obs.lease.is_none() && (due || since >= timings.renew_deadline);
+        if serving && apiserver_gone && obs.policy.failsafe && obs.failsafe_confirmed {
+            return Decision::FailsafeHold;
         }
-        let due = now.saturating_duration_since(sent) >= timings.renew_interval();
+        if serving && since >= timings.renew_deadline {
+            return Decision::Fence;
+        }
         return if due { Decision::Renew } else { Decision::Hold };
     }
 

@@ -526,6 +526,24 @@ fn l5_failsafe_keeps_serving_only_when_every_member_confirms() {
     );
     obs.failsafe_confirmed = true;
     assert_eq!(decide(&obs, t(11.0), &timings()), Decision::FailsafeHold);
+    assert_eq!(
+        decide(&obs, t(5.0), &timings()),
+        Decision::FailsafeHold,
+        "from the first due renewal without the apiserver, before the watchdog's deadline"
+    );
+    assert_eq!(decide(&obs, t(1.0), &timings()), Decision::Hold);
+    let mut reachable = obs.clone();
+    reachable.lease = holder_obs().lease;
+    assert_eq!(
+        decide(&reachable, t(5.0), &timings()),
+        Decision::Renew,
+        "a readable Lease is renewed"
+    );
+    assert_eq!(
+        decide(&reachable, t(11.0), &timings()),
+        Decision::Fence,
+        "a readable Lease that cannot be renewed is no failsafe case"
+    );
     obs.policy.failsafe = false;
     assert_eq!(
         decide(&obs, t(11.0), &timings()),
