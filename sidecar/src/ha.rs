@@ -424,16 +424,7 @@ impl HaLoop {
         if self.pg.settings().data_dir.exists() {
             self.pg.wipe().await?;
         }
-        let interval = self.timings.renew_interval();
-        let deadline = self.timings.renew_deadline;
-        renewing(
-            &mut self.elector,
-            interval,
-            deadline,
-            "initdb",
-            self.pg.initdb(),
-        )
-        .await??;
+        renewing(&mut self.elector, &self.timings, "initdb", self.pg.initdb()).await??;
         self.mem.bootstrapping = false;
         self.mem.roles_pending = true;
         Ok(())
@@ -449,17 +440,7 @@ impl HaLoop {
         self.mem.sync_configured = desired.synchronous.as_ref().map(|s| s.names.clone());
         self.mem.pg_state = "starting";
         self.publish(cfg);
-        let interval = self.timings.renew_interval();
-        let deadline = self.timings.renew_deadline;
-        match renewing(
-            &mut self.elector,
-            interval,
-            deadline,
-            "start",
-            self.pg.start(),
-        )
-        .await
-        {
+        match renewing(&mut self.elector, &self.timings, "start", self.pg.start()).await {
             Ok(Ok(())) => {
                 info!(member = %self.me, "PostgreSQL started as primary");
                 self.mem.serving_primary = true;
@@ -482,12 +463,9 @@ impl HaLoop {
     async fn promote(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
         info!(member = %self.me, "promoting");
         let desired = self.desired(cfg, Role::Primary, self.initial_sync(cfg));
-        let interval = self.timings.renew_interval();
-        let deadline = self.timings.renew_deadline;
         match renewing(
             &mut self.elector,
-            interval,
-            deadline,
+            &self.timings,
             "promote",
             self.pg.promote(),
         )
@@ -635,9 +613,6 @@ impl HaLoop {
         else {
             return false;
         };
-        if timeline >= upstream_timeline {
-            return false;
-        }
         match self
             .pg
             .diverged_from(up, upstream_timeline, timeline, lsn)
@@ -1183,15 +1158,17 @@ impl HaLoop {
     }
 }
 
-/// Runs `op` while renewing the Lease every `interval`. Fails with [`HaError::DeadlinePassed`] (dropping
-/// `op`) once no renewal has succeeded within `deadline` (L5): the caller fences.
+/// Runs `op` while renewing the Lease every [`Timings::renew_interval`]. Fails with
+/// [`HaError::DeadlinePassed`] (dropping `op`) once no renewal has succeeded within `renewDeadline` (L5):
+/// the caller fences.
 async fn renewing<T>(
     elector: &mut Elector,
-    interval: Duration,
-    deadline: Duration,
+    timings: &Timings,
     what: &'static str,
     op: impl Future<Output = T>,
 ) -> Result<T, HaError> {
+    let interval = timings.renew_interval();
+    let deadline = timings.renew_deadline;
     let mut op = std::pin::pin!(op);
     loop {
         let Some(sent) = elector.renewed_sent_at() else {
