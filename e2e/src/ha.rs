@@ -137,6 +137,11 @@ pub fn pod_ip(p: &Pod) -> Option<String> {
     p.status.as_ref()?.pod_ip.clone()
 }
 
+/// The IP of the pod named `name` among `pods`.
+pub fn pod_ip_of(pods: &[Pod], name: &str) -> Option<String> {
+    pods.iter().find(|p| p.name_any() == name).and_then(pod_ip)
+}
+
 pub fn role_label(p: &Pod) -> Option<String> {
     p.labels().get(contract::LABEL_ROLE).cloned()
 }

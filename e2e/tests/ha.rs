@@ -127,10 +127,7 @@ async fn three_members_one_primary_two_streaming_replicas_rw_routes_to_it() -> R
             &format!("{name} labelled {role:?}"),
         )?;
     }
-    let primary_ip = pods
-        .iter()
-        .find(|p| kube::ResourceExt::name_any(*p) == primary)
-        .and_then(ha::pod_ip);
+    let primary_ip = ha::pod_ip_of(&pods, &primary);
     let rw = pgpilot_e2e::wait_for(
         "-rw endpoints on the primary",
         Duration::from_secs(30),
@@ -272,11 +269,6 @@ async fn switchover_moves_the_primary_without_losing_an_acknowledged_write() -> 
     let (ns, primary) = three("ha-switch", "async").await?;
     let c = client().await?;
     let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
-    let ip_of = |name: &str| {
-        pods.iter()
-            .find(|p| kube::ResourceExt::name_any(*p) == name)
-            .and_then(ha::pod_ip)
-    };
     let candidate = ha::members(CLUSTER, 3)
         .into_iter()
         .find(|m| *m != primary)
@@ -287,7 +279,7 @@ async fn switchover_moves_the_primary_without_losing_an_acknowledged_write() -> 
         format!("POST /switchover {primary} -> {candidate}"),
     );
     // Sent to a replica on purpose: it forwards to the primary.
-    let via = ip_of(&candidate).unwrap_or_default();
+    let via = ha::pod_ip_of(&pods, &candidate).unwrap_or_default();
     let (status, body) = ha::switchover(&c, &ns.name, CLUSTER, &via, &primary, &candidate).await?;
     h.mark(format!("checker: switchover answered {status} {body}"));
     ensure!(
@@ -451,12 +443,7 @@ async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> 
     let (ns, primary) = three("ha-rest", "async").await?;
     let c = client().await?;
     let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
-    let ip_of = |name: &str| {
-        pods.iter()
-            .find(|p| kube::ResourceExt::name_any(*p) == name)
-            .and_then(ha::pod_ip)
-            .unwrap_or_default()
-    };
+    let ip_of = |name: &str| ha::pod_ip_of(&pods, name).unwrap_or_default();
     let replica = ha::members(CLUSTER, 3)
         .into_iter()
         .find(|m| *m != primary)
