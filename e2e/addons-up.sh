@@ -1,27 +1,20 @@
 #!/usr/bin/env bash
 # What makes the nodes a usable cluster: kube-proxy (nftables mode) for Service ClusterIPs, CoreDNS for
 # Service names, and the default StorageClass (local-path-provisioner). Idempotent: applies the rendered
-# manifests (no-op when unchanged) and restarts kube-proxy only when its configuration changed.
+# manifests (no-op when unchanged); kube-proxy-up.sh restarts kube-proxy only when its configuration changed.
 # shellcheck disable=SC2034 # variables named in templates are read by render()
 LOG_TAG=addons
 source "$(dirname "$0")/lib/common.sh"
-source "$E2E_DIR/lib/daemons.sh"
 source "$E2E_DIR/lib/images.sh"
 
-PKI="$STATE_DIR/pki"
 ADDONS_DIR="$STATE_DIR/addons"
 
-render "$TEMPLATES/kube-proxy.yaml" "$ADDONS_DIR/kube-proxy.yaml"
-$RENDER_CHANGED && stop_daemon kube-proxy
-# One kube-proxy for the machine (the nodes share the host's network namespace), kept with the control plane
-# so Service routing stays up while a node is stopped.
-start_daemon kube-proxy control-plane "$K8S_BIN/kube-proxy" --config "$ADDONS_DIR/kube-proxy.yaml"
-wait_for "kube-proxy" 60 curl -sf --max-time 2 http://127.0.0.1:10256/healthz
+"$E2E_DIR/kube-proxy-up.sh"
 
 NODE_PATH_MAP=$(for ((i = 0; i < NODE_COUNT; i++)); do
   printf '{"node": "%s", "paths": ["%s/volumes"]}\n' "$(node_name "$i")" "$(node_dir "$i")"
 done | jq -sc .)
-for addon in coredns local-path; do
+for addon in kubernetes-endpoints coredns local-path; do
   render "$TEMPLATES/$addon.yaml" "$ADDONS_DIR/$addon.yaml"
   k apply --server-side --field-manager pgpilot-e2e -f "$ADDONS_DIR/$addon.yaml" >/dev/null
 done

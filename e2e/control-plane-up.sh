@@ -23,13 +23,14 @@ start_daemon etcd control-plane "$ETCD_BIN/etcd" \
 wait_for "etcd" 60 curl -sf --max-time 2 "$ETCD_CLIENT_URL/health"
 
 # Bound on every address so each kubelet can use its own bridge address (nftables answers only loopback and
-# the bridges); advertises node-0's bridge address, which 1.37 requires to be non-loopback.
+# the bridges); advertises node-0's bridge address, which 1.37 requires to be non-loopback. The `kubernetes`
+# Service's endpoint is static (templates/kubernetes-endpoints.yaml), not reconciled by the apiserver.
 start_daemon kube-apiserver control-plane "$K8S_BIN/kube-apiserver" \
   --etcd-servers "$ETCD_CLIENT_URL" \
   --bind-address 0.0.0.0 --secure-port "$APISERVER_PORT" --advertise-address "$APISERVER_ADVERTISE_IP" \
   --tls-cert-file "$PKI/apiserver.crt" --tls-private-key-file "$PKI/apiserver.key" --cert-dir "$CP_DIR/apiserver" \
   --client-ca-file "$PKI/ca.crt" \
-  --service-cluster-ip-range "$SERVICE_CIDR" \
+  --service-cluster-ip-range "$SERVICE_CIDR" --endpoint-reconciler-type none \
   --service-account-issuer "https://kubernetes.default.svc.$CLUSTER_DOMAIN" \
   --service-account-key-file "$PKI/sa.pub" --service-account-signing-key-file "$PKI/sa.key" \
   --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction --allow-privileged=true \

@@ -243,6 +243,15 @@ test_fault_apiserver() {
   ! readyz >/dev/null 2>&1 || fail "/readyz still answers with the apiserver stopped"
   "$FAULT" apiserver-start
   eventually 60 readyz || fail "/readyz did not recover"
+  # What the suites after this one rely on: pods reach the apiserver through its Service at once, and a
+  # Service created now is routed within seconds, not after kube-proxy's watch backoff.
+  eventually 5 in_pod web-1 timeout 2 bash -c "exec 3<>/dev/tcp/$KUBERNETES_SERVICE_IP/443" ||
+    fail "pod cannot reach the kubernetes Service after the restart"
+  kn create service clusterip after-restart --tcp 80:8080 >/dev/null
+  kn set selector service after-restart statefulset.kubernetes.io/pod-name=web-0 >/dev/null
+  local ip
+  ip=$(kn get service after-restart -o jsonpath='{.spec.clusterIP}')
+  eventually 10 fetch web-1 "$ip" 80 || fail "a Service created after the restart is not routed within 10 s"
 }
 
 k create namespace "$NAMESPACE" >/dev/null
@@ -269,7 +278,7 @@ run "fault freeze/thaw: NotReady, then Ready" test_fault_freeze
 run "fault cut/heal: a pod unreachable, then reachable" test_fault_cut
 run "fault partition/heal: a node's pods cut off but running, then back" test_fault_partition_node
 run "fault stop/start: the node goes NotReady, then Ready" test_fault_stop_node
-run "fault apiserver-stop/start: /readyz fails, then recovers" test_fault_apiserver
+run "fault apiserver-stop/start: /readyz fails, recovers, Services route at once" test_fault_apiserver
 
 echo "$passed passed, $failed failed"
 ((failed == 0))
