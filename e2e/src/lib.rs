@@ -21,9 +21,13 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-/// The repository root.
+/// The repository root. `cargo test` names the crate's directory at run time; the compile-time value is
+/// only the fallback, because a library compiled by another clone sharing `CARGO_TARGET_DIR` carries that
+/// clone's path.
 pub fn repo_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+        .join("..")
 }
 
 /// `$KUBECONFIG`, else the local cluster's `target/e2e/kubeconfig`.
