@@ -10,7 +10,9 @@ source "$E2E_DIR/lib/images.sh"
 
 PATRONI_IMAGE="localhost/patroni:$PATRONI_VERSION"
 OUT="$REPO_DIR/target/bench"
-BUILD="$REPO_DIR/target/bench-build"
+# The build directory may be a shared cache (the Makefile's CARGO_TARGET_DIR), so a fresh clone reuses the
+# compiled dependencies.
+BUILD=${CARGO_TARGET_DIR:-$REPO_DIR/target}
 VENV="$CACHE_DIR/bench-venv"
 mkdir -p "$OUT" "$LOG_DIR"
 start=$SECONDS
@@ -53,6 +55,9 @@ log "building the benchmark (pgpilot-bench, pgpilot-probe)"
 CARGO_TARGET_DIR="$BUILD" cargo build --quiet -p pgpilot-e2e --bins --manifest-path "$REPO_DIR/Cargo.toml"
 
 cd "$REPO_DIR"
+# What `cargo run` would set: the binaries find the chart, the CRD and the fault hook of this clone, even when
+# the shared build directory holds a binary another clone compiled.
+export CARGO_MANIFEST_DIR="$E2E_DIR"
 if [[ ${1:-} != --table-only ]]; then
   log "running the benchmark (about 20 minutes per system with 5 repetitions)"
   KUBECONFIG="$KUBECONFIG_FILE" PATRONI_IMAGE="$PATRONI_IMAGE" "$BUILD/debug/pgpilot-bench" --out "$OUT" "$@"

@@ -21,9 +21,9 @@ use kube::{
     config::{KubeConfigOptions, Kubeconfig},
 };
 
-/// The repository root. `cargo test` names the crate's directory at run time; the compile-time value is
-/// only the fallback, because a library compiled by another clone sharing `CARGO_TARGET_DIR` carries that
-/// clone's path.
+/// The repository root. `cargo test` and `e2e/bench.sh` name the crate's directory at run time; the
+/// compile-time value is only the fallback, because a library compiled by another clone sharing
+/// `CARGO_TARGET_DIR` carries that clone's path.
 pub fn repo_dir() -> PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)

@@ -16,6 +16,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -612,43 +613,54 @@ fn audit_log_path() -> PathBuf {
     running.unwrap_or_else(|| repo_dir().join("target/e2e/logs/audit.log"))
 }
 
+/// The audit log and the backups the apiserver rotated out of it (`audit-<time>.log`, at 200 MB) that were
+/// still written to at or after `from`.
+fn audit_files(path: &Path, from: Micros) -> Vec<PathBuf> {
+    let (Some(dir), Some(stem)) = (path.parent(), path.file_stem().and_then(|s| s.to_str())) else {
+        return vec![path.to_owned()];
+    };
+    let prefix = format!("{stem}-");
+    let recent = |p: &Path| {
+        std::fs::metadata(p)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .is_some_and(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX) >= from)
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".log"))
+        })
+        .filter(|p| recent(p))
+        .collect();
+    files.push(path.to_owned());
+    files
+}
+
 /// API writes (create/update/patch/delete, completed) in `[from, to)` from the audit log, by user.
 fn audit_writes(from: Micros, to: Micros) -> Result<BTreeMap<String, u64>> {
     let path = audit_log_path();
-    let text =
-        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let mut by_user = BTreeMap::new();
     let mut newest = i64::MIN;
-    for line in text.lines() {
-        let Ok(e) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if e["stage"] != "ResponseComplete" {
-            continue;
+    for file in audit_files(&path, from) {
+        let f =
+            std::fs::File::open(&file).with_context(|| format!("reading {}", file.display()))?;
+        for line in BufReader::new(f).lines() {
+            let line = line.with_context(|| format!("reading {}", file.display()))?;
+            let Some((at, user)) = completed_write(&line) else {
+                continue;
+            };
+            newest = newest.max(at);
+            if (from..to).contains(&at) {
+                *by_user.entry(user).or_insert(0) += 1;
+            }
         }
-        let verb = e["verb"].as_str().unwrap_or_default();
-        if !matches!(
-            verb,
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        ) {
-            continue;
-        }
-        let Some(at) = e["requestReceivedTimestamp"]
-            .as_str()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-        else {
-            continue;
-        };
-        let at = at.as_microsecond();
-        newest = newest.max(at);
-        if at < from || at >= to {
-            continue;
-        }
-        let user = e["user"]["username"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        *by_user.entry(user).or_insert(0) += 1;
     }
     // The apiserver writes its own Lease every 10 s: an audit log without them was not being written.
     if newest < to - 30_000_000 {
@@ -658,6 +670,25 @@ fn audit_writes(from: Micros, to: Micros) -> Result<BTreeMap<String, u64>> {
         );
     }
     Ok(by_user)
+}
+
+/// The time received and the user of an audit event that is a completed write; `None` for anything else.
+fn completed_write(line: &str) -> Option<(Micros, String)> {
+    let e: serde_json::Value = serde_json::from_str(line).ok()?;
+    let verb = e["verb"].as_str().unwrap_or_default();
+    let write = matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    );
+    if e["stage"] != "ResponseComplete" || !write {
+        return None;
+    }
+    let at = e["requestReceivedTimestamp"]
+        .as_str()?
+        .parse::<jiff::Timestamp>()
+        .ok()?;
+    let user = e["user"]["username"].as_str().unwrap_or_default();
+    Some((at.as_microsecond(), user.to_owned()))
 }
 
 /// Steady state over `window`: per-agent RSS and CPU, and API writes per minute (agents; everything in
@@ -805,37 +836,42 @@ async fn bench_system(kube: &Client, sys: &System, args: &Args) -> Series {
         push(&mut series, "partition_primary_node_s", v);
     }
     let Rig { writer, probes, .. } = rig;
+    if wanted("five") {
+        // Measured like three members, with the writer running: Patroni's members patch their pods as their
+        // WAL positions move, so an idle cluster would understate its writes.
+        let v = five_members(kube, &mut d, sys, window).await;
+        push(&mut series, "api_writes_per_min_5", v);
+    }
     let _ = writer.stop().await;
     let _ = probes.stop().await;
-    if !wanted("five") {
-        return series;
-    }
-    // Five members, for the API writes' growth with members.
-    let scaled = if sys.patroni {
-        d.ns.kubectl(&["scale", "statefulset", &d.name, "--replicas=5"])
-    } else {
-        d.ns.kubectl(&["scale", &format!("pgc/{}", d.name), "--replicas=5"])
-    };
-    let five = async {
-        scaled?;
-        wait_ready(
-            kube,
-            &d.ns.name,
-            &d.selector,
-            &d.role_label,
-            5,
-            Duration::from_secs(300),
-        )
-        .await?;
-        d.members = (0..5).map(|i| format!("{}-{i}", d.name)).collect();
-        tokio::time::sleep(Duration::from_secs(20)).await;
-        steady(kube, &d, sys, window).await
-    };
-    match five.await {
-        Ok((_, _, agent, _)) => push(&mut series, "api_writes_per_min_5", Ok(agent)),
-        Err(e) => push(&mut series, "api_writes_per_min_5", Err(e)),
-    }
     series
+}
+
+/// Scales to five members and measures the agents' API writes per minute at steady state.
+async fn five_members(
+    kube: &Client,
+    d: &mut Deployed,
+    sys: &System,
+    window: Duration,
+) -> Result<f64> {
+    if sys.patroni {
+        d.ns.kubectl(&["scale", "statefulset", &d.name, "--replicas=5"])?;
+    } else {
+        d.ns.kubectl(&["scale", &format!("pgc/{}", d.name), "--replicas=5"])?;
+    }
+    wait_ready(
+        kube,
+        &d.ns.name,
+        &d.selector,
+        &d.role_label,
+        5,
+        Duration::from_secs(300),
+    )
+    .await?;
+    d.members = (0..5).map(|i| format!("{}-{i}", d.name)).collect();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let (_, _, agent, _) = steady(kube, d, sys, window).await?;
+    Ok(agent)
 }
 
 fn probe_bin() -> PathBuf {
@@ -1037,4 +1073,58 @@ fn write_results(args: &Args, results: &BTreeMap<&'static str, Series>) -> Resul
         serde_json::to_string_pretty(&doc)?,
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(stage: &str, verb: &str) -> String {
+        json!({
+            "stage": stage,
+            "verb": verb,
+            "requestReceivedTimestamp": "2026-11-26T09:00:00.000001Z",
+            "user": {"username": "system:serviceaccount:ns:pg"},
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn only_completed_writes_are_counted() {
+        let (at, user) = completed_write(&event("ResponseComplete", "patch")).expect("a write");
+        assert_eq!(user, "system:serviceaccount:ns:pg");
+        assert_eq!(
+            at,
+            "2026-11-26T09:00:00.000001Z"
+                .parse::<jiff::Timestamp>()
+                .unwrap()
+                .as_microsecond()
+        );
+        assert_eq!(completed_write(&event("ResponseStarted", "patch")), None);
+        assert_eq!(completed_write(&event("ResponseComplete", "get")), None);
+        assert_eq!(completed_write("not json"), None);
+    }
+
+    #[test]
+    fn rotated_audit_logs_written_in_the_window_are_read() {
+        let dir = std::env::temp_dir().join(format!("pgpilot-bench-audit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("audit.log");
+        for name in [
+            "audit.log",
+            "audit-2026-11-26T09-00-00.000.log",
+            "other.log",
+        ] {
+            std::fs::write(dir.join(name), "").unwrap();
+        }
+        let mut files = audit_files(&log, 0);
+        files.sort();
+        assert_eq!(
+            files,
+            vec![dir.join("audit-2026-11-26T09-00-00.000.log"), log.clone()]
+        );
+        // A backup last written before the window holds nothing in it.
+        assert_eq!(audit_files(&log, i64::MAX), vec![log]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
