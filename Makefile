@@ -47,7 +47,7 @@ e2e: images      ## tests on the local cluster: the environment itself, the Leas
 faults: images   ## the fault matrix with the split-brain / lost-write checker (FAULTS="<test name filters>")
 	$(CARGO) test -p pgpilot-e2e --test faults -- --ignored --test-threads=1 $(FAULTS)
 
-test: host lint crd-check unit helm-lint e2e
+test: host lint crd-check unit helm-lint e2e faults
 
 ## The demo: a 3-instance cluster on the local Kubernetes
 demo: images

@@ -562,9 +562,27 @@ where
     ns.kubectl_output(&["apply", "-f", "-"], Some(&yaml))?
         .ok()
         .context("applying the cluster")?;
-    wait_members_ready(&ns, 3, Duration::from_secs(240)).await?;
+    let ready = wait_members_ready(&ns, 3, Duration::from_secs(240)).await;
+    if let Err(e) = ready {
+        print_setup_state(&ns);
+        return Err(e);
+    }
     let ctx = Ctx { ns, mode };
-    let mut h = Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await?;
+    let mut h = match Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await {
+        Ok(h) => h,
+        Err(e) => {
+            print_setup_state(&ctx.ns);
+            return Err(e.into());
+        }
+    };
+    if h.baseline_ack_wait > Duration::from_secs(10) {
+        eprintln!(
+            "{id} ({}): the first write through {CLUSTER}-rw took {:.1} s after the cluster converged",
+            mode.name(),
+            h.baseline_ack_wait.as_secs_f64()
+        );
+        print_setup_state(&ctx.ns);
+    }
     if let Some(max) = setup.max_write_gap {
         h.require_write_gap_at_most(max);
     }
@@ -585,6 +603,31 @@ where
         bail!("{id} ({}) failed:\n{}", mode.name(), verdict.table());
     }
     Ok(())
+}
+
+/// What the cluster looked like when its set-up failed, before any fault: the pods (readiness, node), the
+/// `-rw` Service's endpoints and each member's last log lines (the namespace goes with the test).
+fn print_setup_state(ns: &TestNamespace) {
+    let show = |args: &[&str]| {
+        let out = ns.kubectl_output(args, None).map_or_else(
+            |e| format!("{e:#}"),
+            |o| format!("{}{}", o.stdout, o.stderr),
+        );
+        eprintln!("--- kubectl {}\n{out}", args.join(" "));
+    };
+    show(&["get", "pods", "-o", "wide"]);
+    let rw = format!("kubernetes.io/service-name={CLUSTER}-rw");
+    show(&["get", "endpointslices", "-l", &rw, "-o", "yaml"]);
+    for i in 0..3 {
+        show(&[
+            "logs",
+            &format!("{CLUSTER}-{i}"),
+            "-c",
+            "postgres",
+            "--tail",
+            "60",
+        ]);
+    }
 }
 
 /// Whatever fault hooks a scenario may have left (on failure): heal nodes, start stopped nodes, start

@@ -51,6 +51,8 @@ pub struct Harness {
     fault_at: Option<Micros>,
     healed_at: Option<Micros>,
     max_write_gap: Option<Duration>,
+    /// How long the first write through `-rw` took once the cluster had converged, before any fault.
+    pub baseline_ack_wait: Duration,
 }
 
 /// The repository's `e2e/fault` hook.
@@ -97,7 +99,7 @@ impl Harness {
             dbname: "app".into(),
         };
         let writer = Writer::start(rw.clone(), Pace::default());
-        let h = Self {
+        let mut h = Self {
             client,
             namespace: namespace.into(),
             cluster: cluster.into(),
@@ -109,13 +111,22 @@ impl Harness {
             fault_at: None,
             healed_at: None,
             max_write_gap: None,
+            baseline_ack_wait: Duration::ZERO,
         };
         let started = now_us();
         h.wait_converged_since(started, Duration::from_secs(120))
             .await?;
-        h.wait_for_ack_since(now_us(), Duration::from_secs(30))
+        // Generous: a slow first write is reported by the caller (see `baseline_ack_wait`); only a cluster
+        // that never takes one fails here, before any fault.
+        let converged = now_us();
+        let acked = h
+            .wait_for_ack_since(converged, Duration::from_secs(90))
             .await?;
-        h.mark("checker: baseline converged, writes acknowledged");
+        h.baseline_ack_wait = Duration::from_micros(u64::try_from(acked - converged).unwrap_or(0));
+        h.mark(format!(
+            "checker: baseline converged, writes acknowledged (first after {:.1} s)",
+            h.baseline_ack_wait.as_secs_f64()
+        ));
         Ok(h)
     }
 
