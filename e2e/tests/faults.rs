@@ -562,17 +562,16 @@ where
     ns.kubectl_output(&["apply", "-f", "-"], Some(&yaml))?
         .ok()
         .context("applying the cluster")?;
-    let ready = wait_members_ready(&ns, 3, Duration::from_secs(240)).await;
-    if let Err(e) = ready {
-        print_setup_state(&ns);
-        return Err(e);
-    }
     let ctx = Ctx { ns, mode };
-    let mut h = match Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await {
+    let started = async {
+        wait_members_ready(&ctx.ns, 3, Duration::from_secs(240)).await?;
+        Ok::<_, anyhow::Error>(Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await?)
+    };
+    let mut h = match started.await {
         Ok(h) => h,
         Err(e) => {
             print_setup_state(&ctx.ns);
-            return Err(e.into());
+            return Err(e);
         }
     };
     if h.baseline_ack_wait > Duration::from_secs(10) {

@@ -30,7 +30,7 @@ use pgpilot_e2e::{
     checker::{
         cluster::{self, MemberPod},
         harness::{acted_at, fault_hook},
-        probe::now_us,
+        probe::{micros_of, now_us},
         probes::{ProbeSet, ProbeTarget},
         verdict::{self, Micros},
         writer::{Pace, Target, Writer},
@@ -623,9 +623,7 @@ fn audit_files(path: &Path, from: Micros) -> Vec<PathBuf> {
     let recent = |p: &Path| {
         std::fs::metadata(p)
             .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .is_some_and(|t| i64::try_from(t.as_micros()).unwrap_or(i64::MAX) >= from)
+            .is_ok_and(|t| micros_of(t) >= from)
     };
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .into_iter()

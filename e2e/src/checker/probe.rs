@@ -105,8 +105,12 @@ impl ProbeError {
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_us() -> Micros {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    micros_of(SystemTime::now())
+}
+
+/// `t` in microseconds since the Unix epoch (0 before it).
+pub fn micros_of(t: SystemTime) -> Micros {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
