@@ -29,6 +29,10 @@ pub const ANNOTATION_SYNC_MEMBERS: &str = "pgpilot.io/sync-members";
 /// Annotation on the Lease, written by a primary handing the Lease over in a switchover: the member it
 /// named as holder, which confirms with its own conditional write (clearing this) before promoting.
 pub const ANNOTATION_HANDOVER: &str = "pgpilot.io/handover-to";
+/// Annotation on the Lease, written once by the member that ran `initdb`: the database system
+/// identifier (`pg_control_system()`) of the cluster's data. Once set, no member bootstraps again, and no
+/// member rewinds, re-clones or wipes its data against a server with a different identifier.
+pub const ANNOTATION_SYSTEM_ID: &str = "pgpilot.io/system-identifier";
 /// Label and annotation keys applied by the operator alongside `app.kubernetes.io/*`.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "pgpilot";
@@ -107,6 +111,11 @@ pub struct SidecarConfig {
     pub bootstrap: BootstrapConfig,
     /// Per-member tags, keyed by member (pod) name. Absent members have default tags.
     pub tags: BTreeMap<String, MemberTags>,
+    /// `spec.instances`: members are the pods `<cluster>-0` … `<cluster>-(instances-1)`; any other pod
+    /// with the cluster label is not a member (no slot, no vote). `None` (an older operator): every pod
+    /// with the cluster label counts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -193,6 +202,20 @@ pub struct MemberTags {
     pub failover_priority: Option<u32>,
 }
 
+impl MemberTags {
+    /// Whether a member with these tags may ever be promoted: not `noFailover`, and not a failover
+    /// priority of 0 (which Patroni treats the same way). The one definition the election, the HA loop,
+    /// the REST API and the operator's status all use.
+    pub fn may_fail_over(&self) -> bool {
+        !self.no_failover && self.failover_priority != Some(0)
+    }
+
+    /// The priority that breaks ties between equally eligible members (default 1).
+    pub fn priority(&self) -> u32 {
+        self.failover_priority.unwrap_or(1)
+    }
+}
+
 /// What a sidecar answers on `GET /patroni` (and `GET /`): Patroni's fields, so existing tooling parses it,
 /// plus pgpilot's own under `pgpilot`. The operator builds `status.members` from it.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -252,6 +275,22 @@ pub struct PgpilotInfo {
     pub lag_bytes: Option<u64>,
     /// The last HA decision, for humans (`kubectl describe`, failing tests).
     pub last_decision: String,
+    /// A replica: why it may not take over if the primary went away now (`None`: it may). The operator
+    /// sets `FailoverBlocked` when no member may.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failover_blocked: Option<String>,
+}
+
+/// An error and its sources, `outer: inner: innermost`, as status messages, Events and logs show it.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    s
 }
 
 #[cfg(test)]

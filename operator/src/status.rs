@@ -22,7 +22,8 @@ use pgpilot_crds::{
     PostgresCluster, PostgresClusterStatus,
     cluster::{FailoverRecord, MemberStatus, condition, phase},
     contract::{
-        self, FIELD_MANAGER, LABEL_CLUSTER, LABEL_ROLE, MemberReport, REST_PORT, ROLE_PRIMARY,
+        self, FIELD_MANAGER, LABEL_CLUSTER, LABEL_ROLE, MemberReport, MemberTags, REST_PORT,
+        ROLE_PRIMARY,
     },
 };
 use serde_json::json;
@@ -584,10 +585,7 @@ fn failover_blocked(c: &ValidatedCluster) -> (bool, &'static str, String) {
     let tags = &c.sidecar_config.tags;
     let eligible = (0..c.spec.instances)
         .map(|i| format!("{}-{i}", c.name))
-        .filter(|m| {
-            tags.get(m)
-                .is_none_or(|t| !t.no_failover && t.failover_priority != Some(0))
-        });
+        .filter(|m| tags.get(m).is_none_or(MemberTags::may_fail_over));
     if eligible.count() < 2 {
         return (
             true,
@@ -700,7 +698,7 @@ mod tests {
             pgpilot: PgpilotInfo {
                 epoch: 4,
                 lag_bytes: lag,
-                last_decision: String::new(),
+                ..PgpilotInfo::default()
             },
             ..MemberReport::default()
         }

@@ -147,6 +147,7 @@ pub fn validate(
             owner: spec.bootstrap.owner.clone(),
         },
         tags: tags.iter().map(|(k, v)| (k.clone(), v.into())).collect(),
+        instances: u32::try_from(spec.instances).ok(),
     };
     Ok(ValidatedCluster {
         name,

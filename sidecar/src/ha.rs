@@ -21,7 +21,7 @@ use kube::{
     api::{Patch, PatchParams},
 };
 use pgpilot_crds::contract::{
-    ANNOTATION_EPOCH, LABEL_ROLE, PG_PORT, ROLE_PRIMARY, ROLE_REPLICA, ReplicationMode,
+    ANNOTATION_EPOCH, LABEL_ROLE, MemberTags, PG_PORT, ROLE_PRIMARY, ROLE_REPLICA, ReplicationMode,
     SIDECAR_FIELD_MANAGER, SidecarConfig,
 };
 use serde_json::json;
@@ -1019,10 +1019,8 @@ impl HaLoop {
             .unwrap_or_default();
         let sync_mode = cfg.replication.mode != ReplicationMode::Async;
         let fit = |p: &&PeerState| {
-            let tags = cfg.tags.get(&p.name).cloned().unwrap_or_default();
             p.healthy_replica().is_some()
-                && !tags.no_failover
-                && tags.failover_priority != Some(0)
+                && cfg.tags.get(&p.name).is_none_or(MemberTags::may_fail_over)
                 && (!sync_mode || sync_members.contains(&p.name))
                 && p.wal_position().is_some_and(|w| {
                     w + cfg.replication.maximum_lag_on_failover_bytes >= my_position

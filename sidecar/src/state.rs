@@ -150,6 +150,7 @@ impl MemberState {
                 epoch: self.epoch,
                 lag_bytes: self.lag_bytes,
                 last_decision: self.last_decision.clone(),
+                failover_blocked: None,
             },
         }
     }

@@ -239,14 +239,13 @@ impl Policy {
         self.tags.get(member).cloned().unwrap_or_default()
     }
 
-    /// `noFailover`, or a failover priority of 0 (which Patroni treats the same way).
-    fn may_fail_over(&self, member: &str) -> bool {
-        let tags = self.tags(member);
-        !tags.no_failover && tags.failover_priority != Some(0)
+    /// [`MemberTags::may_fail_over`] of `member`.
+    pub fn may_fail_over(&self, member: &str) -> bool {
+        self.tags(member).may_fail_over()
     }
 
     fn priority(&self, member: &str) -> u32 {
-        self.tags(member).failover_priority.unwrap_or(1)
+        self.tags(member).priority()
     }
 }
 

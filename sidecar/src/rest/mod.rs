@@ -18,7 +18,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use base64::Engine;
 use k8s_openapi::jiff::Timestamp;
-use pgpilot_crds::contract::{REST_PORT, ROLE_PRIMARY, ReplicationMode};
+use pgpilot_crds::contract::{MemberTags, REST_PORT, ROLE_PRIMARY, ReplicationMode};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::{info, warn};
@@ -421,8 +421,12 @@ pub fn plan_switchover(
         if !replica {
             return Err(format!("candidate {name} is not running as a replica"));
         }
-        let tags = s.config.tags.get(name).cloned().unwrap_or_default();
-        if tags.no_failover || tags.failover_priority == Some(0) {
+        if !s
+            .config
+            .tags
+            .get(name)
+            .is_none_or(MemberTags::may_fail_over)
+        {
             return Err(format!("candidate {name} is tagged noFailover"));
         }
         if sync_mode && !s.sync_members.iter().any(|m| m == name) {
