@@ -5,7 +5,7 @@ use pgpilot_crds::PostgresCluster;
 /// A cluster `db/pg` (uid, generation 1) whose spec is `spec_yaml`, defaults filled in by serde as the
 /// apiserver's schema defaults would.
 pub fn cluster_from_yaml(spec_yaml: &str) -> PostgresCluster {
-    let spec: serde_yaml::Value = serde_yaml::from_str(spec_yaml).expect("spec YAML");
+    let spec: yaml_serde::Value = yaml_serde::from_str(spec_yaml).expect("spec YAML");
     let doc = serde_json::json!({
         "apiVersion": "pgpilot.io/v1alpha1",
         "kind": "PostgresCluster",
@@ -20,7 +20,7 @@ pub fn example(file: &str) -> PostgresCluster {
     let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
     let text = std::fs::read_to_string(&path).expect("example file");
     let mut c: PostgresCluster =
-        serde_yaml::from_str(&text).expect("example parses as a PostgresCluster");
+        yaml_serde::from_str(&text).expect("example parses as a PostgresCluster");
     c.metadata.namespace = Some("db".into());
     c.metadata.uid = Some("8d1c5b4e-0000-4000-8000-000000000002".into());
     c.metadata.generation = Some(1);

@@ -14,12 +14,12 @@ use pgpilot_sidecar::{
     rest::{self, Context, GET_PATHS, HEALTH_PATHS, PATCH_PATHS, POST_PATHS},
     state::{Handles, MemberState, Outcome, PeerState},
 };
-use serde_yaml::Value;
 use tokio::sync::{mpsc, oneshot, watch};
+use yaml_serde::Value;
 
 fn openapi() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("openapi.yaml");
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    yaml_serde::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 const METHODS: [&str; 5] = ["get", "head", "options", "post", "patch"];

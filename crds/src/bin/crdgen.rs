@@ -4,7 +4,7 @@
 use kube::CustomResourceExt;
 use pgpilot_crds::PostgresCluster;
 
-fn main() -> Result<(), serde_yaml::Error> {
-    print!("{}", serde_yaml::to_string(&PostgresCluster::crd())?);
+fn main() -> Result<(), yaml_serde::Error> {
+    print!("{}", yaml_serde::to_string(&PostgresCluster::crd())?);
     Ok(())
 }
