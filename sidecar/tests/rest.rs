@@ -258,3 +258,65 @@ async fn health_checks_over_http_like_haproxy() {
         .unwrap();
     assert!(metrics.contains("pgpilot_primary 1"), "{metrics}");
 }
+
+#[tokio::test]
+async fn malformed_authorization_over_http_is_401_and_health_checks_ignore_it() {
+    let s = server().await;
+    let header = reqwest::header::HeaderValue::from_bytes(b"Basic \xff\xfe").unwrap();
+    let r = s
+        .http
+        .post(format!("{}/restart", s.base))
+        .header("authorization", header.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    assert!(r.headers().contains_key("www-authenticate"));
+    let reason: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(reason["error"], "basic authentication required");
+    let r = s
+        .http
+        .get(format!("{}/primary", s.base))
+        .header("authorization", header)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "a health check does not read credentials"
+    );
+    // reqwest's own basic auth (an encoder independent of the server's parser) is accepted.
+    let r = s
+        .http
+        .post(format!("{}/reload", s.base))
+        .basic_auth("admin", Some("pw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_bad_query_over_http_is_400_with_a_json_reason() {
+    let s = server().await;
+    let r = s
+        .http
+        .get(format!("{}/replica?tag_zone=%zz", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    let reason: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        reason["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("invalid query string"),
+        "{reason}"
+    );
+}

@@ -16,11 +16,12 @@ pub mod query;
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
-use base64::Engine;
+use headers::{Authorization, Header, authorization::Basic};
 use k8s_openapi::jiff::Timestamp;
 use pgpilot_crds::contract::{MemberTags, REST_PORT, ROLE_PRIMARY, ReplicationMode};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
 use tracing::{info, warn};
 use warp::{Filter, http};
 
@@ -261,6 +262,10 @@ fn history(s: &MemberState) -> Value {
 }
 
 /// Basic auth against `<dir>/api/{username,password}`: 401 without (parsable) credentials, 403 wrong.
+///
+/// The header is parsed by `headers` (scheme case-insensitive, as RFC 7235 has it; base64; UTF-8;
+/// `user:password`): anything it refuses is "no credentials". Both fields are compared in constant time
+/// (`subtle`; only their lengths show), and both always, so the answer does not tell which was wrong.
 fn authorize(dir: &std::path::Path, header: Option<&str>) -> Result<(), Response> {
     let read = |key: &str| {
         std::fs::read_to_string(dir.join("api").join(key))
@@ -273,29 +278,26 @@ fn authorize(dir: &std::path::Path, header: Option<&str>) -> Result<(), Response
             "the API credentials are not available on this member",
         ));
     };
-    let unauthorized = || Response {
-        www_authenticate: true,
-        ..Response::error(401, "basic authentication required")
+    let Some(given) = header.and_then(basic_credentials) else {
+        return Err(Response {
+            www_authenticate: true,
+            ..Response::error(401, "basic authentication required")
+        });
     };
-    let encoded = header
-        .and_then(|h| h.strip_prefix("Basic "))
-        .ok_or_else(unauthorized)?;
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(encoded.trim())
-        .map_err(|_| unauthorized())?;
-    let decoded = String::from_utf8(decoded).map_err(|_| unauthorized())?;
-    let (u, p) = decoded.split_once(':').ok_or_else(unauthorized)?;
-    if constant_time_eq(u.as_bytes(), user.as_bytes())
-        & constant_time_eq(p.as_bytes(), password.as_bytes())
-    {
+    let matches = given.username().as_bytes().ct_eq(user.as_bytes())
+        & given.password().as_bytes().ct_eq(password.as_bytes());
+    if bool::from(matches) {
         Ok(())
     } else {
         Err(Response::error(403, "invalid credentials"))
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// The credentials of an `Authorization: Basic …` header; `None` for any other or malformed header.
+fn basic_credentials(header: &str) -> Option<Authorization<Basic>> {
+    // HTTP drops the whitespace around a field value; a header handed in directly is treated the same.
+    let value = http::HeaderValue::from_str(header.trim()).ok()?;
+    Authorization::<Basic>::decode(&mut std::iter::once(&value)).ok()
 }
 
 /// Patroni's switchover/failover body.
@@ -527,15 +529,20 @@ pub async fn serve_on(
     let routes = warp::method()
         .and(warp::path::full())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .and(warp::header::optional::<String>("authorization"))
+        .and(warp::header::headers_cloned())
         .and(body)
         .then(
             move |method: http::Method,
                   path: warp::path::FullPath,
                   query,
-                  authorization,
+                  headers: http::HeaderMap,
                   body: warp::hyper::body::Bytes| {
                 let ctx = ctx.clone();
+                // Taken as bytes, not through `warp::header`, which would answer a header that is not
+                // visible ASCII with its own 400: a malformed Authorization header is "no credentials".
+                let authorization = headers
+                    .get(http::header::AUTHORIZATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
                 async move {
                     let req = Request {
                         method: method.to_string(),

@@ -56,33 +56,25 @@ pub fn parse_size(text: &str) -> Option<u64> {
     number.checked_mul(factor)
 }
 
+/// One key or value of the query string: `+` is a space, `%XX` a byte (`percent-encoding`), and the
+/// result must be UTF-8. A `%` not followed by two hex digits is refused, where the crate would keep it
+/// as it is.
 fn percent_decode(text: &str) -> Result<String, QueryError> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .and_then(|h| std::str::from_utf8(h).ok());
-                let byte = hex
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                    .ok_or_else(|| QueryError::Malformed(text.to_owned()))?;
-                out.push(byte);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
+    let malformed = || QueryError::Malformed(text.to_owned());
+    let escapes_complete = text.split('%').skip(1).all(|after| {
+        after
+            .as_bytes()
+            .get(..2)
+            .is_some_and(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+    });
+    if !escapes_complete {
+        return Err(malformed());
     }
-    String::from_utf8(out).map_err(|_| QueryError::Malformed(text.to_owned()))
+    // `+` before decoding: an escaped `%2B` stays a plus.
+    percent_encoding::percent_decode_str(&text.replace('+', " "))
+        .decode_utf8()
+        .map(|decoded| decoded.into_owned())
+        .map_err(|_| malformed())
 }
 
 #[cfg(test)]
@@ -133,5 +125,34 @@ mod tests {
             parse_health_query("tag_a=%zz"),
             Err(QueryError::Malformed(_))
         ));
+    }
+
+    #[test]
+    fn escapes_plus_and_malformed_input() {
+        let q = parse_health_query("tag_zone=eu+west&tag_sign=a%2Bb&tag_utf=%C3%A9").unwrap();
+        assert_eq!(q.tags.get("zone").map(String::as_str), Some("eu west"));
+        assert_eq!(
+            q.tags.get("sign").map(String::as_str),
+            Some("a+b"),
+            "%2B is a plus"
+        );
+        assert_eq!(q.tags.get("utf").map(String::as_str), Some("\u{e9}"));
+        assert_eq!(
+            parse_health_query("lag=16%4DB").unwrap().max_lag,
+            Some(16 << 20)
+        );
+        for bad in [
+            "tag_a=%",
+            "tag_a=%4",
+            "tag_a=x%g0",
+            "tag_%zz=1",
+            "tag_a=%ff",
+            "lag=%C3",
+        ] {
+            assert!(
+                matches!(parse_health_query(bad), Err(QueryError::Malformed(_))),
+                "{bad}"
+            );
+        }
     }
 }

@@ -303,6 +303,89 @@ async fn mutating_calls_need_credentials() {
 }
 
 #[tokio::test]
+async fn malformed_credentials_are_no_credentials() {
+    let h = harness(primary_state());
+    let encoded = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+    let invalid_utf8 = base64::engine::general_purpose::STANDARD.encode([0xff, b':', b'x']);
+    for header in [
+        "Basic".to_owned(),
+        "Basic ".to_owned(),
+        "Basicx".to_owned(),
+        format!("Basic {}", encoded("admin-s3cret")),
+        format!("Basic {invalid_utf8}"),
+        format!("Basic {}===", encoded("admin:s3cret")),
+        "Basic \u{e9}\u{e9}".to_owned(),
+        "Basic a\nb".to_owned(),
+        format!("Digest {}", encoded("admin:s3cret")),
+    ] {
+        let mut req = post("/restart", "");
+        req.authorization = Some(header.clone());
+        let r = handle(&h.ctx, req).await;
+        assert_eq!((r.status, r.www_authenticate), (401, true), "{header:?}");
+        let reason: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(
+            reason["error"], "basic authentication required",
+            "{header:?}"
+        );
+    }
+    // The scheme is case-insensitive (RFC 7235) and whitespace around the value is not part of it.
+    for header in [
+        format!("basic {}", encoded("admin:s3cret")),
+        format!("BASIC  {}", encoded("admin:s3cret")),
+        format!(" Basic {} ", encoded("admin:s3cret")),
+    ] {
+        let mut req = post("/reload", "");
+        req.authorization = Some(header.clone());
+        let mut h = harness(primary_state());
+        let ctx = h.ctx.clone();
+        let request = tokio::spawn(async move { handle(&ctx, req).await.status });
+        let cmd = h.actions.recv().await.unwrap();
+        assert!(matches!(cmd.action, Action::Reload), "{header:?}");
+        cmd.reply.send(Outcome::new(200, "reloaded")).unwrap();
+        assert_eq!(request.await.unwrap(), 200, "{header:?}");
+    }
+    // A password with a colon: the user name ends at the first one.
+    std::fs::write(h.ctx.secrets_dir.join("api/password"), "s3:cret").unwrap();
+    let mut req = post("/reinitialize", "");
+    req.authorization = basic("admin", "s3:cret");
+    assert_eq!(
+        status(&h, req).await,
+        503,
+        "authorized, refused on the leader"
+    );
+    let mut req = post("/reinitialize", "");
+    req.authorization = basic("admin", "s3");
+    assert_eq!(status(&h, req).await, 403);
+    let mut req = post("/reinitialize", "");
+    req.authorization = basic("root", "s3:cret");
+    assert_eq!(status(&h, req).await, 403, "right password, wrong user");
+}
+
+#[tokio::test]
+async fn a_bad_query_gets_400_with_a_json_reason() {
+    let h = harness(replica_state(0));
+    for (path, reason) in [
+        ("/replica?lag=lots", "invalid lag"),
+        ("/replica?tag_zone=%zz", "invalid query string"),
+        ("/read-only?lag=%ff", "invalid query string"),
+    ] {
+        let r = handle(&h.ctx, get(path)).await;
+        assert_eq!(
+            (r.status, r.content_type),
+            (400, "application/json"),
+            "{path}"
+        );
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert!(
+            body["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with(reason)),
+            "{path}: {body}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn patch_config_is_refused_with_the_reason() {
     let h = harness(primary_state());
     let mut patch = post("/config", r#"{"ttl": 30}"#);
