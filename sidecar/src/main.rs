@@ -133,17 +133,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let timings = Timings::new(&cfg.ha)?;
     let creds =
         Credentials::load(&args.secrets_dir, &cfg.bootstrap.database).context("credentials")?;
-    let replication = creds.replication.clone();
     let pg = Postgres::new(PgSettings::for_pod(&args.cluster, &args.member), creds);
     let request_timeout = timings.retry_period.min(Duration::from_secs(2));
-    let elector = Elector::new(LeaseClient::new(
-        client.clone(),
-        &args.namespace,
-        &lease_name(&args.cluster),
-        &args.member,
+    let elector = Elector::new(
+        LeaseClient::new(
+            client.clone(),
+            &args.namespace,
+            &lease_name(&args.cluster),
+            &args.member,
+            request_timeout,
+        ),
         timings.lease_duration,
-        request_timeout,
-    ));
+    );
     let peer_timeout = (timings.retry_period / 2).min(Duration::from_secs(1));
     let peers = Peers::start(
         client.clone(),
@@ -169,7 +170,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         state: state_tx,
         commands: commands_rx,
         metrics,
-        replication,
     });
     let mut ha = tokio::spawn(ha.run(shutdown_rx));
 

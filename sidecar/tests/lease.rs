@@ -23,7 +23,7 @@ use kube::{
 };
 use pgpilot_crds::contract::HaTimings;
 use pgpilot_sidecar::election::{
-    AcquireReason, Decision, LocalPg, Observation, PodStatus, Policy, Timings, decide,
+    AcquireReason, Decision, Observation, PgView, PodStatus, Policy, Timings, decide,
     lease::{Elector, LeaseClient, LeaseError},
 };
 
@@ -86,14 +86,16 @@ impl Fixture {
     }
 
     fn elector(&self, me: &str, timings: &Timings) -> Elector {
-        Elector::new(LeaseClient::new(
-            self.client.clone(),
-            &self.namespace,
-            "c-leader",
-            me,
+        Elector::new(
+            LeaseClient::new(
+                self.client.clone(),
+                &self.namespace,
+                "c-leader",
+                me,
+                Duration::from_secs(2),
+            ),
             timings.lease_duration,
-            Duration::from_secs(2),
-        ))
+        )
     }
 
     async fn lease(&self) -> Lease {
@@ -133,7 +135,7 @@ async fn step(
         lease: record,
         watch: elector.watch().clone(),
         holder_pod: PodStatus::Unknown,
-        local: LocalPg {
+        local: PgView {
             initialized: true,
             healthy: true,
             primary: false,

@@ -52,31 +52,23 @@ impl LeaseError {
     }
 }
 
-/// The cluster's Lease as seen by one member.
+/// The cluster's Lease: exactly two calls, a read and a replace conditional on the `resourceVersion`
+/// of the object it replaces (L1). What to write is computed by the pure builders below.
 #[derive(Clone)]
 pub struct LeaseClient {
     api: Api<Lease>,
     name: String,
     me: String,
-    lease_duration_seconds: i32,
     timeout: Duration,
 }
 
 impl LeaseClient {
     /// `timeout` bounds every request; use at most the retry period.
-    pub fn new(
-        client: Client,
-        namespace: &str,
-        name: &str,
-        me: &str,
-        lease_duration: Duration,
-        timeout: Duration,
-    ) -> Self {
+    pub fn new(client: Client, namespace: &str, name: &str, me: &str, timeout: Duration) -> Self {
         Self {
             api: Api::namespaced(client, namespace),
             name: name.to_owned(),
             me: me.to_owned(),
-            lease_duration_seconds: i32::try_from(lease_duration.as_secs()).unwrap_or(i32::MAX),
             timeout,
         }
     }
@@ -91,57 +83,9 @@ impl LeaseClient {
         self.bounded(async { self.api.get(&name).await }).await
     }
 
-    /// Holder: moves `renewTime` (L5). Confirms a handover addressed to this member.
-    pub async fn renew(&self, current: &Lease) -> Result<Lease, LeaseError> {
-        self.write(renewed(
-            current,
-            &self.me,
-            now(),
-            self.lease_duration_seconds,
-        ))
-        .await
-    }
-
-    /// Takes the Lease: holder = this member, `leaseTransitions` + 1 when the holder changes (L7).
-    pub async fn acquire(&self, current: &Lease) -> Result<Lease, LeaseError> {
-        self.write(acquired(
-            current,
-            &self.me,
-            now(),
-            self.lease_duration_seconds,
-        ))
-        .await
-    }
-
-    /// Clean release after PostgreSQL is stopped or demoted (L4): empty holder, transitions kept. With
-    /// `synchronous`, this member is added to the recorded synchronous members (see [`released`]).
-    pub async fn release(&self, current: &Lease, synchronous: bool) -> Result<Lease, LeaseError> {
-        let me = synchronous.then_some(self.me.as_str());
-        self.write(released(current, me)).await
-    }
-
-    /// Switchover: names `candidate` as holder (a new epoch) and marks the handover, which the candidate
-    /// confirms with its own conditional write before promoting (L4).
-    pub async fn hand_over(&self, current: &Lease, candidate: &str) -> Result<Lease, LeaseError> {
-        self.write(handed_over(
-            current,
-            candidate,
-            now(),
-            self.lease_duration_seconds,
-        ))
-        .await
-    }
-
-    /// Holder: records the synchronous members (L3), written only when they change.
-    pub async fn set_sync_members(
-        &self,
-        current: &Lease,
-        members: &[String],
-    ) -> Result<Lease, LeaseError> {
-        self.write(with_sync_members(current, members)).await
-    }
-
-    async fn write(&self, lease: Lease) -> Result<Lease, LeaseError> {
+    /// Replaces the Lease with `lease`, which carries the `resourceVersion` it was built from: the
+    /// apiserver refuses it with 409 ([`LeaseError::Conflict`]) when anyone wrote in between.
+    pub async fn replace(&self, lease: &Lease) -> Result<Lease, LeaseError> {
         debug!(
             lease = %self.name,
             holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref()).unwrap_or(""),
@@ -153,7 +97,7 @@ impl LeaseClient {
             ..PostParams::default()
         };
         let name = self.name.clone();
-        self.bounded(async { self.api.replace(&name, &params, &lease).await })
+        self.bounded(async { self.api.replace(&name, &params, lease).await })
             .await
     }
 
@@ -175,22 +119,38 @@ impl LeaseClient {
     }
 }
 
+/// The Lease object as last read or written, with its record converted once.
+struct Current {
+    lease: Lease,
+    record: LeaseRecord,
+}
+
+impl Current {
+    fn new(lease: Lease) -> Self {
+        let record = record_of(&lease);
+        Self { lease, record }
+    }
+}
+
 /// The election's IO state for one member: the Lease as last read, the [`LeaseWatch`] (L2/L8), and when
 /// this process's last successful write was *sent* (L5 measures from there).
 pub struct Elector {
     client: LeaseClient,
     watch: LeaseWatch,
-    current: Option<Lease>,
+    current: Option<Current>,
     renewed_sent_at: Option<Instant>,
+    /// `leaseDurationSeconds` this member writes (its own `leaseDuration`).
+    lease_duration_seconds: i32,
 }
 
 impl Elector {
-    pub fn new(client: LeaseClient) -> Self {
+    pub fn new(client: LeaseClient, lease_duration: Duration) -> Self {
         Self {
             client,
             watch: LeaseWatch::default(),
             current: None,
             renewed_sent_at: None,
+            lease_duration_seconds: i32::try_from(lease_duration.as_secs()).unwrap_or(i32::MAX),
         }
     }
 
@@ -206,14 +166,15 @@ impl Elector {
     ) -> Option<(LeaseRecord, PodStatus)> {
         match self.client.read().await {
             Ok(lease) => {
-                let record = record_of(&lease);
+                let current = Current::new(lease);
+                let record = current.record.clone();
                 let pod = record.holder().map_or(PodStatus::Unknown, &holder_pod);
                 self.watch.observe(&record, &pod, Instant::now());
                 if record.holder() != Some(self.me()) {
                     // Someone else holds it (or nobody): whatever this process wrote before is void.
                     self.renewed_sent_at = None;
                 }
-                self.current = Some(lease);
+                self.current = Some(current);
                 Some((record, pod))
             }
             Err(error) => {
@@ -233,61 +194,63 @@ impl Elector {
     }
 
     /// The record as last read or written.
-    pub fn record(&self) -> Option<LeaseRecord> {
-        self.current.as_ref().map(record_of)
+    pub fn record(&self) -> Option<&LeaseRecord> {
+        self.current.as_ref().map(|c| &c.record)
     }
 
     /// The holder's renewal (L5).
     pub async fn renew(&mut self) -> Result<(), LeaseError> {
-        self.write(Write::Renew).await
+        let (me, duration) = (self.me().to_owned(), self.lease_duration_seconds);
+        self.write(|l| renewed(l, &me, now(), duration)).await
     }
 
     /// A conditional takeover (L1); on success this member holds the Lease and may promote (L4).
     pub async fn acquire(&mut self) -> Result<(), LeaseError> {
-        self.write(Write::Acquire).await
+        let (me, duration) = (self.me().to_owned(), self.lease_duration_seconds);
+        self.write(|l| acquired(l, &me, now(), duration)).await
     }
 
     /// Empty holder, epoch kept; call only after PostgreSQL is stopped or demoted (L4). `synchronous`
     /// (the sync modes): the releasing primary records itself as having every acknowledged commit.
     pub async fn release(&mut self, synchronous: bool) -> Result<(), LeaseError> {
-        self.write(Write::Release(synchronous)).await
+        let me = self.me().to_owned();
+        self.write(|l| released(l, synchronous.then_some(me.as_str())))
+            .await
     }
 
     /// Switchover: the candidate becomes holder; call only after PostgreSQL is stopped (L4).
     pub async fn hand_over(&mut self, candidate: &str) -> Result<(), LeaseError> {
-        self.write(Write::HandOver(candidate.to_owned())).await
+        let duration = self.lease_duration_seconds;
+        self.write(|l| handed_over(l, candidate, now(), duration))
+            .await
     }
 
     /// Holder: record the synchronous members if they differ from the Lease's (L3, L9: on change only).
     pub async fn record_sync_members(&mut self, members: &[String]) -> Result<bool, LeaseError> {
-        if self.record().and_then(|r| r.sync_members).as_deref() == Some(members) {
+        if self.record().and_then(|r| r.sync_members.as_deref()) == Some(members) {
             return Ok(false);
         }
-        self.write(Write::SyncMembers(members.to_vec()))
+        self.write(|l| with_sync_members(l, members))
             .await
             .map(|()| true)
     }
 
-    async fn write(&mut self, what: Write) -> Result<(), LeaseError> {
+    /// Builds the new object from the one last read (a pure builder) and replaces it conditionally (L1).
+    async fn write(&mut self, build: impl FnOnce(&Lease) -> Lease) -> Result<(), LeaseError> {
         let Some(current) = &self.current else {
             return Err(LeaseError::NotFound {
                 name: self.client.name.clone(),
             });
         };
+        let next = build(&current.lease);
         let sent = Instant::now();
-        let result = match &what {
-            Write::Renew => self.client.renew(current).await,
-            Write::Acquire => self.client.acquire(current).await,
-            Write::Release(synchronous) => self.client.release(current, *synchronous).await,
-            Write::HandOver(candidate) => self.client.hand_over(current, candidate).await,
-            Write::SyncMembers(members) => self.client.set_sync_members(current, members).await,
-        };
-        match result {
+        match self.client.replace(&next).await {
             Ok(lease) => {
-                let record = record_of(&lease);
-                self.renewed_sent_at = (record.holder() == Some(self.me())).then_some(sent);
-                self.watch.observe(&record, &PodStatus::Unknown, sent);
-                self.current = Some(lease);
+                let current = Current::new(lease);
+                self.renewed_sent_at = (current.record.holder() == Some(self.me())).then_some(sent);
+                self.watch
+                    .observe(&current.record, &PodStatus::Unknown, sent);
+                self.current = Some(current);
                 Ok(())
             }
             Err(error) => {
@@ -300,14 +263,6 @@ impl Elector {
             }
         }
     }
-}
-
-enum Write {
-    Renew,
-    Acquire,
-    Release(bool),
-    HandOver(String),
-    SyncMembers(Vec<String>),
 }
 
 fn now() -> Timestamp {

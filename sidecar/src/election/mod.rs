@@ -10,15 +10,20 @@
 //!
 //! The HA loop (`crate::ha`) observes, calls [`decide`], and acts.
 
+mod eligibility;
 pub mod lease;
+mod record;
+mod roles;
+pub mod switchover;
 
-use std::{
-    cmp::Reverse,
-    collections::BTreeMap,
-    time::{Duration, Instant},
-};
+use eligibility::may_bootstrap;
+pub use eligibility::{Policy, eligibility};
+pub use record::{LeaseRecord, LeaseWatch, PodStatus};
+pub use roles::{RoleMark, role_patch, stale_primaries};
 
-use pgpilot_crds::contract::{HaTimings, MemberTags, ReplicationMode};
+use std::time::{Duration, Instant};
+
+use pgpilot_crds::contract::HaTimings;
 
 /// The three Lease timings as durations, checked against DESIGN.md L6 when built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,130 +74,10 @@ impl Timings {
     }
 }
 
-/// The Lease as last read. Remote timestamps are opaque: compared for equality only (L2).
+/// A member's PostgreSQL as seen this loop: this member's own (observed over the local socket) or a
+/// peer's (as its REST API reported it). One type, so the rules compare like with like.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LeaseRecord {
-    /// `spec.holderIdentity`; `None` or empty means released (or never held).
-    pub holder: Option<String>,
-    /// `spec.renewTime` as the apiserver returned it.
-    pub renew_time: Option<String>,
-    pub resource_version: String,
-    /// `spec.leaseTransitions`: the fencing epoch (L7).
-    pub transitions: u64,
-    /// The members recorded as synchronous (annotation `pgpilot.io/sync-members`), `None` when absent.
-    pub sync_members: Option<Vec<String>>,
-    /// The member a switchover handed the Lease to, until it confirms (annotation `pgpilot.io/handover-to`).
-    pub handover_to: Option<String>,
-}
-
-impl LeaseRecord {
-    /// The holder, treating an empty identity as none.
-    pub fn holder(&self) -> Option<&str> {
-        self.holder.as_deref().filter(|h| !h.is_empty())
-    }
-
-    fn key(&self) -> RecordKey {
-        RecordKey {
-            holder: self.holder().map(str::to_owned),
-            renew_time: self.renew_time.clone(),
-            resource_version: self.resource_version.clone(),
-        }
-    }
-}
-
-/// What L2 compares: the record is "unchanged" while all three are equal.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct RecordKey {
-    holder: Option<String>,
-    renew_time: Option<String>,
-    resource_version: String,
-}
-
-/// A member's pod and PostgreSQL container as the kubelet reports them (L8).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum PodStatus {
-    /// Pods not listed yet, or the member has no pod to judge by (tests without pods).
-    #[default]
-    Unknown,
-    /// The pod list is complete and has no pod of that name.
-    Gone,
-    Present {
-        uid: String,
-        /// The PostgreSQL container's current state is `terminated`.
-        terminated: bool,
-        /// The PostgreSQL container's `restartCount`.
-        restarts: u32,
-    },
-}
-
-/// Local memory of the Lease record: since when it has been unchanged on this member's monotonic clock
-/// (L2), and what the holder's pod looked like when it last changed (L8). Pure: the caller passes `now`.
-#[derive(Clone, Debug, Default)]
-pub struct LeaseWatch {
-    key: Option<RecordKey>,
-    since: Option<Instant>,
-    /// The holder pod's uid and container restart count when the record last changed.
-    holder_baseline: Option<(String, u32)>,
-}
-
-impl LeaseWatch {
-    /// Records one observation of the Lease and of its holder's pod.
-    pub fn observe(&mut self, record: &LeaseRecord, holder_pod: &PodStatus, now: Instant) {
-        let key = record.key();
-        if self.key.as_ref() != Some(&key) {
-            self.key = Some(key);
-            self.since = Some(now);
-            self.holder_baseline = baseline(holder_pod);
-        } else if self.holder_baseline.is_none() {
-            // The pod became known after the record changed: what it says now is the earliest we know.
-            self.holder_baseline = baseline(holder_pod);
-        }
-    }
-
-    /// How long the record has been unchanged (zero before the first observation).
-    pub fn unchanged_for(&self, now: Instant) -> Duration {
-        self.since
-            .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
-    }
-
-    /// L8: the kubelet says the processes that could accept writes under this record are dead — the
-    /// holder's pod is gone or was replaced, or its PostgreSQL container terminated or restarted since
-    /// the record last changed.
-    pub fn holder_dead(&self, holder_pod: &PodStatus) -> bool {
-        match holder_pod {
-            PodStatus::Unknown => false,
-            PodStatus::Gone => true,
-            PodStatus::Present {
-                uid,
-                terminated,
-                restarts,
-            } => {
-                *terminated
-                    || self
-                        .holder_baseline
-                        .as_ref()
-                        .is_some_and(|(base_uid, base_restarts)| {
-                            base_uid != uid || restarts > base_restarts
-                        })
-            }
-        }
-    }
-}
-
-fn baseline(pod: &PodStatus) -> Option<(String, u32)> {
-    match pod {
-        PodStatus::Present {
-            uid,
-            terminated: false,
-            restarts,
-        } => Some((uid.clone(), *restarts)),
-        _ => None,
-    }
-}
-
-/// This member's PostgreSQL as observed this loop.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LocalPg {
+pub struct PgView {
     /// PGDATA holds a complete data directory.
     pub initialized: bool,
     /// The postmaster runs and answers queries.
@@ -204,49 +89,12 @@ pub struct LocalPg {
     pub wal: Option<u64>,
 }
 
-/// What a peer answered on its REST API this loop.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerReport {
-    pub initialized: bool,
-    /// Its PostgreSQL runs and answers.
-    pub healthy: bool,
-    /// It runs PostgreSQL as a primary.
-    pub primary: bool,
-    pub timeline: Option<u32>,
-    pub wal: Option<u64>,
-}
-
 /// One other member of the cluster.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Peer {
     pub name: String,
     /// `None`: its REST API did not answer (within the short timeout).
-    pub report: Option<PeerReport>,
-}
-
-/// The parts of the cluster configuration the rules read.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Policy {
-    pub mode: ReplicationMode,
-    pub maximum_lag_on_failover: u64,
-    pub failsafe: bool,
-    pub paused: bool,
-    pub tags: BTreeMap<String, MemberTags>,
-}
-
-impl Policy {
-    fn tags(&self, member: &str) -> MemberTags {
-        self.tags.get(member).cloned().unwrap_or_default()
-    }
-
-    /// [`MemberTags::may_fail_over`] of `member`.
-    pub fn may_fail_over(&self, member: &str) -> bool {
-        self.tags(member).may_fail_over()
-    }
-
-    fn priority(&self, member: &str) -> u32 {
-        self.tags(member).priority()
-    }
+    pub report: Option<PgView>,
 }
 
 /// Everything [`decide`] looks at.
@@ -258,7 +106,7 @@ pub struct Observation {
     pub watch: LeaseWatch,
     /// The Lease holder's pod (L8); [`PodStatus::Unknown`] when there is no holder.
     pub holder_pod: PodStatus,
-    pub local: LocalPg,
+    pub local: PgView,
     /// Every other member the pod list knows, reachable or not.
     pub peers: Vec<Peer>,
     /// When the last successful renewal (or acquisition) by *this process* was sent. `None` until this
@@ -478,113 +326,6 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
 
 fn follow_none(why: FollowReason) -> Decision {
     Decision::Follow { leader: None, why }
-}
-
-/// Bootstrap only into a cluster that never had data: this member's PGDATA is empty, and either the
-/// Lease was never held (transitions 0) or every peer answered and none has data. A holder that died
-/// half-way through initdb therefore bootstraps again instead of waiting forever.
-fn may_bootstrap(obs: &Observation, record: &LeaseRecord) -> bool {
-    if obs.local.initialized {
-        return false;
-    }
-    let peer_has_data = obs
-        .peers
-        .iter()
-        .any(|p| p.report.as_ref().is_some_and(|r| r.initialized));
-    let all_answered = obs.peers.iter().all(|p| p.report.is_some());
-    !peer_has_data && (record.transitions == 0 || all_answered)
-}
-
-/// The order of candidates: most WAL, then highest failover priority, then not the member the Lease
-/// still names (a restarted former holder lets an equal replica win, so a container crash moves the
-/// primary), then the smaller name. Total, so two equal replicas never both think they are best.
-fn rank<'a>(policy: &Policy, record: &LeaseRecord, name: &'a str, wal: u64) -> impl Ord + use<'a> {
-    (
-        wal,
-        policy.priority(name),
-        record.holder() != Some(name),
-        Reverse(name),
-    )
-}
-
-/// L3: may this member try to take the Lease? It must be healthy, allowed to fail over, synchronous in
-/// the sync modes (recorded, or the holder the Lease still names), and — by what the reachable peers report — no primary may still run elsewhere, none may
-/// be on a newer timeline, it must be within `maximumLagOnFailover` of the best, and no eligible peer may
-/// rank above it ([`rank`]). Unreachable peers cannot object: that is what the Lease's own rules are for.
-pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Ineligible> {
-    let me = obs.me.as_str();
-    let policy = &obs.policy;
-    let (true, Some(my_wal)) = (obs.local.healthy, obs.local.wal) else {
-        return Err(Ineligible::Unhealthy);
-    };
-    if !policy.may_fail_over(me) {
-        return Err(Ineligible::NoFailover);
-    }
-    // The members recorded as having every acknowledged commit — and the holder the record names, whose
-    // own data is the reference (a restarted primary may reclaim its Lease even if no standby was
-    // recorded while it ran).
-    let synchronous = |name: &str| {
-        record.holder() == Some(name)
-            || record
-                .sync_members
-                .as_ref()
-                .is_some_and(|s| s.iter().any(|m| m == name))
-    };
-    let sync_mode = policy.mode != ReplicationMode::Async;
-    if sync_mode && !synchronous(me) {
-        return Err(Ineligible::NotSynchronous);
-    }
-    let my_timeline = obs.local.timeline.unwrap_or(0);
-    let my_rank = rank(policy, record, me, my_wal);
-    let mut best_wal = my_wal;
-    for peer in &obs.peers {
-        let Some(report) = &peer.report else { continue };
-        if report.primary && report.healthy {
-            return Err(Ineligible::PrimaryRunning(peer.name.clone()));
-        }
-        if report.timeline.unwrap_or(0) > my_timeline {
-            return Err(Ineligible::OlderTimeline(peer.name.clone()));
-        }
-        let Some(wal) = report.wal.filter(|_| report.healthy) else {
-            continue;
-        };
-        best_wal = best_wal.max(wal);
-        let competes = policy.may_fail_over(&peer.name) && (!sync_mode || synchronous(&peer.name));
-        if competes && rank(policy, record, &peer.name, wal) > my_rank {
-            return Err(Ineligible::PeerAhead(peer.name.clone()));
-        }
-    }
-    let behind = best_wal - my_wal;
-    if behind > policy.maximum_lag_on_failover {
-        return Err(Ineligible::TooFarBehind { behind });
-    }
-    Ok(())
-}
-
-/// One pod's role label and epoch annotation (L7), as read from the pod or as wanted.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RoleMark {
-    pub role: Option<String>,
-    pub epoch: Option<u64>,
-}
-
-/// L9: the label patch this member's own pod needs, `None` when the pod already says it — pods are
-/// patched on change only, never every loop.
-pub fn role_patch(current: &RoleMark, wanted: &RoleMark) -> Option<RoleMark> {
-    (current != wanted).then(|| wanted.clone())
-}
-
-/// L7: pods other than the new holder's that still carry the primary label: a stale primary's claim
-/// the new holder overwrites once (to `replica`) so the `-rw` Service never routes to it.
-pub fn stale_primaries<'a>(
-    pods: impl IntoIterator<Item = (&'a str, &'a RoleMark)>,
-    me: &str,
-    primary_role: &str,
-) -> Vec<String> {
-    pods.into_iter()
-        .filter(|(name, mark)| *name != me && mark.role.as_deref() == Some(primary_role))
-        .map(|(name, _)| name.to_owned())
-        .collect()
 }
 
 #[cfg(test)]

@@ -31,8 +31,8 @@ fn record(holder: Option<&str>, rv: &str, transitions: u64) -> LeaseRecord {
     }
 }
 
-fn healthy_replica(wal: u64) -> LocalPg {
-    LocalPg {
+fn healthy_replica(wal: u64) -> PgView {
+    PgView {
         initialized: true,
         healthy: true,
         primary: false,
@@ -41,15 +41,15 @@ fn healthy_replica(wal: u64) -> LocalPg {
     }
 }
 
-fn running_primary(wal: u64) -> LocalPg {
-    LocalPg {
+fn running_primary(wal: u64) -> PgView {
+    PgView {
         primary: true,
         ..healthy_replica(wal)
     }
 }
 
-fn replica_report(wal: u64) -> PeerReport {
-    PeerReport {
+fn replica_report(wal: u64) -> PgView {
+    PgView {
         initialized: true,
         healthy: true,
         primary: false,
@@ -58,7 +58,7 @@ fn replica_report(wal: u64) -> PeerReport {
     }
 }
 
-fn peer(name: &str, report: Option<PeerReport>) -> Peer {
+fn peer(name: &str, report: Option<PgView>) -> Peer {
     Peer {
         name: name.into(),
         report,
@@ -208,8 +208,8 @@ fn l2_an_empty_holder_is_claimed_at_once() {
 #[test]
 fn bootstrap_only_when_nobody_has_data() {
     let mut obs = replica_obs(record(None, "1", 0));
-    obs.local = LocalPg::default();
-    obs.peers = vec![peer("c-0", None), peer("c-2", Some(PeerReport::default()))];
+    obs.local = PgView::default();
+    obs.peers = vec![peer("c-0", None), peer("c-2", Some(PgView::default()))];
     assert_eq!(
         decide(&obs, t(0.0), &timings()),
         Decision::Acquire(AcquireReason::Bootstrap)
@@ -222,13 +222,13 @@ fn bootstrap_only_when_nobody_has_data() {
     );
     // Held before (transitions > 0) and a peer unreachable: it may have data, so wait.
     obs.lease = Some(record(None, "9", 2));
-    obs.peers[1].report = Some(PeerReport::default());
+    obs.peers[1].report = Some(PgView::default());
     assert_eq!(
         decide(&obs, t(0.0), &timings()),
         follow_none(FollowReason::Ineligible(Ineligible::Unhealthy))
     );
     // ... but when everyone answers and nobody has data (the holder died during initdb), bootstrap again.
-    obs.peers[0].report = Some(PeerReport::default());
+    obs.peers[0].report = Some(PgView::default());
     assert_eq!(
         decide(&obs, t(0.0), &timings()),
         Decision::Acquire(AcquireReason::Bootstrap)
@@ -290,7 +290,7 @@ fn l3_steps_back_when_a_peer_is_ahead() {
     obs.peers[1].report = Some(replica_report(1001));
     ineligible(&obs, Ineligible::PeerAhead("c-2".into()));
     // An unhealthy or nofailover peer cannot object.
-    obs.peers[1].report = Some(PeerReport {
+    obs.peers[1].report = Some(PgView {
         healthy: false,
         ..replica_report(5000)
     });
@@ -335,13 +335,13 @@ fn l3_lag_limit_against_the_best_reachable_peer() {
 #[test]
 fn l3_steps_back_for_a_newer_timeline_and_a_running_primary() {
     let mut obs = expired_obs();
-    obs.peers[1].report = Some(PeerReport {
+    obs.peers[1].report = Some(PgView {
         timeline: Some(2),
         ..replica_report(10)
     });
     ineligible(&obs, Ineligible::OlderTimeline("c-2".into()));
     let mut obs = expired_obs();
-    obs.peers[0].report = Some(PeerReport {
+    obs.peers[0].report = Some(PgView {
         primary: true,
         ..replica_report(10)
     });

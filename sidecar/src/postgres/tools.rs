@@ -206,6 +206,27 @@ impl Postgres {
         Ok(diverged)
     }
 
+    /// Another member's `pg_last_wal_receive_lsn()` as a byte position (as the replication user, over
+    /// TCP); `None` on any failure. A switchover polls its candidate with it.
+    pub async fn received_lsn_of(&self, from: &Upstream) -> Option<u64> {
+        let client = connect_source(from, &self.source_conninfo(from))
+            .await
+            .ok()?;
+        let row = tokio::time::timeout(
+            QUERY_TIMEOUT,
+            client.query_one(
+                "SELECT (pg_catalog.pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint",
+                &[],
+            ),
+        )
+        .await
+        .ok()?
+        .ok()?;
+        row.try_get::<_, Option<i64>>(0)
+            .ok()?
+            .and_then(|v| u64::try_from(v).ok())
+    }
+
     /// A connection string to `from` as the replication user, for SQL (pg_rewind's source, history).
     fn source_conninfo(&self, from: &Upstream) -> String {
         let port = from.port.to_string();

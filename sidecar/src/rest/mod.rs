@@ -18,7 +18,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 
 use headers::{Authorization, Header, authorization::Basic};
 use k8s_openapi::jiff::Timestamp;
-use pgpilot_crds::contract::{MemberTags, REST_PORT, ROLE_PRIMARY, ReplicationMode};
+use pgpilot_crds::contract::{REST_PORT, ROLE_PRIMARY};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
@@ -27,6 +27,10 @@ use warp::{Filter, http};
 
 use self::query::{HealthQuery, parse_health_query};
 use crate::{
+    election::{
+        Policy,
+        switchover::{self, Target},
+    },
     metrics::Metrics,
     state::{Action, Handles, MemberState, Outcome},
 };
@@ -407,34 +411,34 @@ pub fn plan_switchover(
             Ok(t) => Some(t),
         },
     };
-    let sync_mode = s.config.replication.mode != ReplicationMode::Async;
+    let policy = Policy {
+        mode: s.config.replication.mode,
+        maximum_lag_on_failover: s.config.replication.maximum_lag_on_failover_bytes,
+        tags: s.config.tags.clone(),
+        ..Policy::default()
+    };
     let usable = |name: &str| -> Result<(), String> {
         // The request may be sent to the candidate itself: it knows its own state best.
-        let replica = if name == s.member {
-            s.is_replica()
+        let target = if name == s.member {
+            Target {
+                name,
+                healthy_replica: s.is_replica(),
+                wal: s.wal_position(),
+            }
         } else {
             let peer = s
                 .peers
                 .iter()
                 .find(|p| p.name == name)
                 .ok_or_else(|| format!("candidate {name} does not exist"))?;
-            peer.healthy_replica().is_some()
+            Target {
+                name,
+                healthy_replica: peer.healthy_replica().is_some(),
+                wal: peer.wal_position(),
+            }
         };
-        if !replica {
-            return Err(format!("candidate {name} is not running as a replica"));
-        }
-        if !s
-            .config
-            .tags
-            .get(name)
-            .is_none_or(MemberTags::may_fail_over)
-        {
-            return Err(format!("candidate {name} is tagged noFailover"));
-        }
-        if sync_mode && !s.sync_members.iter().any(|m| m == name) {
-            return Err(format!("candidate {name} is not a synchronous standby"));
-        }
-        Ok(())
+        // The primary checks the position again right before it stops.
+        switchover::fit(&policy, &s.sync_members, None, &target).map_err(|e| e.to_string())
     };
     match body.candidate.as_deref() {
         Some(c) if c == leader => {

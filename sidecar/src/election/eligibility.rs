@@ -1,0 +1,113 @@
+//! L3: who may try to take the Lease, and in which order (pure).
+
+use std::{cmp::Reverse, collections::BTreeMap};
+
+use pgpilot_crds::contract::{MemberTags, ReplicationMode};
+
+use super::{Ineligible, LeaseRecord, Observation};
+
+/// The parts of the cluster configuration the rules read.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    pub mode: ReplicationMode,
+    pub maximum_lag_on_failover: u64,
+    pub failsafe: bool,
+    pub paused: bool,
+    pub tags: BTreeMap<String, MemberTags>,
+}
+
+impl Policy {
+    fn tags(&self, member: &str) -> MemberTags {
+        self.tags.get(member).cloned().unwrap_or_default()
+    }
+
+    /// [`MemberTags::may_fail_over`] of `member`.
+    pub fn may_fail_over(&self, member: &str) -> bool {
+        self.tags(member).may_fail_over()
+    }
+
+    fn priority(&self, member: &str) -> u32 {
+        self.tags(member).priority()
+    }
+}
+
+/// Bootstrap only into a cluster that never had data: this member's PGDATA is empty, and either the
+/// Lease was never held (transitions 0) or every peer answered and none has data. A holder that died
+/// half-way through initdb therefore bootstraps again instead of waiting forever.
+pub(super) fn may_bootstrap(obs: &Observation, record: &LeaseRecord) -> bool {
+    if obs.local.initialized {
+        return false;
+    }
+    let peer_has_data = obs
+        .peers
+        .iter()
+        .any(|p| p.report.as_ref().is_some_and(|r| r.initialized));
+    let all_answered = obs.peers.iter().all(|p| p.report.is_some());
+    !peer_has_data && (record.transitions == 0 || all_answered)
+}
+
+/// The order of candidates: most WAL, then highest failover priority, then not the member the Lease
+/// still names (a restarted former holder lets an equal replica win, so a container crash moves the
+/// primary), then the smaller name. Total, so two equal replicas never both think they are best.
+fn rank<'a>(policy: &Policy, record: &LeaseRecord, name: &'a str, wal: u64) -> impl Ord + use<'a> {
+    (
+        wal,
+        policy.priority(name),
+        record.holder() != Some(name),
+        Reverse(name),
+    )
+}
+
+/// L3: may this member try to take the Lease? It must be healthy, allowed to fail over, synchronous in
+/// the sync modes (recorded, or the holder the Lease still names), and — by what the reachable peers report — no primary may still run elsewhere, none may
+/// be on a newer timeline, it must be within `maximumLagOnFailover` of the best, and no eligible peer may
+/// rank above it ([`rank`]). Unreachable peers cannot object: that is what the Lease's own rules are for.
+pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Ineligible> {
+    let me = obs.me.as_str();
+    let policy = &obs.policy;
+    let (true, Some(my_wal)) = (obs.local.healthy, obs.local.wal) else {
+        return Err(Ineligible::Unhealthy);
+    };
+    if !policy.may_fail_over(me) {
+        return Err(Ineligible::NoFailover);
+    }
+    // The members recorded as having every acknowledged commit — and the holder the record names, whose
+    // own data is the reference (a restarted primary may reclaim its Lease even if no standby was
+    // recorded while it ran).
+    let synchronous = |name: &str| {
+        record.holder() == Some(name)
+            || record
+                .sync_members
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|m| m == name))
+    };
+    let sync_mode = policy.mode != ReplicationMode::Async;
+    if sync_mode && !synchronous(me) {
+        return Err(Ineligible::NotSynchronous);
+    }
+    let my_timeline = obs.local.timeline.unwrap_or(0);
+    let my_rank = rank(policy, record, me, my_wal);
+    let mut best_wal = my_wal;
+    for peer in &obs.peers {
+        let Some(report) = &peer.report else { continue };
+        if report.primary && report.healthy {
+            return Err(Ineligible::PrimaryRunning(peer.name.clone()));
+        }
+        if report.timeline.unwrap_or(0) > my_timeline {
+            return Err(Ineligible::OlderTimeline(peer.name.clone()));
+        }
+        let Some(wal) = report.wal.filter(|_| report.healthy) else {
+            continue;
+        };
+        best_wal = best_wal.max(wal);
+        let competes = policy.may_fail_over(&peer.name) && (!sync_mode || synchronous(&peer.name));
+        if competes && rank(policy, record, &peer.name, wal) > my_rank {
+            return Err(Ineligible::PeerAhead(peer.name.clone()));
+        }
+    }
+    let behind = best_wal - my_wal;
+    if behind > policy.maximum_lag_on_failover {
+        return Err(Ineligible::TooFarBehind { behind });
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! What the REST API asks of the loop, carried out between two loops so no action ever runs
+//! concurrently with the loop's own: switchover (now or scheduled), restart, reload, reinitialize.
+//! IO: PostgreSQL, the Lease (the handover), the candidate's server.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::jiff::Timestamp;
+use pgpilot_crds::contract::{PG_PORT, SidecarConfig};
+use tracing::{debug, info, instrument, warn};
+
+use super::{HaError, HaLoop, Lineage, Phase};
+use crate::{
+    election::switchover::{self, Target},
+    postgres::{Change, Role, StopMode, Upstream, slot_name},
+    state::{Action, Outcome},
+};
+
+/// How long a switchover waits for the candidate to receive the old primary's shutdown checkpoint.
+const SWITCHOVER_CATCH_UP: Duration = Duration::from_secs(15);
+
+impl HaLoop {
+    /// A REST command, between two loops.
+    pub(super) async fn command(&mut self, action: Action) -> Outcome {
+        info!(?action, "REST command");
+        let cfg = self.config.borrow().clone();
+        let outcome = match action {
+            Action::Switchover {
+                candidate,
+                at: Some(at),
+            } if at > Timestamp::now() => {
+                self.mem.scheduled = Some((candidate, at));
+                Outcome::new(202, format!("Switchover scheduled at {at}"))
+            }
+            Action::Switchover { candidate, .. } => self.switchover(candidate).await,
+            Action::Restart => match self.restart(&cfg).await {
+                Ok(()) => Outcome::new(200, "restarted successfully"),
+                Err(e) => Outcome::new(503, format!("restart failed: {e}")),
+            },
+            Action::Reload => self.reload(&cfg).await,
+            Action::Reinitialize => self.reinitialize().await,
+        };
+        self.publish(&cfg);
+        outcome
+    }
+
+    async fn reload(&mut self, cfg: &SidecarConfig) -> Outcome {
+        let primary = self.member.phase == Phase::Primary;
+        let role = if primary {
+            Role::Primary
+        } else {
+            match &self.mem.last_pg.wal_receiver {
+                Some(w) if w.upstream_host.is_some() => Role::Replica {
+                    upstream: Upstream {
+                        host: w.upstream_host.clone().unwrap_or_default(),
+                        port: PG_PORT,
+                    },
+                    slot: Some(slot_name(&self.me)),
+                },
+                _ => return Outcome::new(503, "not following a primary yet: nothing to reload"),
+            }
+        };
+        let sync = if primary {
+            self.current_sync(cfg)
+        } else {
+            None
+        };
+        match self.pg.configure(&self.desired(cfg, role, sync)).await {
+            Ok(Change::NeedsRestart(p)) => {
+                Outcome::new(200, format!("reloaded; pending restart: {}", p.join(", ")))
+            }
+            Ok(_) => Outcome::new(200, "reloaded"),
+            Err(e) => Outcome::new(503, format!("reload failed: {e}")),
+        }
+    }
+
+    async fn reinitialize(&mut self) -> Outcome {
+        if self.elector.renewed_sent_at().is_some() {
+            return Outcome::new(503, "I am the leader, can not reinitialize");
+        }
+        let _ = self.pg.stop(StopMode::Immediate).await;
+        match self.pg.wipe().await {
+            Ok(()) => {
+                self.member.phase = Phase::Cloning;
+                self.member.lineage = Lineage::Follows;
+                Outcome::new(
+                    200,
+                    "reinitialize started: the member clones from the primary",
+                )
+            }
+            Err(e) => Outcome::new(503, format!("reinitialize failed: {e}")),
+        }
+    }
+
+    async fn restart(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
+        let primary =
+            self.member.phase == Phase::Primary && self.elector.renewed_sent_at().is_some();
+        let before = self.member.phase;
+        self.member.phase = Phase::Restarting;
+        self.publish(cfg);
+        self.pg.stop(StopMode::Fast).await?;
+        self.pg.start().await?;
+        // Still the confirmed holder: the same primary comes back (crash-free, no new timeline).
+        self.member.phase = if primary { before } else { Phase::Replica };
+        Ok(())
+    }
+
+    /// Switchover (primary only): check the candidate, stop PostgreSQL (fast: a shutdown checkpoint
+    /// every connected standby receives), wait until the candidate has that checkpoint, then hand it the
+    /// Lease with a conditional write; it confirms and promotes (L4). If the candidate does not catch up,
+    /// this member (still the confirmed holder) starts again as primary.
+    #[instrument(skip(self), fields(member = %self.me))]
+    pub(super) async fn switchover(&mut self, candidate: Option<String>) -> Outcome {
+        let cfg = self.config.borrow().clone();
+        if !self.is_leading() {
+            return Outcome::new(503, "this member is not the primary");
+        }
+        self.mem.peers = self.peers.poll().await;
+        let my_position = self.pg.observe().await.current_lsn.unwrap_or(0);
+        let sync_members = self
+            .elector
+            .record()
+            .and_then(|r| r.sync_members.clone())
+            .unwrap_or_default();
+        let targets: Vec<Target<'_>> = self
+            .mem
+            .peers
+            .iter()
+            .map(|p| Target {
+                name: &p.name,
+                healthy_replica: p.healthy_replica().is_some(),
+                wal: p.wal_position(),
+            })
+            .collect();
+        let policy = self.policy(&cfg);
+        let chosen = switchover::choose(
+            &policy,
+            &sync_members,
+            Some(my_position),
+            &targets,
+            candidate.as_deref(),
+        )
+        .map(|t| t.name.to_owned());
+        let Some(target) =
+            chosen.and_then(|n| self.mem.peers.iter().find(|p| p.name == n).cloned())
+        else {
+            return Outcome::new(
+                412,
+                "no fit candidate: it must be a healthy replica, allowed to fail over, caught up (and synchronous in sync mode)",
+            );
+        };
+        let Some(host) = target.host.clone() else {
+            return Outcome::new(412, format!("candidate {} has no pod IP", target.name));
+        };
+        info!(candidate = %target.name, "switchover: stopping PostgreSQL");
+        self.member.phase = Phase::SwitchingOver;
+        self.arm_watchdog(&cfg);
+        if let Err(e) = self.pg.stop(StopMode::Fast).await {
+            return Outcome::new(503, format!("cannot stop PostgreSQL: {e}"));
+        }
+        let checkpoint = self
+            .pg
+            .controldata()
+            .await
+            .map(|c| c.checkpoint_lsn)
+            .unwrap_or(my_position);
+        let upstream = Upstream {
+            host,
+            port: PG_PORT,
+        };
+        if !self.wait_caught_up(&upstream, checkpoint).await {
+            warn!(candidate = %target.name, checkpoint, "candidate did not receive the shutdown checkpoint: staying primary");
+            let restarted = self.start_primary(&cfg, self.current_sync(&cfg)).await;
+            return Outcome::new(
+                412,
+                format!(
+                    "candidate {} did not catch up; primary restarted: {:?}",
+                    target.name,
+                    restarted.err()
+                ),
+            );
+        }
+        let result = self.elector.hand_over(&target.name).await;
+        self.metrics.lease_write("handover", result.is_ok());
+        match result {
+            Ok(()) => {
+                self.member.lineage = Lineage::FormerPrimary;
+                self.member.phase = Phase::Stopped;
+                info!(candidate = %target.name, "switchover: Lease handed over");
+                self.label_own_pod().await;
+                Outcome::new(
+                    200,
+                    format!("Successfully switched over to \"{}\"", target.name),
+                )
+            }
+            Err(e) => {
+                let restarted = if self.elector.renewed_sent_at().is_some() {
+                    self.start_primary(&cfg, self.current_sync(&cfg))
+                        .await
+                        .err()
+                } else {
+                    None
+                };
+                Outcome::new(
+                    503,
+                    format!("handing over the Lease failed: {e}; restart: {restarted:?}"),
+                )
+            }
+        }
+    }
+
+    /// Polls the candidate's server until its received WAL is past `checkpoint`, the old primary's
+    /// shutdown checkpoint: then it has every committed write.
+    async fn wait_caught_up(&self, candidate: &Upstream, checkpoint: u64) -> bool {
+        let until = Instant::now() + SWITCHOVER_CATCH_UP;
+        while Instant::now() < until {
+            if let Some(received) = self.pg.received_lsn_of(candidate).await
+                && received > checkpoint
+            {
+                debug!(
+                    received,
+                    checkpoint, "candidate has the shutdown checkpoint"
+                );
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+}

@@ -1,0 +1,84 @@
+//! The role label and epoch annotation on the pods (L7, L9): this member's own, patched only when it
+//! differs, and a stale primary's, overwritten once by the new holder. IO: pod patches.
+
+use std::time::Instant;
+
+use kube::api::{Patch, PatchParams};
+use pgpilot_crds::contract::{
+    ANNOTATION_EPOCH, LABEL_ROLE, ROLE_PRIMARY, ROLE_REPLICA, SIDECAR_FIELD_MANAGER,
+};
+use serde_json::json;
+use tracing::{info, warn};
+
+use super::{HaError, HaLoop};
+use crate::election::{RoleMark, role_patch, stale_primaries};
+
+impl HaLoop {
+    /// L7: the new holder overwrites any other pod's primary label once, so `-rw` never routes there.
+    pub(super) async fn relabel_stale_primaries(&mut self) {
+        let marks = self.peers.role_marks();
+        let stale = stale_primaries(
+            marks.iter().map(|(n, m)| (n.as_str(), m)),
+            &self.me,
+            ROLE_PRIMARY,
+        );
+        let epoch = self.elector.record().map_or(0, |r| r.transitions);
+        for pod in stale {
+            info!(pod = %pod, epoch, "relabelling a stale primary's pod as replica (L7)");
+            let mark = RoleMark {
+                role: Some(ROLE_REPLICA.into()),
+                epoch: None,
+            };
+            if let Err(e) = self.patch_mark(&pod, &mark).await {
+                warn!(error = %e, pod = %pod, "cannot relabel");
+            }
+        }
+    }
+
+    /// L7/L9: this pod's role label and epoch annotation, patched only when they differ.
+    pub(super) async fn label_own_pod(&mut self) {
+        let primary = self.is_leading();
+        let wanted = RoleMark {
+            role: Some(if primary { ROLE_PRIMARY } else { ROLE_REPLICA }.into()),
+            epoch: self.elector.record().map(|r| r.transitions),
+        };
+        let Some(current) = self.peers.own_mark() else {
+            return;
+        };
+        let Some(patch) = role_patch(&current, &wanted) else {
+            return;
+        };
+        if let Some((last, at)) = &self.mem.patched
+            && *last == patch
+            && at.elapsed() < self.timings.retry_period * 3
+        {
+            return; // just written; the pod cache has not caught up yet
+        }
+        match self.patch_mark(&self.me.clone(), &patch).await {
+            Ok(()) => {
+                info!(role = ?patch.role, epoch = ?patch.epoch, "pod role label updated");
+                self.mem.patched = Some((patch, Instant::now()));
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot label the own pod");
+                self.metrics.error("pod", e.category());
+            }
+        }
+    }
+
+    async fn patch_mark(&self, pod: &str, mark: &RoleMark) -> Result<(), HaError> {
+        let mut metadata = json!({ "labels": { LABEL_ROLE: mark.role } });
+        if let Some(epoch) = mark.epoch {
+            metadata["annotations"] = json!({ ANNOTATION_EPOCH: epoch.to_string() });
+        }
+        let params = PatchParams {
+            field_manager: Some(SIDECAR_FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        self.pods
+            .patch(pod, &params, &Patch::Merge(json!({ "metadata": metadata })))
+            .await
+            .map(|_| ())
+            .map_err(|source| HaError::Pod { source })
+    }
+}
