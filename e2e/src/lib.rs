@@ -5,6 +5,7 @@
 //! with everything in it (and the Helm release installed into it) when the test ends, passed or failed.
 
 pub mod checker;
+pub mod clock;
 pub mod ha;
 
 use std::{

@@ -24,11 +24,12 @@ use pgpilot_e2e::{
     TestNamespace,
     checker::{
         harness::Harness,
-        probe::{Sample, now_us},
+        probe::Sample,
         verdict::{self, Expectations},
         writer::{self, Pace, Target, Writer},
     },
     client,
+    clock::now_us,
 };
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -366,7 +367,7 @@ async fn checker_sees_replicas_split_brain_and_lost_writes_on_real_postgres() ->
     );
     assert!(matches!(
         writer::final_ids(&a.target(), log.first_id, "10.244.9.9").await,
-        Err(writer::WriterError::WrongServer { .. })
+        Err(pgpilot_e2e::checker::pg::PgError::WrongServer { .. })
     ));
     drop((pa, pb));
     Ok(())

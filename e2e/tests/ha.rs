@@ -15,10 +15,10 @@ use pgpilot_e2e::{
     TestNamespace,
     checker::{
         harness::Harness,
-        probe::now_us,
         verdict::{Expectations, Verdict},
     },
     client,
+    clock::now_us,
     ha::{self, check},
 };
 

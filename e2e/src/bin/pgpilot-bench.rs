@@ -30,12 +30,13 @@ use pgpilot_e2e::{
     checker::{
         cluster::{self, MemberPod},
         harness::{acted_at, fault_hook},
-        probe::{micros_of, now_us},
         probes::{ProbeSet, ProbeTarget},
         verdict::{self, Micros},
         writer::{Pace, Target, Writer},
     },
-    client, repo_dir,
+    client,
+    clock::{micros_of, now_us},
+    repo_dir,
 };
 use serde::Serialize;
 use serde_json::json;

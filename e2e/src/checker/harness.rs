@@ -15,11 +15,13 @@ use tracing::info;
 
 use super::{
     cluster::{self, ClusterError, MemberPod},
-    probe::{Sample, now_us},
+    pg::PgError,
+    probe::Sample,
     probes::{ProbeSet, ProbeTarget},
     verdict::{self, Expectations, Micros, Recording, STABLE_US, Timeline, Verdict},
-    writer::{self, Pace, Target, Writer, WriterError},
+    writer::{self, Pace, Target, Writer},
 };
+use crate::clock::now_us;
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -32,7 +34,7 @@ pub enum HarnessError {
     #[error("timed out after {0:?} waiting for {1}")]
     Timeout(Duration, String),
     #[error("reading the final primary's ids")]
-    FinalIds(#[source] WriterError),
+    FinalIds(#[source] PgError),
     #[error("writing {0}")]
     Write(PathBuf, #[source] std::io::Error),
 }

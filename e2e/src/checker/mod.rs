@@ -7,10 +7,12 @@
 //!   `pgpilot-probe` binary); [`probes`] runs one per member pod.
 //! - [`verdict`] (pure): lost acknowledged ids, spans with two writable members, time to converge, the
 //!   timeline; a table and JSON.
+//! - [`pg`]: the probe's and the writer's PostgreSQL connections (one error type, one bounded connect).
 //! - [`harness`]: one scenario end to end; [`cluster`]: what the checker reads from Kubernetes and the host.
 
 pub mod cluster;
 pub mod harness;
+pub mod pg;
 pub mod probe;
 pub mod probes;
 pub mod verdict;

@@ -27,9 +27,10 @@ use tracing::{debug, warn};
 
 use super::{
     cluster::{self, MemberPod},
-    probe::{Sample, now_us},
+    probe::Sample,
     verdict::Timeline,
 };
+use crate::clock::now_us;
 
 /// What to probe.
 #[derive(Clone, Debug)]

@@ -16,9 +16,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use super::probe::Sample;
-
-/// Microseconds since the Unix epoch, on the host clock.
-pub type Micros = i64;
+pub use crate::clock::Micros;
 
 /// One thing that happened during a scenario: a fault injected or healed, a Lease holder change, a
 /// writable member appearing … in the order they happened.
