@@ -30,8 +30,10 @@ use pgpilot_e2e::{
     },
     client,
     clock::now_us,
+    cluster,
+    deploy::{self, Manifest},
+    fault, rest,
 };
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -501,25 +503,14 @@ impl Ctx {
 const CLUSTER: &str = "pg";
 
 /// The cluster under test: 3 members, one per node (required anti-affinity, so every node-level fault
-/// hits exactly one member), the given mode and the default timings.
-fn cluster_yaml(mode: Mode, instances: usize, spread_required: bool, failsafe: bool) -> String {
-    let affinity = if spread_required {
-        format!(
-            "\n    affinity:\n      podAntiAffinity:\n        requiredDuringSchedulingIgnoredDuringExecution:\n          \
-             - topologyKey: kubernetes.io/hostname\n            labelSelector:\n              matchLabels:\n                \
-             pgpilot.io/cluster: {CLUSTER}"
-        )
-    } else {
-        " {}".into()
-    };
-    format!(
-        "apiVersion: pgpilot.io/v1alpha1\nkind: PostgresCluster\nmetadata:\n  name: {CLUSTER}\nspec:\n  instances: {instances}\n  \
-         image: postgres:15\n  storage:\n    size: 1Gi\n  postgresql:\n    parameters:\n      \
-         max_connections: \"50\"\n      shared_buffers: 16MB\n  bootstrap:\n    database: app\n    owner: app\n  replication:\n    mode: {}\n    syncReplicas: 1\n    \
-         maximumLagOnFailover: 1Mi\n  ha:\n    leaseDurationSeconds: {LEASE}\n    renewDeadlineSeconds: {RENEW}\n    \
-         retryPeriodSeconds: {RETRY}\n    failsafe: {failsafe}\n  pod:{affinity}\n",
-        mode.name()
-    )
+/// hits exactly one member) unless `spread_required` is off, the given mode and the default timings.
+fn manifest(mode: Mode, setup: Setup) -> Manifest {
+    Manifest {
+        timings: (LEASE as u32, RENEW as u32, RETRY as u32),
+        failsafe: setup.failsafe,
+        spread_required: setup.spread_required,
+        ..Manifest::new(CLUSTER, 3, mode.name())
+    }
 }
 
 /// How a scenario's cluster is set up.
@@ -558,21 +549,16 @@ where
     let kube = client().await?;
     let short: String = id.chars().take(16).collect();
     let mut ns = TestNamespace::create(&format!("f-{short}-{}", mode.name()))?;
-    ns.install_operator(&[])?;
-    let yaml = cluster_yaml(mode, 3, setup.spread_required, setup.failsafe);
-    ns.kubectl_output(&["apply", "-f", "-"], Some(&yaml))?
-        .ok()
-        .context("applying the cluster")?;
+    // A cluster that never gets Ready fails with its description (`deploy`); one whose writes never start,
+    // with it printed here.
+    deploy::deploy(&mut ns, &manifest(mode, setup), Duration::from_secs(240)).await?;
+    let started = Harness::start(kube, &ns.name, CLUSTER, 3, probe_bin()).await;
     let ctx = Ctx { ns, mode };
-    let started = async {
-        wait_members_ready(&ctx.ns, 3, Duration::from_secs(240)).await?;
-        Ok::<_, anyhow::Error>(Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await?)
-    };
-    let mut h = match started.await {
+    let mut h = match started {
         Ok(h) => h,
         Err(e) => {
-            print_setup_state(&ctx.ns);
-            return Err(e);
+            eprintln!("{}", cluster::describe(&ctx.ns, CLUSTER, 3));
+            return Err(e.into());
         }
     };
     if h.baseline_ack_wait > Duration::from_secs(10) {
@@ -581,7 +567,7 @@ where
             mode.name(),
             h.baseline_ack_wait.as_secs_f64()
         );
-        print_setup_state(&ctx.ns);
+        eprintln!("{}", cluster::describe(&ctx.ns, CLUSTER, 3));
     }
     if let Some(max) = setup.max_write_gap {
         h.require_write_gap_at_most(max);
@@ -590,7 +576,7 @@ where
     if let Err(e) = &outcome {
         h.mark(format!("scenario body failed: {e:#}"));
     }
-    undo_faults(&ctx).await;
+    fault::undo_all(&ctx.ns.name, CLUSTER, 5).await;
     let expect = Expectations {
         max_lost: (mode == Mode::Sync).then_some(0),
         converge_within_us: i64::try_from(setup.converge_within.as_micros()).unwrap_or(i64::MAX),
@@ -603,72 +589,6 @@ where
         bail!("{id} ({}) failed:\n{}", mode.name(), verdict.table());
     }
     Ok(())
-}
-
-/// What the cluster looked like when its set-up failed, before any fault: the pods (readiness, node), the
-/// `-rw` Service's endpoints and each member's last log lines (the namespace goes with the test).
-fn print_setup_state(ns: &TestNamespace) {
-    let show = |args: &[&str]| {
-        let out = ns.kubectl_output(args, None).map_or_else(
-            |e| format!("{e:#}"),
-            |o| format!("{}{}", o.stdout, o.stderr),
-        );
-        eprintln!("--- kubectl {}\n{out}", args.join(" "));
-    };
-    show(&["get", "pods", "-o", "wide"]);
-    let rw = format!("kubernetes.io/service-name={CLUSTER}-rw");
-    show(&["get", "endpointslices", "-l", &rw, "-o", "yaml"]);
-    for i in 0..3 {
-        show(&[
-            "logs",
-            &format!("{CLUSTER}-{i}"),
-            "-c",
-            "postgres",
-            "--tail",
-            "60",
-        ]);
-    }
-}
-
-/// Whatever fault hooks a scenario may have left (on failure): heal nodes, start stopped nodes, start
-/// the apiserver. Each is a no-op when there is nothing to undo.
-async fn undo_faults(ctx: &Ctx) {
-    let hook = pgpilot_e2e::checker::harness::fault_hook();
-    for node in ["node-0", "node-1", "node-2"] {
-        let _ = Command::new(&hook).args(["heal", node]).output();
-        let frozen = std::fs::read_to_string(format!(
-            "/sys/fs/cgroup/freezer/pgpilot/{node}/freezer.state"
-        ))
-        .is_ok_and(|s| s.trim() == "FROZEN");
-        if frozen {
-            let _ = Command::new(&hook).args(["start", node]).output();
-        }
-    }
-    if pgpilot_e2e::kubectl(&["get", "--raw", "/readyz"]).is_err() {
-        let _ = Command::new(&hook).arg("apiserver-start").output();
-    }
-    for i in 0..5 {
-        let pod = ctx.target(&format!("{CLUSTER}-{i}"));
-        let _ = Command::new(&hook).args(["thaw", &pod]).output();
-        let _ = Command::new(&hook).args(["heal", &pod]).output();
-    }
-}
-
-/// Waits until `n` member pods are Ready.
-async fn wait_members_ready(ns: &TestNamespace, n: usize, timeout: Duration) -> Result<()> {
-    let selector = format!("pgpilot.io/cluster={CLUSTER}");
-    pgpilot_e2e::wait_for(&format!("{n} Ready members"), timeout, Duration::from_secs(2), || async {
-        let out = ns.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            &selector,
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ])?;
-        Ok((out.lines().filter(|l| *l == "True").count() == n).then_some(()))
-    })
-    .await
 }
 
 /// The member the probes see writable.
@@ -814,46 +734,27 @@ async fn switchover_under_load(h: &mut Harness, c: &Ctx) -> Result<()> {
     let pods = h.pods().await?;
     // In synchronous mode only a synchronous standby may take over (a 412 otherwise, as in Patroni): ask
     // each replica's `GET /sync`.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
     let mut candidate = None;
     for pod in pods.iter().filter(|x| x.name != p) {
         let Some(ip) = &pod.ip else { continue };
-        let sync = http
-            .get(format!("http://{ip}:8008/sync"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if c.mode == Mode::Async || sync {
+        if c.mode == Mode::Async || rest::is_sync(ip).await {
             candidate = Some(pod.name.clone());
             break;
         }
     }
     let candidate = candidate.context("no replica may take over")?;
-    let ip = pods
-        .iter()
-        .find(|x| x.name == p)
-        .and_then(|x| x.ip.clone())
-        .context("primary IP")?;
-    let kube = client().await?;
-    let (user, password) =
-        pgpilot_e2e::checker::cluster::credentials(&kube, &c.ns.name, CLUSTER, "api").await?;
+    let ip = cluster::ip_of(&pods, &p).context("primary IP")?;
     let at = now_us();
-    let resp = reqwest::Client::new()
-        .post(format!("http://{ip}:8008/switchover"))
-        .basic_auth(user, Some(password))
-        .json(&json!({"leader": p, "candidate": candidate}))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let (status, text) =
+        rest::switchover(&h.client, &c.ns.name, CLUSTER, &ip, &p, &candidate).await?;
     h.fault_marked(
         at,
         format!("POST /switchover {p} -> {candidate}: {status} {text}"),
     );
-    ensure!(status.is_success(), "switchover refused: {status} {text}");
+    ensure!(
+        (200..300).contains(&status),
+        "switchover refused: {status} {text}"
+    );
     h.healed();
     let now = wait_new_primary(h, &p, Duration::from_secs(30)).await?;
     ensure!(

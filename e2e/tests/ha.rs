@@ -9,23 +9,49 @@
 
 use std::{path::PathBuf, time::Duration};
 
+use anyhow::bail;
 use anyhow::{Result, ensure};
 use pgpilot_crds::contract;
+use pgpilot_crds::contract::MemberReport;
 use pgpilot_e2e::{
-    TestNamespace,
+    TestNamespace, audit,
     checker::{
         harness::Harness,
         verdict::{Expectations, Verdict},
     },
     client,
     clock::now_us,
-    ha::{self, check},
+    cluster, deploy, host, rest,
 };
+use std::collections::BTreeMap;
 
 const CLUSTER: &str = "pg";
 
 fn probe_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_pgpilot-probe"))
+}
+
+/// Fails unless `cond` holds, with the cluster's description.
+fn check(cond: bool, ns: &TestNamespace, cluster: &str, what: &str) -> Result<()> {
+    if !cond {
+        bail!("{what}\n{}", cluster::describe(ns, cluster, 3));
+    }
+    Ok(())
+}
+
+/// The member names of a cluster of `n`.
+fn members(cluster: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{cluster}-{i}")).collect()
+}
+
+/// Asserts the report set has exactly `n` members.
+fn ensure_members(reports: &BTreeMap<String, MemberReport>, n: usize) -> Result<()> {
+    ensure!(
+        reports.len() == n,
+        "expected {n} members, got {:?}",
+        reports.keys().collect::<Vec<_>>()
+    );
+    Ok(())
 }
 
 fn ms(us: Option<i64>) -> String {
@@ -38,7 +64,7 @@ fn passed(v: &Verdict, ns: &TestNamespace) -> Result<()> {
         "{}: {:?}\n{}",
         v.scenario,
         v.failures,
-        ha::describe(ns, CLUSTER)
+        cluster::describe(ns, CLUSTER, 3)
     );
     ensure!(
         v.split_brain.is_empty(),
@@ -66,15 +92,14 @@ async fn wait_new_primary(h: &Harness, old: &str, timeout: Duration) -> Result<(
 /// A cluster of 3 with the default timings (15/10/2 s) in `mode`, converged.
 async fn three(prefix: &str, mode: &str) -> Result<(TestNamespace, String)> {
     let mut ns = TestNamespace::create(prefix)?;
-    ha::deploy(
+    deploy::deploy(
         &mut ns,
-        &ha::manifest(CLUSTER, 3, mode, 15, 10, 2),
-        CLUSTER,
-        3,
+        &deploy::Manifest::new(CLUSTER, 3, mode),
+        Duration::from_secs(300),
     )
     .await?;
     let c = client().await?;
-    let primary = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(120)).await?;
+    let primary = rest::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(120)).await?;
     Ok((ns, primary))
 }
 
@@ -83,15 +108,19 @@ async fn three(prefix: &str, mode: &str) -> Result<(TestNamespace, String)> {
 async fn three_members_one_primary_two_streaming_replicas_rw_routes_to_it() -> Result<()> {
     let (ns, primary) = three("ha-ready", "async").await?;
     let c = client().await?;
-    let (holder, epoch) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    let cluster::LeaseRecord {
+        holder,
+        transitions: epoch,
+        ..
+    } = cluster::lease(&c, &ns.name, &contract::lease_name(CLUSTER)).await?;
     check(
         holder.as_deref() == Some(primary.as_str()),
         &ns,
         CLUSTER,
         &format!("Lease holder {holder:?} is not the primary {primary}"),
     )?;
-    let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
-    ha::ensure_members(&reports, 3)?;
+    let reports = rest::reports(&c, &ns.name, CLUSTER).await?;
+    ensure_members(&reports, 3)?;
     let streaming = reports
         .values()
         .filter(|r| r.replication_state.as_deref() == Some("streaming"))
@@ -109,12 +138,8 @@ async fn three_members_one_primary_two_streaming_replicas_rw_routes_to_it() -> R
         "the primary publishes the Lease epoch (L7)",
     )?;
     // Labels: one primary (the holder), two replicas; the -rw Service routes to the primary only.
-    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
-    let labelled: Vec<(String, Option<String>)> = pods
-        .iter()
-        .map(|p| (kube::ResourceExt::name_any(p), ha::role_label(p)))
-        .collect();
-    for (name, role) in &labelled {
+    let pods = cluster::member_pods(&c, &ns.name, CLUSTER).await?;
+    for cluster::MemberPod { name, role, .. } in &pods {
         let want = if *name == primary {
             contract::ROLE_PRIMARY
         } else {
@@ -127,28 +152,42 @@ async fn three_members_one_primary_two_streaming_replicas_rw_routes_to_it() -> R
             &format!("{name} labelled {role:?}"),
         )?;
     }
-    let primary_ip = ha::pod_ip_of(&pods, &primary);
+    let primary_ip = cluster::ip_of(&pods, &primary);
     let rw = pgpilot_e2e::wait_for(
         "-rw endpoints on the primary",
         Duration::from_secs(30),
         Duration::from_millis(500),
         || async {
-            let eps = ha::ready_endpoints(&c, &ns.name, &format!("{CLUSTER}-rw")).await?;
+            let eps = cluster::ready_endpoints(&c, &ns.name, &format!("{CLUSTER}-rw")).await?;
             Ok((Some(eps.clone()) == primary_ip.clone().map(|ip| vec![ip])).then_some(eps))
         },
     )
     .await?;
     println!("-rw endpoints: {rw:?}; primary {primary} epoch {epoch}");
-    let rss = ha::sidecar_rss_kib()?;
-    println!("sidecar RSS (KiB) of every pgpilot-sidecar on this machine: {rss:?}");
+    let rss: Vec<(String, u64)> = host::agents(&pods, contract::SIDECAR_BINARY)
+        .into_iter()
+        .map(|a| (a.member, a.rss_bytes / 1024))
+        .collect();
+    println!("sidecar RSS (KiB) per member: {rss:?}");
 
     // L9: in steady state only the holder writes to Kubernetes, its renewals only (at most 12 a minute
     // with a 15 s lease). Measured from the apiserver's audit log over one minute.
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let from = ha::audit_offset()?;
+    let from = now_us();
     let window = Duration::from_secs(60);
     tokio::time::sleep(window).await;
-    let writes = ha::sidecar_writes_since(from, &ns.name, CLUSTER)?;
+    let to = now_us();
+    // The audit log is written when requests complete: give the last ones a moment.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sidecars = format!(
+        "system:serviceaccount:{}:{}",
+        ns.name,
+        contract::service_account_name(CLUSTER)
+    );
+    let writes: Vec<audit::AuditWrite> = audit::writes_between(from, to, &sidecars)?
+        .into_iter()
+        .filter(|w| w.user == sidecars)
+        .collect();
     println!(
         "sidecar API writes in {window:?} of steady state: {} {writes:?}",
         writes.len()
@@ -213,7 +252,7 @@ async fn killing_the_primary_container_promotes_a_replica_and_the_old_one_rejoin
         "the killed primary {primary} is still primary"
     );
     // The old primary rejoined as a streaming replica.
-    let now_primary = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(90)).await?;
+    let now_primary = rest::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(90)).await?;
     ensure!(now_primary != primary);
     Ok(())
 }
@@ -230,7 +269,9 @@ async fn a_frozen_primary_is_fenced_by_the_time_a_replica_takes_over_and_rejoins
     // the freeze the probes still hold the frozen primary's last sample, so wait for another member.)
     let (new_primary, after) = wait_new_primary(&h, &primary, Duration::from_secs(60)).await?;
     println!("freeze primary: {new_primary} writable (probe) {after:?} after the freeze");
-    let (holder, _) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    let holder = cluster::lease(&c, &ns.name, &contract::lease_name(CLUSTER))
+        .await?
+        .holder;
     ensure!(
         holder.as_deref() == Some(new_primary.as_str()),
         "holder {holder:?}"
@@ -258,7 +299,7 @@ async fn a_frozen_primary_is_fenced_by_the_time_a_replica_takes_over_and_rejoins
     );
     // No span with two writable members: the thawed primary was fenced (L5) before it could serve.
     passed(&v, &ns)?;
-    let after = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(90)).await?;
+    let after = rest::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(90)).await?;
     ensure!(after == new_primary, "primary moved again to {after}");
     Ok(())
 }
@@ -268,8 +309,8 @@ async fn a_frozen_primary_is_fenced_by_the_time_a_replica_takes_over_and_rejoins
 async fn switchover_moves_the_primary_without_losing_an_acknowledged_write() -> Result<()> {
     let (ns, primary) = three("ha-switch", "async").await?;
     let c = client().await?;
-    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
-    let candidate = ha::members(CLUSTER, 3)
+    let pods = cluster::member_pods(&c, &ns.name, CLUSTER).await?;
+    let candidate = members(CLUSTER, 3)
         .into_iter()
         .find(|m| *m != primary)
         .unwrap_or_default();
@@ -279,13 +320,14 @@ async fn switchover_moves_the_primary_without_losing_an_acknowledged_write() -> 
         format!("POST /switchover {primary} -> {candidate}"),
     );
     // Sent to a replica on purpose: it forwards to the primary.
-    let via = ha::pod_ip_of(&pods, &candidate).unwrap_or_default();
-    let (status, body) = ha::switchover(&c, &ns.name, CLUSTER, &via, &primary, &candidate).await?;
+    let via = cluster::ip_of(&pods, &candidate).unwrap_or_default();
+    let (status, body) =
+        rest::switchover(&c, &ns.name, CLUSTER, &via, &primary, &candidate).await?;
     h.mark(format!("checker: switchover answered {status} {body}"));
     ensure!(
         status == 200,
         "switchover answered {status}: {body}\n{}",
-        ha::describe(&ns, CLUSTER)
+        cluster::describe(&ns, CLUSTER, 3)
     );
     let now = h
         .wait_new_primary(&primary, Duration::from_secs(30))
@@ -325,20 +367,9 @@ async fn sync_mode_a_primary_kill_loses_no_acknowledged_write() -> Result<()> {
         Duration::from_secs(60),
         Duration::from_millis(500),
         || async {
-            let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
-            let lease = kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
-                c.clone(),
-                &ns.name,
-            )
-            .get(&contract::lease_name(CLUSTER))
-            .await?;
-            let members = lease
-                .metadata
-                .annotations
-                .unwrap_or_default()
-                .get(contract::ANNOTATION_SYNC_MEMBERS)
-                .cloned()
-                .unwrap_or_default();
+            let reports = rest::reports(&c, &ns.name, CLUSTER).await?;
+            let lease = cluster::lease(&c, &ns.name, &contract::lease_name(CLUSTER)).await?;
+            let members = lease.sync_members.join(",");
             Ok((!members.is_empty() && reports.len() == 3).then_some(members))
         },
     )
@@ -393,7 +424,9 @@ async fn sync_mode_a_primary_kill_loses_no_acknowledged_write() -> Result<()> {
 async fn deleting_the_primary_pod_releases_the_lease_and_a_replica_takes_over() -> Result<()> {
     let (ns, primary) = three("ha-term", "async").await?;
     let c = client().await?;
-    let (_, epoch_before) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    let epoch_before = cluster::lease(&c, &ns.name, &contract::lease_name(CLUSTER))
+        .await?
+        .transitions;
     let mut h = Harness::start(c.clone(), &ns.name, CLUSTER, 3, probe_bin()).await?;
     // SIGTERM (pod deletion): the sidecar stops PostgreSQL fast and releases the Lease (L4), which a
     // replica claims at once (L2) instead of waiting for it to expire.
@@ -420,7 +453,11 @@ async fn deleting_the_primary_pod_releases_the_lease_and_a_replica_takes_over() 
         v.lost.len()
     );
     passed(&v, &ns)?;
-    let (holder, epoch_after) = ha::lease(&c, &ns.name, CLUSTER).await?;
+    let cluster::LeaseRecord {
+        holder,
+        transitions: epoch_after,
+        ..
+    } = cluster::lease(&c, &ns.name, &contract::lease_name(CLUSTER)).await?;
     ensure!(
         holder.as_deref() == Some(new_primary.as_str()),
         "holder {holder:?}"
@@ -442,9 +479,9 @@ async fn deleting_the_primary_pod_releases_the_lease_and_a_replica_takes_over() 
 async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> {
     let (ns, primary) = three("ha-rest", "async").await?;
     let c = client().await?;
-    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
-    let ip_of = |name: &str| ha::pod_ip_of(&pods, name).unwrap_or_default();
-    let replica = ha::members(CLUSTER, 3)
+    let pods = cluster::member_pods(&c, &ns.name, CLUSTER).await?;
+    let ip_of = |name: &str| cluster::ip_of(&pods, name).unwrap_or_default();
+    let replica = members(CLUSTER, 3)
         .into_iter()
         .find(|m| *m != primary)
         .unwrap_or_default();
@@ -463,7 +500,7 @@ async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> 
         anonymous.status()
     );
     // The primary refuses to reinitialize itself.
-    let (status, body) = ha::post(
+    let (status, body) = rest::post(
         &c,
         &ns.name,
         CLUSTER,
@@ -477,14 +514,15 @@ async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> 
         "reinitialize on the primary answered {status}: {body}"
     );
     for path in ["/reload", "/restart", "/reinitialize"] {
-        let (status, body) = ha::post(&c, &ns.name, CLUSTER, &ip_of(&replica), path, None).await?;
+        let (status, body) =
+            rest::post(&c, &ns.name, CLUSTER, &ip_of(&replica), path, None).await?;
         ensure!(
             status == 200,
             "{path} on {replica} answered {status}: {body}\n{}",
-            ha::describe(&ns, CLUSTER)
+            cluster::describe(&ns, CLUSTER, 3)
         );
         // The member comes back as a streaming replica of the same primary.
-        let after = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(120)).await?;
+        let after = rest::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(120)).await?;
         ensure!(after == primary, "{path} moved the primary to {after}");
         println!("{path} on {replica}: {body}; converged again");
     }
@@ -508,13 +546,13 @@ async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()
         "-p",
         patch,
     ])?;
-    let members = ha::members(CLUSTER, 3);
+    let members = members(CLUSTER, 3);
     pgpilot_e2e::wait_for(
         "pending_restart on every member",
         Duration::from_secs(60),
         Duration::from_millis(500),
         || async {
-            let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
+            let reports = rest::reports(&c, &ns.name, CLUSTER).await?;
             Ok(members
                 .iter()
                 .all(|m| reports.get(m).is_some_and(|r| r.pending_restart))
@@ -522,11 +560,10 @@ async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()
         },
     )
     .await?;
-    let (user, password) =
-        pgpilot_e2e::checker::cluster::credentials(&c, &ns.name, CLUSTER, "superuser").await?;
-    let pods = ha::member_pods(&c, &ns.name, CLUSTER).await?;
+    let (user, password) = cluster::credentials(&c, &ns.name, CLUSTER, "superuser").await?;
+    let pods = cluster::member_pods(&c, &ns.name, CLUSTER).await?;
     for pod in &pods {
-        let ip = ha::pod_ip(pod).unwrap_or_default();
+        let ip = pod.ip.clone().unwrap_or_default();
         let show = |setting: &'static str| {
             let (ip, user, password) = (ip.clone(), user.clone(), password.clone());
             async move {
@@ -544,7 +581,7 @@ async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()
         ensure!(
             show("work_mem").await? == "7MB",
             "work_mem not reloaded on {}",
-            kube::ResourceExt::name_any(pod)
+            pod.name
         );
         ensure!(
             show("max_connections").await? == "50",
@@ -552,15 +589,15 @@ async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()
         );
     }
     // A restart (through the API, replicas first) applies it and clears the flag.
-    let mut order: Vec<&k8s_openapi::api::core::v1::Pod> = pods.iter().collect();
-    order.sort_by_key(|p| kube::ResourceExt::name_any(*p) == primary);
+    let mut order: Vec<&cluster::MemberPod> = pods.iter().collect();
+    order.sort_by_key(|p| p.name == primary);
     for pod in order {
-        let ip = ha::pod_ip(pod).unwrap_or_default();
-        let (status, body) = ha::post(&c, &ns.name, CLUSTER, &ip, "/restart", None).await?;
+        let ip = pod.ip.clone().unwrap_or_default();
+        let (status, body) = rest::post(&c, &ns.name, CLUSTER, &ip, "/restart", None).await?;
         ensure!(
             status == 200,
             "restart of {} answered {status}: {body}",
-            kube::ResourceExt::name_any(pod)
+            pod.name
         );
     }
     pgpilot_e2e::wait_for(
@@ -568,12 +605,12 @@ async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()
         Duration::from_secs(60),
         Duration::from_millis(500),
         || async {
-            let reports = ha::reports(&c, &ns.name, CLUSTER).await?;
+            let reports = rest::reports(&c, &ns.name, CLUSTER).await?;
             Ok((reports.len() == 3 && reports.values().all(|r| !r.pending_restart)).then_some(()))
         },
     )
     .await?;
-    let after = ha::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(60)).await?;
+    let after = rest::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(60)).await?;
     ensure!(
         after == primary,
         "the restarts moved the primary to {after}"

@@ -14,25 +14,28 @@ use pgpilot_crds::contract;
 use tracing::info;
 
 use super::{
-    cluster::{self, ClusterError, MemberPod},
+    Timeout,
     pg::PgError,
     probe::Sample,
     probes::{ProbeSet, ProbeTarget},
     verdict::{self, Expectations, Micros, Recording, STABLE_US, Timeline, Verdict},
     writer::{self, Pace, Target, Writer},
 };
-use crate::clock::now_us;
+use crate::{
+    clock::now_us,
+    cluster::{self, ClusterError, MemberPod, Members},
+    fault::{self, FaultError},
+    rest,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error("running the fault hook `{0}`")]
-    FaultHook(String, #[source] std::io::Error),
-    #[error("the fault hook `{command}` failed: {output}")]
-    FaultFailed { command: String, output: String },
-    #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, String),
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+    #[error(transparent)]
+    Timeout(#[from] Timeout),
     #[error("reading the final primary's ids")]
     FinalIds(#[source] PgError),
     #[error("writing {0}")]
@@ -57,11 +60,6 @@ pub struct Harness {
     pub baseline_ack_wait: Duration,
 }
 
-/// The repository's `e2e/fault` hook.
-pub fn fault_hook() -> PathBuf {
-    crate::repo_dir().join("e2e/fault")
-}
-
 /// Where verdicts are written.
 pub fn verdict_dir() -> PathBuf {
     crate::repo_dir().join("target/e2e/verdicts")
@@ -84,9 +82,7 @@ impl Harness {
         let probes = ProbeSet::start(
             client.clone(),
             ProbeTarget {
-                namespace: namespace.into(),
-                selector: format!("{}={cluster}", contract::LABEL_CLUSTER),
-                role_label: contract::LABEL_ROLE.into(),
+                members: Members::pgpilot(namespace, cluster),
                 lease: Some(contract::lease_name(cluster)),
                 probe_bin,
                 superuser,
@@ -148,37 +144,16 @@ impl Harness {
 
     /// Runs `e2e/fault <verb> <target>`; the first fault sets the fault instant.
     pub async fn fault(&mut self, verb: &str, target: &str) -> Result<(), HarnessError> {
-        let command = format!("e2e/fault {verb} {target}");
-        let args: Vec<&str> = [verb, target]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .collect();
-        let at = now_us();
-        let out = tokio::process::Command::new(fault_hook())
-            .args(args)
-            .env("KUBECONFIG", crate::kubeconfig_path())
-            .output()
-            .await
-            .map_err(|e| HarnessError::FaultHook(command.clone(), e))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        if !out.status.success() {
-            self.mark(format!("{command} FAILED: {text}"));
-            return Err(HarnessError::FaultFailed {
-                command,
-                output: text,
-            });
+        match fault::run(verb, target).await {
+            Ok(acted) => {
+                self.fault_marked(acted.at_us, format!("{}: {}", acted.command, acted.output));
+                Ok(())
+            }
+            Err(e) => {
+                self.mark(format!("FAILED: {e}"));
+                Err(e.into())
+            }
         }
-        // The hook stamps the moment it acted; the time before it started includes its kubectl look-ups.
-        let at = acted_at(&text).unwrap_or(at);
-        if let Ok(mut t) = self.timeline.lock() {
-            t.push(at, format!("{command}: {text}"));
-        }
-        self.fault_at.get_or_insert(at);
-        Ok(())
     }
 
     /// Records a fault that is not a hook (a `kubectl` action, a switchover request) at `at`.
@@ -215,8 +190,7 @@ impl Harness {
 
     /// The member currently accepting writes, as the probes see it (only when exactly one does).
     pub fn writable_member(&self) -> Option<String> {
-        let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
-        (shape.writable.len() == 1).then(|| shape.writable[0].clone())
+        self.probes.writable_member(&self.members)
     }
 
     /// The member pods as the apiserver shows them now.
@@ -226,39 +200,26 @@ impl Harness {
 
     /// Waits until exactly one member is writable and returns it.
     pub async fn wait_primary(&self, timeout: Duration) -> Result<String, HarnessError> {
-        self.wait_writable(|_| true, "one writable member", timeout)
-            .await
+        let what = "one writable member";
+        Ok(self
+            .probes
+            .wait_writable(&self.members, |_| true, what, timeout)
+            .await?)
     }
 
-    /// Waits until a member other than `old` accepts writes (the probes' samples lag the cluster by up to a
-    /// probe period, so "some writable member" right after a handover can still be the old one).
+    /// Waits until a member other than `old` accepts writes (see [`ProbeSet::wait_writable`]).
     pub async fn wait_new_primary(
         &self,
         old: &str,
         timeout: Duration,
     ) -> Result<String, HarnessError> {
         let what = format!("a writable member other than {old}");
-        let m = self.wait_writable(|m| m != old, &what, timeout).await?;
+        let m = self
+            .probes
+            .wait_writable(&self.members, |m| m != old, &what, timeout)
+            .await?;
         self.mark(format!("checker: {m} is the new primary"));
         Ok(m)
-    }
-
-    async fn wait_writable(
-        &self,
-        accept: impl Fn(&str) -> bool,
-        what: &str,
-        timeout: Duration,
-    ) -> Result<String, HarnessError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(m) = self.writable_member().filter(|m| accept(m)) {
-                return Ok(m);
-            }
-            if Instant::now() > deadline {
-                return Err(HarnessError::Timeout(timeout, what.into()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Waits until the cluster has been converged for [`STABLE_US`] after `since`; returns when it began.
@@ -276,10 +237,10 @@ impl Harness {
             }
             if Instant::now() > deadline {
                 let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
-                return Err(HarnessError::Timeout(
-                    timeout,
-                    format!("convergence (now: {shape:?})"),
-                ));
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: format!("convergence (now: {shape:?})"),
+                }));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -294,10 +255,10 @@ impl Harness {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(writer) = &self.writer else {
-                return Err(HarnessError::Timeout(
-                    timeout,
-                    "an acknowledged write (the writer has stopped)".into(),
-                ));
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: "an acknowledged write (the writer has stopped)".into(),
+                }));
             };
             if let Some(at) = writer.first_ack_since(since) {
                 return Ok(at);
@@ -305,10 +266,10 @@ impl Harness {
             if Instant::now() > deadline {
                 let errors = writer.snapshot().errors;
                 let last = errors.last().map(|e| e.what.clone()).unwrap_or_default();
-                return Err(HarnessError::Timeout(
-                    timeout,
-                    format!("an acknowledged write (last error: {last})"),
-                ));
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: format!("an acknowledged write (last error: {last})"),
+                }));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -365,7 +326,7 @@ impl Harness {
                 }
             }
         }
-        let last_decisions = cluster::last_decisions(&pods).await;
+        let last_decisions = rest::last_decisions(&pods).await;
         let end_us = now_us();
         let members = self.members.clone();
         let Self {
@@ -408,16 +369,6 @@ impl Harness {
     }
 }
 
-/// The timestamp a fault hook printed with what it did (`2026-11-26T04:05:32.452Z fault: killed …`).
-pub fn acted_at(output: &str) -> Option<Micros> {
-    output
-        .lines()
-        .filter(|l| l.contains(" fault: "))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())
-        .map(jiff::Timestamp::as_microsecond)
-        .next_back()
-}
-
 /// Writes `<scenario>-<mode>.json` (the verdict) and `<scenario>-<mode>.samples.jsonl` (every probe
 /// sample, for a failure's post-mortem) under [`verdict_dir`].
 pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, HarnessError> {
@@ -434,16 +385,4 @@ pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, Harness
     let samples_path = dir.join(format!("{}-{}.samples.jsonl", v.scenario, v.mode));
     std::fs::write(&samples_path, lines).map_err(|e| HarnessError::Write(samples_path, e))?;
     Ok(path)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hook_stamp_is_the_fault_instant() {
-        let out = "04:05:31.100 [fault] looking up\n2026-11-26T04:05:32.452Z fault: killed container postgres of ns/pg-2";
-        assert_eq!(acted_at(out), Some(1_795_665_932_452_000));
-        assert_eq!(acted_at("no stamp here"), None);
-    }
 }
