@@ -1,0 +1,442 @@
+//! The verdict of one fault scenario, computed from what was recorded. Pure: no IO, no clock.
+//!
+//! Inputs are the probes' [`Sample`]s (one stream per pod incarnation), the writer's acknowledged and
+//! in-doubt ids, the ids the final primary holds, and the fault [`Timeline`]. Outputs are the three
+//! properties a user relies on — acknowledged writes kept, never two writable members at once, converged
+//! again in time — as a [`Verdict`] that prints as a table and serialises to JSON.
+//!
+//! Time is Unix microseconds on the host clock ([`crate::clock`]).
+//!
+//! The parts: [`runs`] (split brain: writable runs and their overlaps), [`shape`] (who is writable or
+//! streaming at an instant; convergence), [`writes`] (acknowledged, lost, gaps), [`timeline`]; this module
+//! puts them together into the [`Verdict`] and its table.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+};
+
+use serde::{Deserialize, Serialize};
+
+mod runs;
+mod shape;
+#[cfg(test)]
+mod test_samples;
+mod timeline;
+mod writes;
+
+pub use runs::{Overlap, WritableRun, member_of, overlaps, writable_events, writable_runs};
+pub use shape::{FRESH_US, Shape, converged_at, shape_at};
+pub use timeline::{Event, Timeline};
+pub use writes::{Ack, longest_write_gap, lost_writes};
+
+use super::probe::Sample;
+pub use crate::clock::Micros;
+
+/// Everything recorded in one scenario, as the verdict needs it.
+#[derive(Clone, Debug, Default)]
+pub struct Recording {
+    pub scenario: String,
+    /// `sync` or `async`.
+    pub mode: String,
+    pub members: Vec<String>,
+    pub samples: Vec<Sample>,
+    pub acks: Vec<Ack>,
+    /// Ids whose outcome the writer never learned (error or timeout after sending the commit).
+    pub in_doubt: Vec<u64>,
+    pub final_ids: BTreeSet<u64>,
+    /// The member that holds `final_ids`.
+    pub final_primary: Option<String>,
+    pub timeline: Timeline,
+    /// When the first fault was injected, and when the last one was healed.
+    pub fault_at_us: Micros,
+    pub healed_at_us: Micros,
+    pub end_us: Micros,
+    /// Each member's last HA decision (`GET /patroni` → `pgpilot.last_decision`), or why it is unknown.
+    pub last_decisions: BTreeMap<String, String>,
+}
+
+/// What a scenario must show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Expectations {
+    /// Acknowledged writes that may be lost: `Some(0)` in synchronous mode; `None` only reports the loss
+    /// (asynchronous mode, bounded by `maximumLagOnFailover`).
+    pub max_lost: Option<u64>,
+    /// Convergence must come within this long of the heal.
+    pub converge_within_us: Micros,
+}
+
+/// The verdict of a scenario.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub scenario: String,
+    pub mode: String,
+    pub expectations: Expectations,
+    pub acknowledged: usize,
+    pub in_doubt: usize,
+    /// Acknowledged ids missing from the final primary.
+    pub lost: Vec<u64>,
+    /// In-doubt ids that did make it (not a defect: the commit happened, its acknowledgement was lost).
+    pub in_doubt_kept: usize,
+    pub final_primary: Option<String>,
+    /// Spans with two writable members.
+    pub split_brain: Vec<Overlap>,
+    /// Heal → converged (one primary, all replicas streaming), if it converged.
+    pub converge_us: Option<Micros>,
+    /// Fault → first acknowledged write after it, through the `-rw` Service.
+    pub writes_resumed_us: Option<Micros>,
+    /// The longest span without an acknowledged write after the fault.
+    pub longest_write_gap_us: Option<Micros>,
+    pub timeline: Vec<Event>,
+    pub last_decisions: BTreeMap<String, String>,
+    /// Each broken expectation, in words; empty when the scenario passed.
+    pub failures: Vec<String>,
+}
+
+/// The stable window convergence must hold for before it counts.
+pub const STABLE_US: Micros = 2_000_000;
+
+impl Verdict {
+    pub fn new(rec: &Recording, expect: Expectations) -> Self {
+        // Without a final primary there is nothing to hold the ids against: the loss is unknown, not total.
+        let lost = if rec.final_primary.is_some() {
+            lost_writes(&rec.acks, &rec.final_ids)
+        } else {
+            Vec::new()
+        };
+        let split_brain = overlaps(&rec.samples);
+        let converge_us = converged_at(&rec.samples, &rec.members, rec.healed_at_us, STABLE_US)
+            .map(|t| t - rec.healed_at_us);
+        let writes_resumed_us = rec
+            .acks
+            .iter()
+            .map(|a| a.at_us)
+            .filter(|&t| t >= rec.fault_at_us)
+            .min()
+            .map(|t| t - rec.fault_at_us);
+        let longest_write_gap_us =
+            longest_write_gap(&rec.acks, rec.fault_at_us, rec.end_us).map(|(_, g)| g);
+        let mut timeline = rec.timeline.events.clone();
+        timeline.extend(writable_events(&rec.samples));
+        timeline.sort_by_key(|e| e.at_us);
+
+        let mut failures = Vec::new();
+        if !split_brain.is_empty() {
+            let total: Micros = split_brain.iter().map(|o| o.to_us - o.from_us).sum();
+            failures.push(format!(
+                "{} span(s) with two writable members ({} ms in all)",
+                split_brain.len(),
+                total / 1000
+            ));
+        }
+        if let Some(max) = expect.max_lost
+            && lost.len() as u64 > max
+        {
+            failures.push(format!(
+                "{} acknowledged write(s) lost (allowed: {max})",
+                lost.len()
+            ));
+        }
+        match converge_us {
+            None => {
+                failures.push("never converged to one primary with every replica streaming".into())
+            }
+            Some(t) if t > expect.converge_within_us => failures.push(format!(
+                "converged after {} ms, bound {} ms",
+                t / 1000,
+                expect.converge_within_us / 1000
+            )),
+            Some(_) => {}
+        }
+        if rec.final_primary.is_none() {
+            failures.push("no final primary to check acknowledged writes against".into());
+        }
+        if rec.acks.is_empty() {
+            failures.push("the writer never got an acknowledged write".into());
+        }
+        let in_doubt_kept = rec
+            .in_doubt
+            .iter()
+            .filter(|id| rec.final_ids.contains(id))
+            .count();
+        Self {
+            scenario: rec.scenario.clone(),
+            mode: rec.mode.clone(),
+            expectations: expect,
+            acknowledged: rec.acks.len(),
+            in_doubt: rec.in_doubt.len(),
+            lost,
+            in_doubt_kept,
+            final_primary: rec.final_primary.clone(),
+            split_brain,
+            converge_us,
+            writes_resumed_us,
+            longest_write_gap_us,
+            timeline,
+            last_decisions: rec.last_decisions.clone(),
+            failures,
+        }
+    }
+
+    /// Adds the expectation that writes were never unavailable for longer than `max_us` after the fault
+    /// (failsafe mode promises a primary that keeps serving while the apiserver is gone).
+    pub fn require_write_gap_at_most(&mut self, max_us: Micros) {
+        match self.longest_write_gap_us {
+            Some(gap) if gap > max_us => self.failures.push(format!(
+                "writes unavailable for {} ms, allowed {} ms",
+                gap / 1000,
+                max_us / 1000
+            )),
+            None => self
+                .failures
+                .push("no acknowledged write after the fault".into()),
+            Some(_) => {}
+        }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    /// The verdict as a table (and, when it failed, the timeline and the last HA decisions).
+    pub fn table(&self) -> String {
+        let ms = |v: Option<Micros>| {
+            v.map_or_else(
+                || "-".to_owned(),
+                |us| format!("{:.0} ms", us as f64 / 1000.0),
+            )
+        };
+        let lost = match (&self.final_primary, self.expectations.max_lost) {
+            (None, _) => "unknown (no final primary)".to_owned(),
+            (Some(_), Some(max)) => format!("{} (allowed {max})", self.lost.len()),
+            (Some(_), None) => format!("{} (reported only)", self.lost.len()),
+        };
+        let rows = [
+            ("scenario", format!("{} [{}]", self.scenario, self.mode)),
+            (
+                "verdict",
+                if self.passed() {
+                    "PASS".to_owned()
+                } else {
+                    "FAIL".to_owned()
+                },
+            ),
+            ("acknowledged writes", self.acknowledged.to_string()),
+            ("acknowledged writes lost", lost),
+            (
+                "in-doubt writes (kept)",
+                format!("{} ({})", self.in_doubt, self.in_doubt_kept),
+            ),
+            (
+                "final primary",
+                self.final_primary.clone().unwrap_or_else(|| "-".into()),
+            ),
+            (
+                "two writable members",
+                format!("{} span(s)", self.split_brain.len()),
+            ),
+            (
+                "converged after heal",
+                format!(
+                    "{} (bound {})",
+                    ms(self.converge_us),
+                    ms(Some(self.expectations.converge_within_us))
+                ),
+            ),
+            ("fault -> writes resumed", ms(self.writes_resumed_us)),
+            ("longest write gap", ms(self.longest_write_gap_us)),
+        ];
+        let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+        let mut out = String::new();
+        for (k, v) in rows {
+            let _ = writeln!(out, "  {k:<width$}  {v}");
+        }
+        for o in &self.split_brain {
+            let _ = writeln!(
+                out,
+                "  ! {} and {} writable together for {} ms",
+                o.a,
+                o.b,
+                (o.to_us - o.from_us) / 1000
+            );
+        }
+        if !self.lost.is_empty() {
+            let shown: Vec<String> = self.lost.iter().take(20).map(u64::to_string).collect();
+            let more = if self.lost.len() > 20 { " …" } else { "" };
+            let _ = writeln!(out, "  lost ids: {}{more}", shown.join(", "));
+        }
+        if !self.passed() {
+            for f in &self.failures {
+                let _ = writeln!(out, "  FAILED: {f}");
+            }
+            out.push_str(&self.timeline_text());
+            out.push_str("  last HA decisions:\n");
+            for (member, decision) in &self.last_decisions {
+                let _ = writeln!(out, "    {member}: {decision}");
+            }
+        }
+        out
+    }
+
+    /// The timeline, relative to its first event.
+    pub fn timeline_text(&self) -> String {
+        let mut out = String::from("  timeline:\n");
+        let t0 = self.timeline.first().map_or(0, |e| e.at_us);
+        for e in &self.timeline {
+            let _ = writeln!(
+                out,
+                "    +{:>9.3} s  {}",
+                (e.at_us - t0) as f64 / 1e6,
+                e.what
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{test_samples::*, *};
+
+    fn recording() -> Recording {
+        let m = members(2);
+        let mut samples = every("pg-0@a", 0, 1000, "w");
+        samples.extend(every("pg-0@a", 1000, 6000, "r"));
+        samples.extend(every("pg-1@b", 0, 1200, "r"));
+        samples.extend(every("pg-1@b", 1200, 6000, "w"));
+        let acks: Vec<Ack> = (0..50)
+            .map(|i| Ack {
+                id: i,
+                at_us: i as i64 * 100_000,
+                server: "x".into(),
+            })
+            .collect();
+        let mut timeline = Timeline::default();
+        timeline.push(900_000, "fault: kill pg-0");
+        Recording {
+            scenario: "kill-primary".into(),
+            mode: "sync".into(),
+            members: m,
+            samples,
+            acks,
+            in_doubt: vec![50],
+            final_ids: (0..50).collect(),
+            final_primary: Some("pg-1".into()),
+            timeline,
+            fault_at_us: 900_000,
+            healed_at_us: 900_000,
+            end_us: 6_000_000,
+            last_decisions: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn a_clean_recording_passes() {
+        let v = Verdict::new(
+            &recording(),
+            Expectations {
+                max_lost: Some(0),
+                converge_within_us: 10_000_000,
+            },
+        );
+        assert!(v.passed(), "{}", v.table());
+        assert_eq!(
+            v.converge_us.map(|t| t / 100_000),
+            Some(3),
+            "converged ~0.3 s after the fault"
+        );
+        assert_eq!(v.in_doubt_kept, 0);
+        assert!(v.table().contains("PASS"));
+        let json = serde_json::to_string(&v).unwrap();
+        let back: Verdict = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, v);
+    }
+
+    #[test]
+    fn each_broken_property_fails_the_verdict() {
+        let expect = Expectations {
+            max_lost: Some(0),
+            converge_within_us: 10_000_000,
+        };
+
+        let mut lost = recording();
+        lost.final_ids.remove(&7);
+        let v = Verdict::new(&lost, expect);
+        assert_eq!(v.lost, vec![7]);
+        assert!(!v.passed());
+        assert!(v.table().contains("lost ids: 7"), "{}", v.table());
+        assert!(
+            v.table().contains("fault: kill pg-0"),
+            "a failing verdict prints the timeline"
+        );
+        // The same loss in async mode is reported, not failed.
+        assert!(
+            Verdict::new(
+                &lost,
+                Expectations {
+                    max_lost: None,
+                    ..expect
+                }
+            )
+            .passed()
+        );
+
+        let mut split = recording();
+        split.samples.extend(every("pg-0@a", 3000, 3500, "w"));
+        split.samples.retain(|s| {
+            !(s.stream == "pg-0@a" && (3000..3500).contains(&(s.t_us / 1000)) && !s.writable)
+        });
+        let v = Verdict::new(&split, expect);
+        assert_eq!(v.split_brain.len(), 1, "{:?}", v.split_brain);
+        assert!(!v.passed());
+
+        let slow = Verdict::new(
+            &recording(),
+            Expectations {
+                converge_within_us: 100_000,
+                ..expect
+            },
+        );
+        assert!(!slow.passed());
+        assert!(
+            slow.failures[0].contains("bound 100 ms"),
+            "{:?}",
+            slow.failures
+        );
+
+        let mut gap = Verdict::new(&recording(), expect);
+        gap.require_write_gap_at_most(50_000);
+        assert!(
+            gap.failures
+                .iter()
+                .any(|f| f.starts_with("writes unavailable for")),
+            "{:?}",
+            gap.failures
+        );
+        let mut ok = Verdict::new(&recording(), expect);
+        ok.require_write_gap_at_most(1_000_000);
+        assert!(ok.passed(), "{:?}", ok.failures);
+
+        let mut never = recording();
+        never.samples.retain(|s| s.stream != "pg-1@b");
+        never.final_primary = None;
+        never.final_ids.clear();
+        let v = Verdict::new(&never, expect);
+        assert!(
+            v.lost.is_empty(),
+            "no final primary: the loss is unknown, not every id"
+        );
+        assert!(
+            v.table().contains("unknown (no final primary)"),
+            "{}",
+            v.table()
+        );
+        assert!(v.failures.iter().any(|f| f.contains("no final primary")));
+        assert!(
+            Verdict::new(&never, expect)
+                .failures
+                .iter()
+                .any(|f| f.contains("never converged"))
+        );
+    }
+}
