@@ -23,7 +23,7 @@ use anyhow::{Context, Result, bail, ensure};
 use pgpilot_e2e::{
     TestNamespace,
     checker::{
-        harness::Harness,
+        harness::{Harness, HarnessError},
         probe::Sample,
         verdict::{self, Expectations},
         writer::{self, Pace, Target, Writer},
@@ -492,6 +492,8 @@ const RETRY: u64 = 2;
 struct Ctx {
     ns: TestNamespace,
     mode: Mode,
+    /// In synchronous mode: the standbys the Lease recorded as synchronous before the fault.
+    sync_standbys: Vec<String>,
 }
 
 impl Ctx {
@@ -552,12 +554,28 @@ where
     // A cluster that never gets Ready fails with its description (`deploy`); one whose writes never start,
     // with it printed here.
     deploy::deploy(&mut ns, &manifest(mode, setup), Duration::from_secs(240)).await?;
-    let started = Harness::start(kube, &ns.name, CLUSTER, 3, probe_bin()).await;
-    let ctx = Ctx { ns, mode };
-    let mut h = match started {
-        Ok(h) => h,
+    let started = async {
+        let h = Harness::start(kube, &ns.name, CLUSTER, 3, probe_bin()).await?;
+        // In a synchronous mode a fault tests what happens to a recorded synchronous standby: it must exist
+        // before the fault (issue 13: a cut before it was recorded left no member eligible).
+        let sync_standbys = match mode {
+            Mode::Sync => h.wait_sync_standby(Duration::from_secs(60)).await?,
+            Mode::Async => Vec::new(),
+        };
+        Ok::<_, HarnessError>((h, sync_standbys))
+    };
+    let started = started.await;
+    let (mut h, ctx) = match started {
+        Ok((h, sync_standbys)) => (
+            h,
+            Ctx {
+                ns,
+                mode,
+                sync_standbys,
+            },
+        ),
         Err(e) => {
-            eprintln!("{}", cluster::describe(&ctx.ns, CLUSTER, 3));
+            eprintln!("{}", cluster::describe(&ns, CLUSTER, 3));
             return Err(e.into());
         }
     };
@@ -631,9 +649,14 @@ async fn kill_primary(h: &mut Harness, c: &Ctx) -> Result<()> {
     let p = primary(h).await?;
     h.fault("kill", &c.target(&format!("{p}/postgres"))).await?;
     h.healed();
-    wait_new_primary(h, &p, Duration::from_secs(LEASE + 15))
-        .await
-        .map(drop)
+    let new = wait_new_primary(h, &p, Duration::from_secs(LEASE + 15)).await?;
+    // Only a member recorded as synchronous may take over in a synchronous mode (L3).
+    ensure!(
+        c.mode == Mode::Async || c.sync_standbys.contains(&new),
+        "{new} took over but was not a recorded synchronous standby ({:?})",
+        c.sync_standbys
+    );
+    Ok(())
 }
 
 async fn kill_replica(h: &mut Harness, c: &Ctx) -> Result<()> {

@@ -128,6 +128,65 @@ impl Harness {
         Ok(h)
     }
 
+    /// Waits until the state a fault in a synchronous mode tests exists: the Lease records a synchronous
+    /// standby (a member other than the holder in `pgpilot.io/sync-members`), the holder is the member the
+    /// probes see writable, and the probes see a recorded standby streaming. Returns the recorded
+    /// standbys; on a timeout the error names the part that never came.
+    pub async fn wait_sync_standby(&self, timeout: Duration) -> Result<Vec<String>, HarnessError> {
+        let lease_name = contract::lease_name(&self.cluster);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let read = tokio::time::timeout(
+                Duration::from_secs(3),
+                cluster::lease(&self.client, &self.namespace, &lease_name),
+            )
+            .await;
+            let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
+            let missing = match read {
+                Err(_) => format!("the Lease {lease_name} could not be read within 3 s"),
+                Ok(Err(e)) => format!("the Lease {lease_name} could not be read: {e}"),
+                Ok(Ok(lease)) => {
+                    let standbys = lease.sync_standbys();
+                    let holder = lease.holder.as_deref().unwrap_or("-");
+                    if standbys.is_empty() {
+                        format!(
+                            "the Lease {lease_name} records no synchronous standby (holder {holder}, \
+                             sync-members [{}])",
+                            lease.sync_members.join(",")
+                        )
+                    } else if shape.writable != [holder] {
+                        format!(
+                            "the Lease holder {holder} is not the one writable member (probes: {:?})",
+                            shape.writable
+                        )
+                    } else if let Some(s) = standbys
+                        .iter()
+                        .find(|s| shape.streaming.iter().any(|m| m == *s))
+                    {
+                        let s = (*s).to_owned();
+                        self.mark(format!("checker: {s} is recorded synchronous and streams"));
+                        return Ok(standbys.into_iter().map(str::to_owned).collect());
+                    } else {
+                        format!(
+                            "the recorded synchronous standby {} does not stream (probes: streaming \
+                             {:?}, other {:?})",
+                            standbys.join(","),
+                            shape.streaming,
+                            shape.other
+                        )
+                    }
+                }
+            };
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: format!("a recorded synchronous standby that streams: {missing}"),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
     /// Writes must never be unavailable longer than `max` after the fault (checked by [`Harness::finish`]).
     pub fn require_write_gap_at_most(&mut self, max: Duration) {
         self.max_write_gap = Some(max);

@@ -18,12 +18,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-mod runs;
-mod shape;
+pub mod runs;
+pub mod shape;
 #[cfg(test)]
 mod test_samples;
-mod timeline;
-mod writes;
+pub mod timeline;
+pub mod writes;
 
 pub use runs::{Overlap, WritableRun, member_of, overlaps, writable_events, writable_runs};
 pub use shape::{FRESH_US, Shape, converged_at, shape_at};
