@@ -227,7 +227,7 @@ pub async fn ready_endpoints(
 }
 
 /// What a cluster's Lease records.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LeaseRecord {
     /// `None` when the holder is empty (released).
     pub holder: Option<String>,

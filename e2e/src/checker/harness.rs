@@ -18,7 +18,7 @@ use super::{
     pg::PgError,
     probe::Sample,
     probes::{ProbeSet, ProbeTarget},
-    verdict::{self, Expectations, Micros, Recording, STABLE_US, Timeline, Verdict},
+    verdict::{self, Expectations, Micros, Recording, Requirement, STABLE_US, Timeline, Verdict},
     writer::{self, Pace, Target, Writer},
 };
 use crate::{
@@ -55,7 +55,7 @@ pub struct Harness {
     timeline: Mutex<Timeline>,
     fault_at: Option<Micros>,
     healed_at: Option<Micros>,
-    max_write_gap: Option<Duration>,
+    requirements: Vec<Requirement>,
     /// How long the first write through `-rw` took once the cluster had converged, before any fault.
     pub baseline_ack_wait: Duration,
 }
@@ -108,7 +108,7 @@ impl Harness {
             timeline: Mutex::new(Timeline::default()),
             fault_at: None,
             healed_at: None,
-            max_write_gap: None,
+            requirements: Vec::new(),
             baseline_ack_wait: Duration::ZERO,
         };
         let started = now_us();
@@ -187,9 +187,10 @@ impl Harness {
         }
     }
 
-    /// Writes must never be unavailable longer than `max` after the fault (checked by [`Harness::finish`]).
-    pub fn require_write_gap_at_most(&mut self, max: Duration) {
-        self.max_write_gap = Some(max);
+    /// Adds `r` to what the verdict checks (see [`Harness::finish`]).
+    pub fn require(&mut self, r: Requirement) {
+        self.mark(format!("checker: requires {r:?}"));
+        self.requirements.push(r);
     }
 
     /// Puts an event on the timeline, now.
@@ -386,12 +387,23 @@ impl Harness {
             }
         }
         let last_decisions = rest::last_decisions(&pods).await;
+        let final_lease = tokio::time::timeout(
+            Duration::from_secs(3),
+            cluster::lease(
+                &self.client,
+                &self.namespace,
+                &contract::lease_name(&self.cluster),
+            ),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
         let end_us = now_us();
         let members = self.members.clone();
         let Self {
             probes,
             timeline,
-            max_write_gap,
+            requirements,
             ..
         } = self;
         let (samples, probe_timeline) = probes.stop().await;
@@ -417,11 +429,10 @@ impl Harness {
             healed_at_us: healed_at,
             end_us,
             last_decisions,
+            final_lease,
+            requirements,
         };
-        let mut verdict = Verdict::new(&recording, expect);
-        if let Some(max) = max_write_gap {
-            verdict.require_write_gap_at_most(i64::try_from(max.as_micros()).unwrap_or(i64::MAX));
-        }
+        let verdict = Verdict::new(&recording, expect);
         println!("{}", verdict.table());
         write_verdict(&verdict, &recording.samples)?;
         Ok(verdict)

@@ -26,12 +26,13 @@ pub mod timeline;
 pub mod writes;
 
 pub use runs::{Overlap, WritableRun, member_of, overlaps, writable_events, writable_runs};
-pub use shape::{FRESH_US, Shape, converged_at, shape_at};
+pub use shape::{FRESH_US, Shape, converged_at, shape_at, takeover_after};
 pub use timeline::{Event, Timeline};
 pub use writes::{Ack, longest_write_gap, lost_writes};
 
 use super::probe::Sample;
 pub use crate::clock::Micros;
+use crate::cluster::LeaseRecord;
 
 /// Everything recorded in one scenario, as the verdict needs it.
 #[derive(Clone, Debug, Default)]
@@ -54,6 +55,27 @@ pub struct Recording {
     pub end_us: Micros,
     /// Each member's last HA decision (`GET /patroni` → `pgpilot.last_decision`), or why it is unknown.
     pub last_decisions: BTreeMap<String, String>,
+    /// The Lease once the cluster had converged after the heal, if it could be read.
+    pub final_lease: Option<LeaseRecord>,
+    /// What this scenario asserts beyond the expectations.
+    pub requirements: Vec<Requirement>,
+}
+
+/// Something a scenario asserts beyond its [`Expectations`]; a broken one is a failure of the verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Requirement {
+    /// Writes never unavailable for longer than this after the fault (failsafe mode promises a primary
+    /// that keeps serving while the apiserver is gone).
+    WriteGapAtMost(Micros),
+    /// This member is the final primary: the primary did not move again after the takeover (the old one
+    /// rejoined as a replica).
+    FinalPrimary(String),
+    /// The Lease at the end: held by `holder` after exactly `transitions` transitions (one takeover, no
+    /// more).
+    FinalLease { holder: String, transitions: i32 },
+    /// Another member accepted writes within this long of the fault (the Lease was released, not left to
+    /// expire: L4, L8).
+    TakeoverWithin(Micros),
 }
 
 /// What a scenario must show.
@@ -87,6 +109,10 @@ pub struct Verdict {
     pub writes_resumed_us: Option<Micros>,
     /// The longest span without an acknowledged write after the fault.
     pub longest_write_gap_us: Option<Micros>,
+    /// Fault → a member other than the one writable at the fault accepts writes (probes).
+    pub takeover_us: Option<Micros>,
+    pub final_lease: Option<LeaseRecord>,
+    pub requirements: Vec<Requirement>,
     pub timeline: Vec<Event>,
     pub last_decisions: BTreeMap<String, String>,
     /// Each broken expectation, in words; empty when the scenario passed.
@@ -116,6 +142,7 @@ impl Verdict {
             .map(|t| t - rec.fault_at_us);
         let longest_write_gap_us =
             longest_write_gap(&rec.acks, rec.fault_at_us, rec.end_us).map(|(_, g)| g);
+        let takeover_us = takeover_after(&rec.samples, &rec.members, rec.fault_at_us);
         let mut timeline = rec.timeline.events.clone();
         timeline.extend(writable_events(&rec.samples));
         timeline.sort_by_key(|e| e.at_us);
@@ -159,7 +186,7 @@ impl Verdict {
             .iter()
             .filter(|id| rec.final_ids.contains(id))
             .count();
-        Self {
+        let mut verdict = Self {
             scenario: rec.scenario.clone(),
             mode: rec.mode.clone(),
             expectations: expect,
@@ -172,25 +199,65 @@ impl Verdict {
             converge_us,
             writes_resumed_us,
             longest_write_gap_us,
+            takeover_us,
+            final_lease: rec.final_lease.clone(),
+            requirements: rec.requirements.clone(),
             timeline,
             last_decisions: rec.last_decisions.clone(),
             failures,
+        };
+        for r in &rec.requirements {
+            if let Some(failure) = verdict.broken(r) {
+                verdict.failures.push(failure);
+            }
         }
+        verdict
     }
 
-    /// Adds the expectation that writes were never unavailable for longer than `max_us` after the fault
-    /// (failsafe mode promises a primary that keeps serving while the apiserver is gone).
-    pub fn require_write_gap_at_most(&mut self, max_us: Micros) {
-        match self.longest_write_gap_us {
-            Some(gap) if gap > max_us => self.failures.push(format!(
-                "writes unavailable for {} ms, allowed {} ms",
-                gap / 1000,
-                max_us / 1000
-            )),
-            None => self
-                .failures
-                .push("no acknowledged write after the fault".into()),
-            Some(_) => {}
+    /// How `r` is broken, in words; `None` when it holds.
+    fn broken(&self, r: &Requirement) -> Option<String> {
+        let ms = |us: Micros| us / 1000;
+        match r {
+            Requirement::WriteGapAtMost(max) => match self.longest_write_gap_us {
+                Some(gap) if gap > *max => Some(format!(
+                    "writes unavailable for {} ms, allowed {} ms",
+                    ms(gap),
+                    ms(*max)
+                )),
+                None => Some("no acknowledged write after the fault".into()),
+                Some(_) => None,
+            },
+            Requirement::FinalPrimary(want) => {
+                (self.final_primary.as_ref() != Some(want)).then(|| {
+                    format!(
+                        "the final primary is {}, not {want}: the primary moved again",
+                        self.final_primary.as_deref().unwrap_or("nobody")
+                    )
+                })
+            }
+            Requirement::FinalLease {
+                holder,
+                transitions,
+            } => match &self.final_lease {
+                None => Some("the Lease could not be read at the end".into()),
+                Some(l) if l.holder.as_ref() != Some(holder) || l.transitions != *transitions => {
+                    Some(format!(
+                        "the Lease ends held by {} after {} transitions, expected {holder} after {transitions}",
+                        l.holder.as_deref().unwrap_or("nobody"),
+                        l.transitions
+                    ))
+                }
+                Some(_) => None,
+            },
+            Requirement::TakeoverWithin(max) => match self.takeover_us {
+                Some(t) if t > *max => Some(format!(
+                    "another member accepted writes {} ms after the fault, allowed {} ms",
+                    ms(t),
+                    ms(*max)
+                )),
+                None => Some("no other member accepted writes after the fault".into()),
+                Some(_) => None,
+            },
         }
     }
 
@@ -244,7 +311,21 @@ impl Verdict {
                 ),
             ),
             ("fault -> writes resumed", ms(self.writes_resumed_us)),
+            ("fault -> another member writable", ms(self.takeover_us)),
             ("longest write gap", ms(self.longest_write_gap_us)),
+            (
+                "final Lease",
+                self.final_lease.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |l| {
+                        format!(
+                            "holder {}, transitions {}",
+                            l.holder.as_deref().unwrap_or("-"),
+                            l.transitions
+                        )
+                    },
+                ),
+            ),
         ];
         let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
         let mut out = String::new();
@@ -327,6 +408,12 @@ mod tests {
             healed_at_us: 900_000,
             end_us: 6_000_000,
             last_decisions: BTreeMap::new(),
+            final_lease: Some(LeaseRecord {
+                holder: Some("pg-1".into()),
+                transitions: 2,
+                sync_members: vec![],
+            }),
+            requirements: vec![],
         }
     }
 
@@ -404,8 +491,12 @@ mod tests {
             slow.failures
         );
 
-        let mut gap = Verdict::new(&recording(), expect);
-        gap.require_write_gap_at_most(50_000);
+        let with = |r: Requirement| {
+            let mut rec = recording();
+            rec.requirements = vec![r];
+            Verdict::new(&rec, expect)
+        };
+        let gap = with(Requirement::WriteGapAtMost(50_000));
         assert!(
             gap.failures
                 .iter()
@@ -413,8 +504,7 @@ mod tests {
             "{:?}",
             gap.failures
         );
-        let mut ok = Verdict::new(&recording(), expect);
-        ok.require_write_gap_at_most(1_000_000);
+        let ok = with(Requirement::WriteGapAtMost(1_000_000));
         assert!(ok.passed(), "{:?}", ok.failures);
 
         let mut never = recording();
@@ -437,6 +527,40 @@ mod tests {
                 .failures
                 .iter()
                 .any(|f| f.contains("never converged"))
+        );
+    }
+
+    #[test]
+    fn each_requirement_is_checked_against_what_was_recorded() {
+        let expect = Expectations {
+            max_lost: Some(0),
+            converge_within_us: 10_000_000,
+        };
+        let check = |r: Requirement| {
+            let mut rec = recording();
+            rec.requirements = vec![r];
+            Verdict::new(&rec, expect).failures
+        };
+        assert!(check(Requirement::FinalPrimary("pg-1".into())).is_empty());
+        let moved = check(Requirement::FinalPrimary("pg-0".into()));
+        assert!(moved[0].contains("moved again"), "{moved:?}");
+        let lease = |holder: &str, transitions| Requirement::FinalLease {
+            holder: holder.into(),
+            transitions,
+        };
+        assert!(check(lease("pg-1", 2)).is_empty());
+        assert_eq!(check(lease("pg-1", 3)).len(), 1, "one takeover too few");
+        assert_eq!(check(lease("pg-0", 2)).len(), 1);
+        // pg-1 first wrote at 1201 ms, 301 ms after the fault at 900 ms.
+        let v = Verdict::new(&recording(), expect);
+        assert_eq!(v.takeover_us, Some(301_000));
+        assert!(check(Requirement::TakeoverWithin(400_000)).is_empty());
+        let slow = check(Requirement::TakeoverWithin(300_000));
+        assert!(slow[0].contains("301 ms after the fault"), "{slow:?}");
+        assert!(
+            v.table().contains("holder pg-1, transitions 2"),
+            "{}",
+            v.table()
         );
     }
 }

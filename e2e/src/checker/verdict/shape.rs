@@ -94,6 +94,22 @@ pub fn converged_at(
     None
 }
 
+/// How long after `fault_us` a member other than the one writable at the fault first accepted a write
+/// (the takeover). `None` when not exactly one member was writable at the fault, or nobody else wrote.
+pub fn takeover_after(samples: &[Sample], members: &[String], fault_us: Micros) -> Option<Micros> {
+    let shape = shape_at(samples, members, fault_us);
+    let [old] = shape.writable.as_slice() else {
+        return None;
+    };
+    samples
+        .iter()
+        .filter(|s| member_of(&s.stream) != old)
+        .filter_map(Sample::writable_at)
+        .filter(|&t| t >= fault_us)
+        .min()
+        .map(|t| t - fault_us)
+}
+
 #[cfg(test)]
 mod tests {
     use super::{super::test_samples::*, *};
@@ -153,5 +169,20 @@ mod tests {
         );
         assert_eq!(shape.writable.len(), 2);
         assert!(!shape.is_converged());
+    }
+
+    #[test]
+    fn the_takeover_is_the_first_write_by_another_member_after_the_fault() {
+        let m = members(3);
+        let mut samples = every("pg-0@a", 0, 1000, "w");
+        samples.extend(every("pg-1@b", 0, 1500, "r"));
+        samples.extend(every("pg-1@b", 1500, 3000, "w"));
+        samples.extend(every("pg-2@c", 0, 3000, "r"));
+        // pg-1's first write after the fault at 900 ms ran at 1501 ms.
+        assert_eq!(takeover_after(&samples, &m, 900_000), Some(601_000));
+        // At 2 s pg-1 is the writable one; nobody else writes after.
+        assert_eq!(takeover_after(&samples, &m, 2_000_000), None);
+        // Nobody writable at the fault: no takeover to measure.
+        assert_eq!(takeover_after(&[], &m, 0), None);
     }
 }
