@@ -352,12 +352,21 @@ impl Harness {
         if let Err(e) = &waited {
             self.mark(format!("checker: {e}"));
         }
-        // Writes keep going a little after convergence, so the final primary's acknowledgements count too.
+        // Writes keep going a little after convergence, so the final primary's acknowledgements count too;
+        // while `-rw` reaches no primary the writer goes on until the bound, so the verdict measures when
+        // writes through it resumed (issue 13) rather than a writer stopped too early.
         if waited.is_ok() {
-            let _ = self
-                .wait_for_ack_since(now_us(), Duration::from_secs(10))
+            let left = Duration::from_micros(
+                u64::try_from(healed_at + micros(bound) - now_us()).unwrap_or(0),
+            );
+            let acked = self
+                .wait_for_ack_since(now_us(), left.max(Duration::from_secs(10)))
                 .await;
+            if let Err(e) = acked {
+                self.mark(format!("checker: converged, but {e}"));
+            }
         }
+        let writes_until_us = now_us();
         let log = match self.writer.take() {
             Some(w) => w.stop().await,
             None => writer::Log::default(),
@@ -427,6 +436,7 @@ impl Harness {
             timeline,
             fault_at_us: fault_at,
             healed_at_us: healed_at,
+            writes_until_us,
             end_us,
             last_decisions,
             final_lease,
@@ -455,4 +465,8 @@ pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, Harness
     let samples_path = dir.join(format!("{}-{}.samples.jsonl", v.scenario, v.mode));
     std::fs::write(&samples_path, lines).map_err(|e| HarnessError::Write(samples_path, e))?;
     Ok(path)
+}
+
+fn micros(d: Duration) -> Micros {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }

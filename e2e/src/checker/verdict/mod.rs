@@ -28,7 +28,9 @@ pub mod writes;
 pub use runs::{Overlap, WritableRun, member_of, overlaps, writable_events, writable_runs};
 pub use shape::{FRESH_US, Shape, converged_at, shape_at, takeover_after};
 pub use timeline::{Event, Timeline};
-pub use writes::{Ack, longest_write_gap, lost_writes};
+pub use writes::{
+    Ack, Unreachable, longest_write_gap, lost_writes, resumed_after, unreachable_primary,
+};
 
 use super::probe::Sample;
 pub use crate::clock::Micros;
@@ -52,6 +54,8 @@ pub struct Recording {
     /// When the first fault was injected, and when the last one was healed.
     pub fault_at_us: Micros,
     pub healed_at_us: Micros,
+    /// When the writer was stopped (its silence after that means nothing).
+    pub writes_until_us: Micros,
     pub end_us: Micros,
     /// Each member's last HA decision (`GET /patroni` → `pgpilot.last_decision`), or why it is unknown.
     pub last_decisions: BTreeMap<String, String>,
@@ -84,8 +88,12 @@ pub struct Expectations {
     /// Acknowledged writes that may be lost: `Some(0)` in synchronous mode; `None` only reports the loss
     /// (asynchronous mode, bounded by `maximumLagOnFailover`).
     pub max_lost: Option<u64>,
-    /// Convergence must come within this long of the heal.
+    /// Convergence, and writes through `-rw` again, must come within this long of the heal.
     pub converge_within_us: Micros,
+    /// After the heal, a member may accept writes for at most this long while no write through `-rw` is
+    /// acknowledged (the role label, the EndpointSlice, kube-proxy and the client's reconnect; issue 13
+    /// saw a primary serve for 27 s with no `-rw` endpoint).
+    pub rw_unreachable_within_us: Micros,
 }
 
 /// The verdict of a scenario.
@@ -111,6 +119,10 @@ pub struct Verdict {
     pub longest_write_gap_us: Option<Micros>,
     /// Fault → a member other than the one writable at the fault accepts writes (probes).
     pub takeover_us: Option<Micros>,
+    /// Heal → the first acknowledged write through `-rw` at or after it (0 when writes never stopped).
+    pub rw_resumed_us: Option<Micros>,
+    /// After the heal, the longest span in which one member accepted writes and `-rw` acknowledged none.
+    pub rw_unreachable: Option<Unreachable>,
     pub final_lease: Option<LeaseRecord>,
     pub requirements: Vec<Requirement>,
     pub timeline: Vec<Event>,
@@ -142,7 +154,15 @@ impl Verdict {
             .map(|t| t - rec.fault_at_us);
         let longest_write_gap_us =
             longest_write_gap(&rec.acks, rec.fault_at_us, rec.end_us).map(|(_, g)| g);
-        let takeover_us = takeover_after(&rec.samples, &rec.members, rec.fault_at_us);
+        let takeover_us = takeover_after(&rec.samples, rec.fault_at_us);
+        let rw_resumed_us = resumed_after(&rec.acks, rec.healed_at_us);
+        let rw_unreachable = unreachable_primary(
+            &rec.samples,
+            &rec.members,
+            &rec.acks,
+            rec.healed_at_us,
+            rec.writes_until_us,
+        );
         let mut timeline = rec.timeline.events.clone();
         timeline.extend(writable_events(&rec.samples));
         timeline.sort_by_key(|e| e.at_us);
@@ -175,6 +195,27 @@ impl Verdict {
             )),
             Some(_) => {}
         }
+        match rw_resumed_us {
+            None => failures.push("writes through -rw never resumed after the heal".into()),
+            Some(t) if t > expect.converge_within_us => failures.push(format!(
+                "writes through -rw resumed {} ms after the heal, bound {} ms",
+                t / 1000,
+                expect.converge_within_us / 1000
+            )),
+            Some(_) => {}
+        }
+        if let Some(u) = &rw_unreachable
+            && u.to_us - u.from_us > expect.rw_unreachable_within_us
+        {
+            failures.push(format!(
+                "{} accepted writes for {} ms (from {} ms after the heal) while no write through -rw \
+                 was acknowledged, allowed {} ms",
+                u.member,
+                (u.to_us - u.from_us) / 1000,
+                (u.from_us - rec.healed_at_us) / 1000,
+                expect.rw_unreachable_within_us / 1000
+            ));
+        }
         if rec.final_primary.is_none() {
             failures.push("no final primary to check acknowledged writes against".into());
         }
@@ -200,6 +241,8 @@ impl Verdict {
             writes_resumed_us,
             longest_write_gap_us,
             takeover_us,
+            rw_resumed_us,
+            rw_unreachable,
             final_lease: rec.final_lease.clone(),
             requirements: rec.requirements.clone(),
             timeline,
@@ -312,6 +355,22 @@ impl Verdict {
             ),
             ("fault -> writes resumed", ms(self.writes_resumed_us)),
             ("fault -> another member writable", ms(self.takeover_us)),
+            (
+                "heal -> writes via -rw resumed",
+                format!(
+                    "{} (bound {})",
+                    ms(self.rw_resumed_us),
+                    ms(Some(self.expectations.converge_within_us))
+                ),
+            ),
+            (
+                "primary serving, -rw not (after heal)",
+                format!(
+                    "{} (bound {})",
+                    ms(self.rw_unreachable.as_ref().map(|u| u.to_us - u.from_us)),
+                    ms(Some(self.expectations.rw_unreachable_within_us))
+                ),
+            ),
             ("longest write gap", ms(self.longest_write_gap_us)),
             (
                 "final Lease",
@@ -406,6 +465,7 @@ mod tests {
             timeline,
             fault_at_us: 900_000,
             healed_at_us: 900_000,
+            writes_until_us: 5_000_000,
             end_us: 6_000_000,
             last_decisions: BTreeMap::new(),
             final_lease: Some(LeaseRecord {
@@ -424,9 +484,11 @@ mod tests {
             Expectations {
                 max_lost: Some(0),
                 converge_within_us: 10_000_000,
+                rw_unreachable_within_us: 1_000_000,
             },
         );
         assert!(v.passed(), "{}", v.table());
+        assert_eq!(v.rw_resumed_us, Some(0), "writes never stopped");
         assert_eq!(
             v.converge_us.map(|t| t / 100_000),
             Some(3),
@@ -444,6 +506,7 @@ mod tests {
         let expect = Expectations {
             max_lost: Some(0),
             converge_within_us: 10_000_000,
+            rw_unreachable_within_us: 1_000_000,
         };
 
         let mut lost = recording();
@@ -507,6 +570,51 @@ mod tests {
         let ok = with(Requirement::WriteGapAtMost(1_000_000));
         assert!(ok.passed(), "{:?}", ok.failures);
 
+        // -rw acknowledges nothing from 1 s to 5 s while pg-1 accepts writes from 1.2 s on.
+        let mut dark = recording();
+        dark.acks
+            .retain(|a| a.at_us < 1_000_000 || a.at_us >= 4_000_000);
+        let v = Verdict::new(&dark, expect);
+        assert_eq!(v.rw_resumed_us, Some(0), "an ack at 0.9 s, the heal");
+        let u = v.rw_unreachable.clone().expect("a span");
+        assert_eq!(u.member, "pg-1");
+        assert!(
+            v.failures
+                .iter()
+                .any(|f| f.starts_with("pg-1 accepted writes for 27")
+                    || f.starts_with("pg-1 accepted writes for 2")),
+            "{:?}",
+            v.failures
+        );
+        dark.acks.retain(|a| a.at_us < 900_000);
+        let v = Verdict::new(&dark, expect);
+        assert!(
+            v.failures
+                .iter()
+                .any(|f| f == "writes through -rw never resumed after the heal"),
+            "{:?}",
+            v.failures
+        );
+        let mut late = recording();
+        late.acks
+            .retain(|a| a.at_us < 900_000 || a.at_us >= 3_000_000);
+        let v = Verdict::new(
+            &late,
+            Expectations {
+                converge_within_us: 2_000_000,
+                rw_unreachable_within_us: 10_000_000,
+                ..expect
+            },
+        );
+        assert_eq!(v.rw_resumed_us, Some(2_100_000));
+        assert!(
+            v.failures
+                .iter()
+                .any(|f| f.starts_with("writes through -rw resumed 2100 ms after the heal")),
+            "{:?}",
+            v.failures
+        );
+
         let mut never = recording();
         never.samples.retain(|s| s.stream != "pg-1@b");
         never.final_primary = None;
@@ -535,6 +643,7 @@ mod tests {
         let expect = Expectations {
             max_lost: Some(0),
             converge_within_us: 10_000_000,
+            rw_unreachable_within_us: 1_000_000,
         };
         let check = |r: Requirement| {
             let mut rec = recording();

@@ -94,13 +94,15 @@ pub fn converged_at(
     None
 }
 
-/// How long after `fault_us` a member other than the one writable at the fault first accepted a write
-/// (the takeover). `None` when not exactly one member was writable at the fault, or nobody else wrote.
-pub fn takeover_after(samples: &[Sample], members: &[String], fault_us: Micros) -> Option<Micros> {
-    let shape = shape_at(samples, members, fault_us);
-    let [old] = shape.writable.as_slice() else {
-        return None;
-    };
+/// How long after `fault_us` a member other than the last one to accept a write before it first accepted
+/// a write (the takeover). `None` when nobody wrote before the fault, or nobody else after it.
+pub fn takeover_after(samples: &[Sample], fault_us: Micros) -> Option<Micros> {
+    let old = samples
+        .iter()
+        .filter_map(|s| Some((s.writable_at()?, member_of(&s.stream))))
+        .filter(|(t, _)| *t <= fault_us)
+        .max_by_key(|(t, _)| *t)?
+        .1;
     samples
         .iter()
         .filter(|s| member_of(&s.stream) != old)
@@ -173,16 +175,16 @@ mod tests {
 
     #[test]
     fn the_takeover_is_the_first_write_by_another_member_after_the_fault() {
-        let m = members(3);
         let mut samples = every("pg-0@a", 0, 1000, "w");
+        samples.extend(every("pg-0@a", 1000, 3000, "down"));
         samples.extend(every("pg-1@b", 0, 1500, "r"));
         samples.extend(every("pg-1@b", 1500, 3000, "w"));
         samples.extend(every("pg-2@c", 0, 3000, "r"));
-        // pg-1's first write after the fault at 900 ms ran at 1501 ms.
-        assert_eq!(takeover_after(&samples, &m, 900_000), Some(601_000));
-        // At 2 s pg-1 is the writable one; nobody else writes after.
-        assert_eq!(takeover_after(&samples, &m, 2_000_000), None);
-        // Nobody writable at the fault: no takeover to measure.
-        assert_eq!(takeover_after(&[], &m, 0), None);
+        // pg-0 last wrote at 901 ms; pg-1's first write after the fault at 950 ms ran at 1501 ms.
+        assert_eq!(takeover_after(&samples, 950_000), Some(551_000));
+        // At 2 s pg-1 is the last writer; nobody else writes after.
+        assert_eq!(takeover_after(&samples, 2_000_000), None);
+        // Nobody wrote before: no takeover to measure.
+        assert_eq!(takeover_after(&samples[10..], 0), None);
     }
 }
