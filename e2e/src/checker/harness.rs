@@ -1,7 +1,9 @@
-//! One scenario's run: probes and writer started against a ready cluster, faults injected through the
-//! fault hooks (`e2e/fault <verb> <target>`) and put on the timeline, then — after the heal — convergence
-//! awaited, the final primary's ids read, and the [`Verdict`] computed, printed and written as JSON under
-//! `target/e2e/verdicts/`.
+//! One scenario's run: probes and writer started against a ready cluster (in a synchronous mode, also a
+//! recorded synchronous standby that streams: [`Harness::wait_sync_standby`]), faults injected through the
+//! fault hooks ([`crate::fault`]) and put on the timeline, what the scenario requires beyond its
+//! expectations noted ([`Requirement`]), then — after the heal — convergence and writes through `-rw`
+//! awaited, the final primary's ids and the Lease read, and the [`Verdict`] computed, printed and written
+//! as JSON under `target/e2e/verdicts/`.
 
 use std::{
     path::PathBuf,
