@@ -3,9 +3,22 @@
 //! Tests talk to the real apiserver through kube-rs and, where a user would, through the real `kubectl` and
 //! `helm` from `target/e2e/bin`. Each test owns a [`TestNamespace`]: created with a unique name, deleted
 //! with everything in it (and the Helm release installed into it) when the test ends, passed or failed.
+//!
+//! - [`cluster`]: the one reader of a cluster from Kubernetes (pods, Secrets, Services, the Lease);
+//!   [`rest`]: the members' REST API; [`host`]: what this machine shows of the pods (network namespaces,
+//!   processes, RSS); [`audit`]: the apiserver's audit log; [`fault`]: the fault hooks.
+//! - [`deploy`]: the `PostgresCluster` under test, through the chart's operator.
+//! - [`checker`]: the fault-matrix checker (writer, probes, verdict, harness); [`bench`]: `make bench`.
 
+pub mod audit;
+pub mod bench;
 pub mod checker;
-pub mod ha;
+pub mod clock;
+pub mod cluster;
+pub mod deploy;
+pub mod fault;
+pub mod host;
+pub mod rest;
 
 use std::{
     future::Future,

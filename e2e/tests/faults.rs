@@ -1,7 +1,14 @@
 //! The fault matrix: every scenario in its own namespace, a 3-member cluster spread over the 3 nodes, the
 //! writer and the split-brain probes running, one fault injected and healed, then the verdict: no span
 //! with two writable members, convergence within a bound derived from the Lease timings, and — in
-//! synchronous mode — no acknowledged write lost (asynchronous mode reports its loss).
+//! synchronous mode — no acknowledged write lost (asynchronous mode reports its loss). In a synchronous
+//! mode no fault is injected before the Lease records a synchronous standby that streams. Some rows assert
+//! more: a killed or frozen primary's successor stays primary (the old one rejoins as a replica; a
+//! frozen one was fenced, and its successor held the Lease), a killed primary's successor was a recorded
+//! synchronous standby, a deleted primary pod's Lease was released (one takeover, within 10 s), and a
+//! switchover or a pod deletion loses no acknowledged write in asynchronous mode either. After the heal,
+//! writes through `-rw` must resume within the convergence bound, and no member may accept writes for
+//! longer than `renewDeadline` while `-rw` acknowledges none.
 //!
 //! The scenarios need the local cluster (`make cluster images`) and are slow (1–3 minutes each on
 //! 2 cores): `make faults` runs all of them, `make faults FAULTS="kill_primary cut_replica_async"` the
@@ -20,17 +27,21 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
+use pgpilot_crds::contract;
 use pgpilot_e2e::{
     TestNamespace,
     checker::{
-        harness::Harness,
-        probe::{Sample, now_us},
-        verdict::{self, Expectations},
+        harness::{Harness, HarnessError},
+        probe::Sample,
+        verdict::{self, Expectations, Micros, Requirement},
         writer::{self, Pace, Target, Writer},
     },
     client,
+    clock::now_us,
+    cluster,
+    deploy::{self, Manifest},
+    fault, rest,
 };
-use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
@@ -366,7 +377,7 @@ async fn checker_sees_replicas_split_brain_and_lost_writes_on_real_postgres() ->
     );
     assert!(matches!(
         writer::final_ids(&a.target(), log.first_id, "10.244.9.9").await,
-        Err(writer::WriterError::WrongServer { .. })
+        Err(pgpilot_e2e::checker::pg::PgError::WrongServer { .. })
     ));
     drop((pa, pb));
     Ok(())
@@ -489,6 +500,8 @@ const RETRY: u64 = 2;
 struct Ctx {
     ns: TestNamespace,
     mode: Mode,
+    /// In synchronous mode: the standbys the Lease recorded as synchronous before the fault.
+    sync_standbys: Vec<String>,
 }
 
 impl Ctx {
@@ -500,25 +513,14 @@ impl Ctx {
 const CLUSTER: &str = "pg";
 
 /// The cluster under test: 3 members, one per node (required anti-affinity, so every node-level fault
-/// hits exactly one member), the given mode and the default timings.
-fn cluster_yaml(mode: Mode, instances: usize, spread_required: bool, failsafe: bool) -> String {
-    let affinity = if spread_required {
-        format!(
-            "\n    affinity:\n      podAntiAffinity:\n        requiredDuringSchedulingIgnoredDuringExecution:\n          \
-             - topologyKey: kubernetes.io/hostname\n            labelSelector:\n              matchLabels:\n                \
-             pgpilot.io/cluster: {CLUSTER}"
-        )
-    } else {
-        " {}".into()
-    };
-    format!(
-        "apiVersion: pgpilot.io/v1alpha1\nkind: PostgresCluster\nmetadata:\n  name: {CLUSTER}\nspec:\n  instances: {instances}\n  \
-         image: postgres:15\n  storage:\n    size: 1Gi\n  postgresql:\n    parameters:\n      \
-         max_connections: \"50\"\n      shared_buffers: 16MB\n  bootstrap:\n    database: app\n    owner: app\n  replication:\n    mode: {}\n    syncReplicas: 1\n    \
-         maximumLagOnFailover: 1Mi\n  ha:\n    leaseDurationSeconds: {LEASE}\n    renewDeadlineSeconds: {RENEW}\n    \
-         retryPeriodSeconds: {RETRY}\n    failsafe: {failsafe}\n  pod:{affinity}\n",
-        mode.name()
-    )
+/// hits exactly one member) unless `spread_required` is off, the given mode and the default timings.
+fn manifest(mode: Mode, setup: Setup) -> Manifest {
+    Manifest {
+        timings: (LEASE as u32, RENEW as u32, RETRY as u32),
+        failsafe: setup.failsafe,
+        spread_required: setup.spread_required,
+        ..Manifest::new(CLUSTER, 3, mode.name())
+    }
 }
 
 /// How a scenario's cluster is set up.
@@ -530,12 +532,25 @@ struct Setup {
     converge_within: Duration,
     /// Writes never unavailable for longer than this (failsafe).
     max_write_gap: Option<Duration>,
+    /// After the heal, a member may accept writes this long while `-rw` acknowledges none.
+    rw_unreachable_within: Duration,
+    /// No acknowledged write may be lost in asynchronous mode either (a planned switchover, a pod deleted
+    /// gracefully: the primary stops before anyone takes over).
+    lossless: bool,
 }
 
 /// Long enough for a failover (`leaseDuration` at worst, L2), then for the old primary to come back as a
 /// replica: restart, `pg_rewind` or a fresh clone, and streaming.
 fn default_bound() -> Duration {
     Duration::from_secs(2 * LEASE + 30)
+}
+
+/// How long a primary may serve before `-rw` reaches it: its sidecar relabels the pod within a loop
+/// (`retryPeriod`), the EndpointSlice follows at once and kube-proxy within about a second, the writer
+/// reconnects within its 3 s bound; `renewDeadline` leaves room for a loaded 2-core machine and still
+/// catches a role label that missed its patch (issue 13: 27 s).
+fn route_bound() -> Duration {
+    Duration::from_secs(RENEW)
 }
 
 impl Default for Setup {
@@ -545,8 +560,14 @@ impl Default for Setup {
             failsafe: false,
             converge_within: default_bound(),
             max_write_gap: None,
+            rw_unreachable_within: route_bound(),
+            lossless: false,
         }
     }
+}
+
+fn micros(d: Duration) -> Micros {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
 /// Runs one scenario end to end and asserts its verdict.
@@ -557,21 +578,32 @@ where
     let kube = client().await?;
     let short: String = id.chars().take(16).collect();
     let mut ns = TestNamespace::create(&format!("f-{short}-{}", mode.name()))?;
-    ns.install_operator(&[])?;
-    let yaml = cluster_yaml(mode, 3, setup.spread_required, setup.failsafe);
-    ns.kubectl_output(&["apply", "-f", "-"], Some(&yaml))?
-        .ok()
-        .context("applying the cluster")?;
-    let ctx = Ctx { ns, mode };
+    // A cluster that never gets Ready fails with its description (`deploy`); one whose writes never start,
+    // with it printed here.
+    deploy::deploy(&mut ns, &manifest(mode, setup), Duration::from_secs(240)).await?;
     let started = async {
-        wait_members_ready(&ctx.ns, 3, Duration::from_secs(240)).await?;
-        Ok::<_, anyhow::Error>(Harness::start(kube, &ctx.ns.name, CLUSTER, 3, probe_bin()).await?)
+        let h = Harness::start(kube, &ns.name, CLUSTER, 3, probe_bin()).await?;
+        // In a synchronous mode a fault tests what happens to a recorded synchronous standby: it must exist
+        // before the fault (issue 13: a cut before it was recorded left no member eligible).
+        let sync_standbys = match mode {
+            Mode::Sync => h.wait_sync_standby(Duration::from_secs(60)).await?,
+            Mode::Async => Vec::new(),
+        };
+        Ok::<_, HarnessError>((h, sync_standbys))
     };
-    let mut h = match started.await {
-        Ok(h) => h,
+    let started = started.await;
+    let (mut h, ctx) = match started {
+        Ok((h, sync_standbys)) => (
+            h,
+            Ctx {
+                ns,
+                mode,
+                sync_standbys,
+            },
+        ),
         Err(e) => {
-            print_setup_state(&ctx.ns);
-            return Err(e);
+            eprintln!("{}", cluster::describe(&ns, CLUSTER, 3));
+            return Err(e.into());
         }
     };
     if h.baseline_ack_wait > Duration::from_secs(10) {
@@ -580,19 +612,20 @@ where
             mode.name(),
             h.baseline_ack_wait.as_secs_f64()
         );
-        print_setup_state(&ctx.ns);
+        eprintln!("{}", cluster::describe(&ctx.ns, CLUSTER, 3));
     }
     if let Some(max) = setup.max_write_gap {
-        h.require_write_gap_at_most(max);
+        h.require(Requirement::WriteGapAtMost(micros(max)));
     }
     let outcome = body(&mut h, &ctx).await;
     if let Err(e) = &outcome {
         h.mark(format!("scenario body failed: {e:#}"));
     }
-    undo_faults(&ctx).await;
+    fault::undo_all(&ctx.ns.name, CLUSTER, 5).await;
     let expect = Expectations {
-        max_lost: (mode == Mode::Sync).then_some(0),
-        converge_within_us: i64::try_from(setup.converge_within.as_micros()).unwrap_or(i64::MAX),
+        max_lost: (mode == Mode::Sync || setup.lossless).then_some(0),
+        converge_within_us: micros(setup.converge_within),
+        rw_unreachable_within_us: micros(setup.rw_unreachable_within),
     };
     let verdict = h
         .finish(id, mode.name(), expect, Duration::from_secs(15))
@@ -602,72 +635,6 @@ where
         bail!("{id} ({}) failed:\n{}", mode.name(), verdict.table());
     }
     Ok(())
-}
-
-/// What the cluster looked like when its set-up failed, before any fault: the pods (readiness, node), the
-/// `-rw` Service's endpoints and each member's last log lines (the namespace goes with the test).
-fn print_setup_state(ns: &TestNamespace) {
-    let show = |args: &[&str]| {
-        let out = ns.kubectl_output(args, None).map_or_else(
-            |e| format!("{e:#}"),
-            |o| format!("{}{}", o.stdout, o.stderr),
-        );
-        eprintln!("--- kubectl {}\n{out}", args.join(" "));
-    };
-    show(&["get", "pods", "-o", "wide"]);
-    let rw = format!("kubernetes.io/service-name={CLUSTER}-rw");
-    show(&["get", "endpointslices", "-l", &rw, "-o", "yaml"]);
-    for i in 0..3 {
-        show(&[
-            "logs",
-            &format!("{CLUSTER}-{i}"),
-            "-c",
-            "postgres",
-            "--tail",
-            "60",
-        ]);
-    }
-}
-
-/// Whatever fault hooks a scenario may have left (on failure): heal nodes, start stopped nodes, start
-/// the apiserver. Each is a no-op when there is nothing to undo.
-async fn undo_faults(ctx: &Ctx) {
-    let hook = pgpilot_e2e::checker::harness::fault_hook();
-    for node in ["node-0", "node-1", "node-2"] {
-        let _ = Command::new(&hook).args(["heal", node]).output();
-        let frozen = std::fs::read_to_string(format!(
-            "/sys/fs/cgroup/freezer/pgpilot/{node}/freezer.state"
-        ))
-        .is_ok_and(|s| s.trim() == "FROZEN");
-        if frozen {
-            let _ = Command::new(&hook).args(["start", node]).output();
-        }
-    }
-    if pgpilot_e2e::kubectl(&["get", "--raw", "/readyz"]).is_err() {
-        let _ = Command::new(&hook).arg("apiserver-start").output();
-    }
-    for i in 0..5 {
-        let pod = ctx.target(&format!("{CLUSTER}-{i}"));
-        let _ = Command::new(&hook).args(["thaw", &pod]).output();
-        let _ = Command::new(&hook).args(["heal", &pod]).output();
-    }
-}
-
-/// Waits until `n` member pods are Ready.
-async fn wait_members_ready(ns: &TestNamespace, n: usize, timeout: Duration) -> Result<()> {
-    let selector = format!("pgpilot.io/cluster={CLUSTER}");
-    pgpilot_e2e::wait_for(&format!("{n} Ready members"), timeout, Duration::from_secs(2), || async {
-        let out = ns.kubectl(&[
-            "get",
-            "pods",
-            "-l",
-            &selector,
-            "-o",
-            "jsonpath={range .items[*]}{.status.conditions[?(@.type==\"Ready\")].status}{\"\\n\"}{end}",
-        ])?;
-        Ok((out.lines().filter(|l| *l == "True").count() == n).then_some(()))
-    })
-    .await
 }
 
 /// The member the probes see writable.
@@ -700,6 +667,11 @@ async fn node_of(h: &Harness, member: &str) -> Result<String> {
         .context("member has no node")
 }
 
+/// The cluster's Lease now.
+async fn lease(h: &Harness) -> Result<cluster::LeaseRecord> {
+    Ok(cluster::lease(&h.client, &h.namespace, &contract::lease_name(CLUSTER)).await?)
+}
+
 async fn sleep_secs(s: u64) {
     tokio::time::sleep(Duration::from_secs(s)).await;
 }
@@ -710,9 +682,16 @@ async fn kill_primary(h: &mut Harness, c: &Ctx) -> Result<()> {
     let p = primary(h).await?;
     h.fault("kill", &c.target(&format!("{p}/postgres"))).await?;
     h.healed();
-    wait_new_primary(h, &p, Duration::from_secs(LEASE + 15))
-        .await
-        .map(drop)
+    let new = wait_new_primary(h, &p, Duration::from_secs(LEASE + 15)).await?;
+    // Only a member recorded as synchronous may take over in a synchronous mode (L3).
+    ensure!(
+        c.mode == Mode::Async || c.sync_standbys.contains(&new),
+        "{new} took over but was not a recorded synchronous standby ({:?})",
+        c.sync_standbys
+    );
+    // The killed primary comes back as a streaming replica of the new one (convergence), which stays.
+    h.require(Requirement::FinalPrimary(new));
+    Ok(())
 }
 
 async fn kill_replica(h: &mut Harness, c: &Ctx) -> Result<()> {
@@ -725,10 +704,19 @@ async fn kill_replica(h: &mut Harness, c: &Ctx) -> Result<()> {
 async fn freeze_primary(h: &mut Harness, c: &Ctx) -> Result<()> {
     let p = primary(h).await?;
     h.fault("freeze", &c.target(&p)).await?;
-    wait_new_primary(h, &p, Duration::from_secs(LEASE + 15)).await?;
+    // Frozen past leaseDuration: a replica takes over (L2) and holds the Lease; the frozen one cannot renew.
+    let new = wait_new_primary(h, &p, Duration::from_secs(LEASE + 15)).await?;
+    let holder = lease(h).await?.holder;
+    ensure!(
+        holder.as_deref() == Some(new.as_str()),
+        "{new} accepts writes while the Lease names {holder:?}"
+    );
     sleep_secs(5).await;
     h.fault("thaw", &c.target(&p)).await?;
     h.healed();
+    // The thawed primary was fenced (L5) before it could serve (no split brain), rejoins as a replica, and
+    // the primary does not move again.
+    h.require(Requirement::FinalPrimary(new));
     Ok(())
 }
 
@@ -781,15 +769,23 @@ async fn apiserver_stop(h: &mut Harness, _c: &Ctx) -> Result<()> {
     Ok(())
 }
 
+/// SIGTERM (pod deletion): the sidecar stops PostgreSQL fast and releases the Lease (L4), which a replica
+/// claims at once (L2) instead of waiting for it to expire — one takeover, well within `leaseDuration`.
 async fn delete_primary_pod(h: &mut Harness, c: &Ctx) -> Result<()> {
     let p = primary(h).await?;
+    let epoch = lease(h).await?.transitions;
     let at = now_us();
     c.ns.kubectl(&["delete", "pod", &p, "--wait=false"])?;
     h.fault_marked(at, format!("kubectl delete pod {p}"));
     h.healed();
-    wait_new_primary(h, &p, Duration::from_secs(LEASE + 15))
-        .await
-        .map(drop)
+    let new = wait_new_primary(h, &p, Duration::from_secs(LEASE + 15)).await?;
+    h.require(Requirement::FinalLease {
+        holder: new,
+        transitions: epoch + 1,
+    });
+    // Well before the 15 s Lease would have expired: the release was used.
+    h.require(Requirement::TakeoverWithin(micros(Duration::from_secs(10))));
+    Ok(())
 }
 
 async fn scale_under_load(h: &mut Harness, c: &Ctx) -> Result<()> {
@@ -807,52 +803,36 @@ async fn scale_under_load(h: &mut Harness, c: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// `POST /switchover` to the primary's REST API with the cluster's API credentials.
+/// `POST /switchover` with the cluster's API credentials: in synchronous mode to the primary, in
+/// asynchronous mode to the candidate (a replica forwards it to the primary). No acknowledged write is
+/// lost in either mode.
 async fn switchover_under_load(h: &mut Harness, c: &Ctx) -> Result<()> {
     let p = primary(h).await?;
     let pods = h.pods().await?;
     // In synchronous mode only a synchronous standby may take over (a 412 otherwise, as in Patroni): ask
     // each replica's `GET /sync`.
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()?;
     let mut candidate = None;
     for pod in pods.iter().filter(|x| x.name != p) {
         let Some(ip) = &pod.ip else { continue };
-        let sync = http
-            .get(format!("http://{ip}:8008/sync"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success());
-        if c.mode == Mode::Async || sync {
+        if c.mode == Mode::Async || rest::is_sync(ip).await {
             candidate = Some(pod.name.clone());
             break;
         }
     }
     let candidate = candidate.context("no replica may take over")?;
-    let ip = pods
-        .iter()
-        .find(|x| x.name == p)
-        .and_then(|x| x.ip.clone())
-        .context("primary IP")?;
-    let kube = client().await?;
-    let (user, password) =
-        pgpilot_e2e::checker::cluster::credentials(&kube, &c.ns.name, CLUSTER, "api").await?;
+    let via = match c.mode {
+        Mode::Sync => &p,
+        Mode::Async => &candidate,
+    };
+    let ip = cluster::ip_of(&pods, via).with_context(|| format!("{via} has no IP"))?;
     let at = now_us();
-    let resp = reqwest::Client::new()
-        .post(format!("http://{ip}:8008/switchover"))
-        .basic_auth(user, Some(password))
-        .json(&json!({"leader": p, "candidate": candidate}))
-        .timeout(Duration::from_secs(60))
-        .send()
-        .await?;
-    let status = resp.status();
-    let text = resp.text().await.unwrap_or_default();
+    let (status, text) =
+        rest::switchover(&h.client, &c.ns.name, CLUSTER, &ip, &p, &candidate).await?;
     h.fault_marked(
         at,
-        format!("POST /switchover {p} -> {candidate}: {status} {text}"),
+        format!("POST /switchover {p} -> {candidate} (to {via}): {status} {text}"),
     );
-    ensure!(status.is_success(), "switchover refused: {status} {text}");
+    ensure!(status == 200, "switchover answered {status}: {text}");
     h.healed();
     let now = wait_new_primary(h, &p, Duration::from_secs(30)).await?;
     ensure!(
@@ -903,10 +883,12 @@ scenario_tests! {
     apiserver_stop_failsafe_sync, apiserver_stop_failsafe_async, "apiserver-stop-failsafe", apiserver_stop,
         // Every member still confirms the primary over REST: it must keep serving (DESIGN.md L5).
         Setup { failsafe: true, max_write_gap: Some(Duration::from_secs(RENEW)), ..Setup::default() };
-    delete_primary_pod_sync, delete_primary_pod_async, "delete-primary-pod", delete_primary_pod, Setup::default();
+    delete_primary_pod_sync, delete_primary_pod_async, "delete-primary-pod", delete_primary_pod,
+        Setup { lossless: true, ..Setup::default() };
     scale_sync, scale_async, "scale-3-5-2", scale_under_load,
         Setup { spread_required: false, converge_within: Duration::from_secs(120), ..Setup::default() };
-    switchover_sync, switchover_async, "switchover", switchover_under_load, Setup::default();
+    switchover_sync, switchover_async, "switchover", switchover_under_load,
+        Setup { lossless: true, ..Setup::default() };
     kill_new_primary_sync, kill_new_primary_async, "kill-new-primary", kill_new_primary_during_failover,
         Setup { converge_within: Duration::from_secs(3 * LEASE + 30), ..Setup::default() };
 }

@@ -7,7 +7,10 @@ use std::{io::Write, time::Duration};
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use pgpilot_e2e::checker::probe::{self, ProbeOptions};
+use pgpilot_e2e::checker::{
+    pg::Target,
+    probe::{self, ProbeOptions},
+};
 use tokio::io::AsyncReadExt;
 
 #[derive(Parser, Debug)]
@@ -39,11 +42,13 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let options = ProbeOptions {
         stream: args.stream,
-        host: args.host,
-        port: args.port,
-        user: args.user,
-        password: args.password,
-        dbname: args.dbname,
+        target: Target {
+            host: args.host,
+            port: args.port,
+            user: args.user,
+            password: args.password,
+            dbname: args.dbname,
+        },
         interval: Duration::from_millis(args.interval_ms),
         timeout: Duration::from_millis(args.timeout_ms),
         max_run: Duration::from_secs(args.max_run_secs),

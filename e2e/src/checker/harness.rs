@@ -1,7 +1,9 @@
-//! One scenario's run: probes and writer started against a ready cluster, faults injected through the
-//! fault hooks (`e2e/fault <verb> <target>`) and put on the timeline, then — after the heal — convergence
-//! awaited, the final primary's ids read, and the [`Verdict`] computed, printed and written as JSON under
-//! `target/e2e/verdicts/`.
+//! One scenario's run: probes and writer started against a ready cluster (in a synchronous mode, also a
+//! recorded synchronous standby that streams: [`Harness::wait_sync_standby`]), faults injected through the
+//! fault hooks ([`crate::fault`]) and put on the timeline, what the scenario requires beyond its
+//! expectations noted ([`Requirement`]), then — after the heal — convergence and writes through `-rw`
+//! awaited, the final primary's ids and the Lease read, and the [`Verdict`] computed, printed and written
+//! as JSON under `target/e2e/verdicts/`.
 
 use std::{
     path::PathBuf,
@@ -14,25 +16,30 @@ use pgpilot_crds::contract;
 use tracing::info;
 
 use super::{
-    cluster::{self, ClusterError, MemberPod},
-    probe::{Sample, now_us},
+    Timeout,
+    pg::PgError,
+    probe::Sample,
     probes::{ProbeSet, ProbeTarget},
-    verdict::{self, Expectations, Micros, Recording, STABLE_US, Timeline, Verdict},
-    writer::{self, Pace, Target, Writer, WriterError},
+    verdict::{self, Expectations, Micros, Recording, Requirement, STABLE_US, Timeline, Verdict},
+    writer::{self, Pace, Target, Writer},
+};
+use crate::{
+    clock::now_us,
+    cluster::{self, ClusterError, MemberPod, Members},
+    fault::{self, FaultError},
+    rest,
 };
 
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error("running the fault hook `{0}`")]
-    FaultHook(String, #[source] std::io::Error),
-    #[error("the fault hook `{command}` failed: {output}")]
-    FaultFailed { command: String, output: String },
-    #[error("timed out after {0:?} waiting for {1}")]
-    Timeout(Duration, String),
+    #[error(transparent)]
+    Fault(#[from] FaultError),
+    #[error(transparent)]
+    Timeout(#[from] Timeout),
     #[error("reading the final primary's ids")]
-    FinalIds(#[source] WriterError),
+    FinalIds(#[source] PgError),
     #[error("writing {0}")]
     Write(PathBuf, #[source] std::io::Error),
 }
@@ -50,14 +57,9 @@ pub struct Harness {
     timeline: Mutex<Timeline>,
     fault_at: Option<Micros>,
     healed_at: Option<Micros>,
-    max_write_gap: Option<Duration>,
+    requirements: Vec<Requirement>,
     /// How long the first write through `-rw` took once the cluster had converged, before any fault.
     pub baseline_ack_wait: Duration,
-}
-
-/// The repository's `e2e/fault` hook.
-pub fn fault_hook() -> PathBuf {
-    crate::repo_dir().join("e2e/fault")
 }
 
 /// Where verdicts are written.
@@ -82,9 +84,7 @@ impl Harness {
         let probes = ProbeSet::start(
             client.clone(),
             ProbeTarget {
-                namespace: namespace.into(),
-                selector: format!("{}={cluster}", contract::LABEL_CLUSTER),
-                role_label: contract::LABEL_ROLE.into(),
+                members: Members::pgpilot(namespace, cluster),
                 lease: Some(contract::lease_name(cluster)),
                 probe_bin,
                 superuser,
@@ -110,7 +110,7 @@ impl Harness {
             timeline: Mutex::new(Timeline::default()),
             fault_at: None,
             healed_at: None,
-            max_write_gap: None,
+            requirements: Vec::new(),
             baseline_ack_wait: Duration::ZERO,
         };
         let started = now_us();
@@ -130,9 +130,69 @@ impl Harness {
         Ok(h)
     }
 
-    /// Writes must never be unavailable longer than `max` after the fault (checked by [`Harness::finish`]).
-    pub fn require_write_gap_at_most(&mut self, max: Duration) {
-        self.max_write_gap = Some(max);
+    /// Waits until the state a fault in a synchronous mode tests exists: the Lease records a synchronous
+    /// standby (a member other than the holder in `pgpilot.io/sync-members`), the holder is the member the
+    /// probes see writable, and the probes see a recorded standby streaming. Returns the recorded
+    /// standbys; on a timeout the error names the part that never came.
+    pub async fn wait_sync_standby(&self, timeout: Duration) -> Result<Vec<String>, HarnessError> {
+        let lease_name = contract::lease_name(&self.cluster);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let read = tokio::time::timeout(
+                Duration::from_secs(3),
+                cluster::lease(&self.client, &self.namespace, &lease_name),
+            )
+            .await;
+            let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
+            let missing = match read {
+                Err(_) => format!("the Lease {lease_name} could not be read within 3 s"),
+                Ok(Err(e)) => format!("the Lease {lease_name} could not be read: {e}"),
+                Ok(Ok(lease)) => {
+                    let standbys = lease.sync_standbys();
+                    let holder = lease.holder.as_deref().unwrap_or("-");
+                    if standbys.is_empty() {
+                        format!(
+                            "the Lease {lease_name} records no synchronous standby (holder {holder}, \
+                             sync-members [{}])",
+                            lease.sync_members.join(",")
+                        )
+                    } else if shape.writable != [holder] {
+                        format!(
+                            "the Lease holder {holder} is not the one writable member (probes: {:?})",
+                            shape.writable
+                        )
+                    } else if let Some(s) = standbys
+                        .iter()
+                        .find(|s| shape.streaming.iter().any(|m| m == *s))
+                    {
+                        let s = (*s).to_owned();
+                        self.mark(format!("checker: {s} is recorded synchronous and streams"));
+                        return Ok(standbys.into_iter().map(str::to_owned).collect());
+                    } else {
+                        format!(
+                            "the recorded synchronous standby {} does not stream (probes: streaming \
+                             {:?}, other {:?})",
+                            standbys.join(","),
+                            shape.streaming,
+                            shape.other
+                        )
+                    }
+                }
+            };
+            if Instant::now() > deadline {
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: format!("a recorded synchronous standby that streams: {missing}"),
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Adds `r` to what the verdict checks (see [`Harness::finish`]).
+    pub fn require(&mut self, r: Requirement) {
+        self.mark(format!("checker: requires {r:?}"));
+        self.requirements.push(r);
     }
 
     /// Puts an event on the timeline, now.
@@ -146,37 +206,16 @@ impl Harness {
 
     /// Runs `e2e/fault <verb> <target>`; the first fault sets the fault instant.
     pub async fn fault(&mut self, verb: &str, target: &str) -> Result<(), HarnessError> {
-        let command = format!("e2e/fault {verb} {target}");
-        let args: Vec<&str> = [verb, target]
-            .into_iter()
-            .filter(|a| !a.is_empty())
-            .collect();
-        let at = now_us();
-        let out = tokio::process::Command::new(fault_hook())
-            .args(args)
-            .env("KUBECONFIG", crate::kubeconfig_path())
-            .output()
-            .await
-            .map_err(|e| HarnessError::FaultHook(command.clone(), e))?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        if !out.status.success() {
-            self.mark(format!("{command} FAILED: {text}"));
-            return Err(HarnessError::FaultFailed {
-                command,
-                output: text,
-            });
+        match fault::run(verb, target).await {
+            Ok(acted) => {
+                self.fault_marked(acted.at_us, format!("{}: {}", acted.command, acted.output));
+                Ok(())
+            }
+            Err(e) => {
+                self.mark(format!("FAILED: {e}"));
+                Err(e.into())
+            }
         }
-        // The hook stamps the moment it acted; the time before it started includes its kubectl look-ups.
-        let at = acted_at(&text).unwrap_or(at);
-        if let Ok(mut t) = self.timeline.lock() {
-            t.push(at, format!("{command}: {text}"));
-        }
-        self.fault_at.get_or_insert(at);
-        Ok(())
     }
 
     /// Records a fault that is not a hook (a `kubectl` action, a switchover request) at `at`.
@@ -213,8 +252,7 @@ impl Harness {
 
     /// The member currently accepting writes, as the probes see it (only when exactly one does).
     pub fn writable_member(&self) -> Option<String> {
-        let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
-        (shape.writable.len() == 1).then(|| shape.writable[0].clone())
+        self.probes.writable_member(&self.members)
     }
 
     /// The member pods as the apiserver shows them now.
@@ -224,39 +262,26 @@ impl Harness {
 
     /// Waits until exactly one member is writable and returns it.
     pub async fn wait_primary(&self, timeout: Duration) -> Result<String, HarnessError> {
-        self.wait_writable(|_| true, "one writable member", timeout)
-            .await
+        let what = "one writable member";
+        Ok(self
+            .probes
+            .wait_writable(&self.members, |_| true, what, timeout)
+            .await?)
     }
 
-    /// Waits until a member other than `old` accepts writes (the probes' samples lag the cluster by up to a
-    /// probe period, so "some writable member" right after a handover can still be the old one).
+    /// Waits until a member other than `old` accepts writes (see [`ProbeSet::wait_writable`]).
     pub async fn wait_new_primary(
         &self,
         old: &str,
         timeout: Duration,
     ) -> Result<String, HarnessError> {
         let what = format!("a writable member other than {old}");
-        let m = self.wait_writable(|m| m != old, &what, timeout).await?;
+        let m = self
+            .probes
+            .wait_writable(&self.members, |m| m != old, &what, timeout)
+            .await?;
         self.mark(format!("checker: {m} is the new primary"));
         Ok(m)
-    }
-
-    async fn wait_writable(
-        &self,
-        accept: impl Fn(&str) -> bool,
-        what: &str,
-        timeout: Duration,
-    ) -> Result<String, HarnessError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(m) = self.writable_member().filter(|m| accept(m)) {
-                return Ok(m);
-            }
-            if Instant::now() > deadline {
-                return Err(HarnessError::Timeout(timeout, what.into()));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
     }
 
     /// Waits until the cluster has been converged for [`STABLE_US`] after `since`; returns when it began.
@@ -274,10 +299,10 @@ impl Harness {
             }
             if Instant::now() > deadline {
                 let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
-                return Err(HarnessError::Timeout(
-                    timeout,
-                    format!("convergence (now: {shape:?})"),
-                ));
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: format!("convergence (now: {shape:?})"),
+                }));
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
@@ -292,10 +317,10 @@ impl Harness {
         let deadline = Instant::now() + timeout;
         loop {
             let Some(writer) = &self.writer else {
-                return Err(HarnessError::Timeout(
-                    timeout,
-                    "an acknowledged write (the writer has stopped)".into(),
-                ));
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: "an acknowledged write (the writer has stopped)".into(),
+                }));
             };
             if let Some(at) = writer.first_ack_since(since) {
                 return Ok(at);
@@ -303,10 +328,10 @@ impl Harness {
             if Instant::now() > deadline {
                 let errors = writer.snapshot().errors;
                 let last = errors.last().map(|e| e.what.clone()).unwrap_or_default();
-                return Err(HarnessError::Timeout(
-                    timeout,
-                    format!("an acknowledged write (last error: {last})"),
-                ));
+                return Err(HarnessError::Timeout(Timeout {
+                    waited: timeout,
+                    what: format!("an acknowledged write (last error: {last})"),
+                }));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -329,12 +354,21 @@ impl Harness {
         if let Err(e) = &waited {
             self.mark(format!("checker: {e}"));
         }
-        // Writes keep going a little after convergence, so the final primary's acknowledgements count too.
+        // Writes keep going a little after convergence, so the final primary's acknowledgements count too;
+        // while `-rw` reaches no primary the writer goes on until the bound, so the verdict measures when
+        // writes through it resumed (issue 13) rather than a writer stopped too early.
         if waited.is_ok() {
-            let _ = self
-                .wait_for_ack_since(now_us(), Duration::from_secs(10))
+            let left = Duration::from_micros(
+                u64::try_from(healed_at + micros(bound) - now_us()).unwrap_or(0),
+            );
+            let acked = self
+                .wait_for_ack_since(now_us(), left.max(Duration::from_secs(10)))
                 .await;
+            if let Err(e) = acked {
+                self.mark(format!("checker: converged, but {e}"));
+            }
         }
+        let writes_until_us = now_us();
         let log = match self.writer.take() {
             Some(w) => w.stop().await,
             None => writer::Log::default(),
@@ -363,13 +397,24 @@ impl Harness {
                 }
             }
         }
-        let last_decisions = cluster::last_decisions(&pods).await;
+        let last_decisions = rest::last_decisions(&pods).await;
+        let final_lease = tokio::time::timeout(
+            Duration::from_secs(3),
+            cluster::lease(
+                &self.client,
+                &self.namespace,
+                &contract::lease_name(&self.cluster),
+            ),
+        )
+        .await
+        .ok()
+        .and_then(Result::ok);
         let end_us = now_us();
         let members = self.members.clone();
         let Self {
             probes,
             timeline,
-            max_write_gap,
+            requirements,
             ..
         } = self;
         let (samples, probe_timeline) = probes.stop().await;
@@ -393,27 +438,17 @@ impl Harness {
             timeline,
             fault_at_us: fault_at,
             healed_at_us: healed_at,
+            writes_until_us,
             end_us,
             last_decisions,
+            final_lease,
+            requirements,
         };
-        let mut verdict = Verdict::new(&recording, expect);
-        if let Some(max) = max_write_gap {
-            verdict.require_write_gap_at_most(i64::try_from(max.as_micros()).unwrap_or(i64::MAX));
-        }
+        let verdict = Verdict::new(&recording, expect);
         println!("{}", verdict.table());
         write_verdict(&verdict, &recording.samples)?;
         Ok(verdict)
     }
-}
-
-/// The timestamp a fault hook printed with what it did (`2026-11-26T04:05:32.452Z fault: killed …`).
-pub fn acted_at(output: &str) -> Option<Micros> {
-    output
-        .lines()
-        .filter(|l| l.contains(" fault: "))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())
-        .map(jiff::Timestamp::as_microsecond)
-        .next_back()
 }
 
 /// Writes `<scenario>-<mode>.json` (the verdict) and `<scenario>-<mode>.samples.jsonl` (every probe
@@ -434,14 +469,6 @@ pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, Harness
     Ok(path)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_hook_stamp_is_the_fault_instant() {
-        let out = "04:05:31.100 [fault] looking up\n2026-11-26T04:05:32.452Z fault: killed container postgres of ns/pg-2";
-        assert_eq!(acted_at(out), Some(1_795_665_932_452_000));
-        assert_eq!(acted_at("no stamp here"), None);
-    }
+fn micros(d: Duration) -> Micros {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }

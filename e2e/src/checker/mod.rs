@@ -7,11 +7,22 @@
 //!   `pgpilot-probe` binary); [`probes`] runs one per member pod.
 //! - [`verdict`] (pure): lost acknowledged ids, spans with two writable members, time to converge, the
 //!   timeline; a table and JSON.
-//! - [`harness`]: one scenario end to end; [`cluster`]: what the checker reads from Kubernetes and the host.
+//! - [`pg`]: the probe's and the writer's PostgreSQL connections (one error type, one bounded connect).
+//! - [`harness`]: one scenario end to end.
 
-pub mod cluster;
+use std::time::Duration;
+
 pub mod harness;
+pub mod pg;
 pub mod probe;
 pub mod probes;
 pub mod verdict;
 pub mod writer;
+
+/// A wait of the checker that ran out: what never came.
+#[derive(Debug, thiserror::Error)]
+#[error("timed out after {waited:?} waiting for {what}")]
+pub struct Timeout {
+    pub waited: Duration,
+    pub what: String,
+}

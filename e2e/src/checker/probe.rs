@@ -11,13 +11,14 @@
 //! Every tick is bounded by a timeout (a frozen server yields a failed sample, and a fresh connection on
 //! the next tick); the loop stops at EOF on stdin (its supervisor is gone) or after a maximum run time.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use pgpilot_crds::contract::error_chain;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls, error::SqlState};
+use tokio_postgres::{Client, error::SqlState};
 
-use super::verdict::Micros;
+use super::pg::{self, Conn, PgError, Target};
+use crate::clock::{Micros, now_us};
 
 /// One observation of one member.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,73 +59,13 @@ impl Sample {
 #[derive(Clone, Debug)]
 pub struct ProbeOptions {
     pub stream: String,
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    pub dbname: String,
+    /// The server, as the superuser.
+    pub target: Target,
     pub interval: Duration,
     /// Upper bound of one tick, connection included.
     pub timeout: Duration,
     /// The loop ends by itself after this long.
     pub max_run: Duration,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProbeError {
-    #[error("connecting to {host}:{port}")]
-    Connect {
-        host: String,
-        port: u16,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("{what}")]
-    Query {
-        what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-}
-
-impl ProbeError {
-    /// The error with its causes, on one line.
-    pub fn chain(&self) -> String {
-        let mut text = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
-    }
-}
-
-/// Microseconds since the Unix epoch, now.
-pub fn now_us() -> Micros {
-    micros_of(SystemTime::now())
-}
-
-/// `t` in microseconds since the Unix epoch (0 before it).
-pub fn micros_of(t: SystemTime) -> Micros {
-    t.duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-}
-
-/// A connection and the task driving it (aborted when the connection is dropped, so a frozen server does
-/// not leave a task waiting on its socket).
-struct Conn {
-    client: Client,
-    driver: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
 }
 
 const STATE_SQL: &str = "SELECT pg_is_in_recovery(), current_setting('default_transaction_read_only')::bool, \
@@ -135,46 +76,22 @@ const WRITE_SQL: &str = "INSERT INTO pgpilot_probe (stream, beat) VALUES ($1, cl
 const CREATE_SQL: &str =
     "CREATE TABLE IF NOT EXISTS pgpilot_probe (stream text PRIMARY KEY, beat timestamptz NOT NULL)";
 
-async fn connect(o: &ProbeOptions) -> Result<Conn, ProbeError> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&o.host)
-        .port(o.port)
-        .user(&o.user)
-        .password(&o.password)
-        .dbname(&o.dbname)
-        .application_name("pgpilot-probe")
-        .connect_timeout(o.timeout);
-    let (client, connection) = cfg
-        .connect(NoTls)
-        .await
-        .map_err(|source| ProbeError::Connect {
-            host: o.host.clone(),
-            port: o.port,
-            source,
-        })?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
+async fn connect(o: &ProbeOptions) -> Result<Conn, PgError> {
+    let conn = pg::connect(&o.target, "pgpilot-probe", o.timeout).await?;
     // The probe's own writes must never wait for a standby (see the module docs).
-    client
+    conn.client
         .batch_execute("SET synchronous_commit = local")
         .await
-        .map_err(|source| ProbeError::Query {
-            what: "setting synchronous_commit",
-            source,
-        })?;
-    Ok(Conn { client, driver })
+        .map_err(PgError::query("setting synchronous_commit"))?;
+    Ok(conn)
 }
 
 /// One observation on an open connection.
-async fn observe(client: &Client, stream: &str, sample: &mut Sample) -> Result<(), ProbeError> {
+async fn observe(client: &Client, stream: &str, sample: &mut Sample) -> Result<(), PgError> {
     let row = client
         .query_one(STATE_SQL, &[])
         .await
-        .map_err(|source| ProbeError::Query {
-            what: "reading the server state",
-            source,
-        })?;
+        .map_err(PgError::query("reading the server state"))?;
     let (in_recovery, read_only, streaming): (bool, bool, bool) =
         (row.get(0), row.get(1), row.get(2));
     sample.in_recovery = Some(in_recovery);
@@ -188,10 +105,7 @@ async fn observe(client: &Client, stream: &str, sample: &mut Sample) -> Result<(
             client
                 .batch_execute(CREATE_SQL)
                 .await
-                .map_err(|source| ProbeError::Query {
-                    what: "creating the probe table",
-                    source,
-                })?;
+                .map_err(PgError::query("creating the probe table"))?;
             client.query_one(WRITE_SQL, &[&stream]).await
         }
         other => other,
@@ -204,7 +118,7 @@ async fn observe(client: &Client, stream: &str, sample: &mut Sample) -> Result<(
         // Refused by the server: up, but not accepting writes (fenced, shutting down …).
         Err(e) if e.as_db_error().is_some() => sample.error = Some(format!("write refused: {e}")),
         Err(source) => {
-            return Err(ProbeError::Query {
+            return Err(PgError::Query {
                 what: "writing the probe row",
                 source,
             });
@@ -251,14 +165,14 @@ pub async fn run(
         };
         let outcome = match tokio::time::timeout(o.timeout, tick).await {
             Ok(r) => r,
-            Err(_) => Err(ProbeError::Timeout(o.timeout)),
+            Err(_) => Err(PgError::Timeout(o.timeout)),
         };
         if let Err(e) = outcome {
             // Any failure: start over with a fresh connection on the next tick.
             conn = None;
             sample.writable = false;
             sample.wrote_at_us = None;
-            sample.error = Some(e.chain());
+            sample.error = Some(error_chain(&e));
         }
         sample.end_us = now_us();
         emit(&sample);

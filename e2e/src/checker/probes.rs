@@ -6,17 +6,19 @@
 //! apiserver is unreachable the running probes simply go on (they need nothing from Kubernetes). It also
 //! records, as timeline events, changes of each pod's role label and readiness and of the Lease holder —
 //! what Kubernetes believed while the probes saw what PostgreSQL did.
+//!
+//! [`ProbeSet::wait_writable`] is the one wait for a (new) primary: the harness, the scenarios and the
+//! benchmark all wait on what the probes saw.
 
 use std::{
     collections::BTreeMap,
     path::PathBuf,
     process::Stdio,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use k8s_openapi::api::coordination::v1::Lease;
-use kube::{Api, Client};
+use kube::Client;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
@@ -26,19 +28,20 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    cluster::{self, MemberPod},
-    probe::{Sample, now_us},
-    verdict::Timeline,
+    Timeout,
+    probe::Sample,
+    verdict::{self, Timeline},
+};
+use crate::{
+    clock::now_us,
+    cluster::{self, MemberPod, Members},
+    host,
 };
 
 /// What to probe.
 #[derive(Clone, Debug)]
 pub struct ProbeTarget {
-    pub namespace: String,
-    /// Label selector of the member pods.
-    pub selector: String,
-    /// The label that carries a pod's role.
-    pub role_label: String,
+    pub members: Members,
     /// The Lease whose holder changes go into the timeline, if any.
     pub lease: Option<String>,
     /// Path of the `pgpilot-probe` binary.
@@ -99,6 +102,40 @@ impl ProbeSet {
         self.timeline.lock().map(|t| t.clone()).unwrap_or_default()
     }
 
+    /// The member accepting writes now, as the probes last saw `members` (only when exactly one does).
+    pub fn writable_member(&self, members: &[String]) -> Option<String> {
+        let shape = verdict::shape_at(&self.samples(), members, now_us());
+        match shape.writable.as_slice() {
+            [one] => Some(one.clone()),
+            _ => None,
+        }
+    }
+
+    /// Waits until exactly one of `members` accepts writes and `accept` takes it; returns it. After a
+    /// handover the probes still hold the old primary's last sample for up to a probe period, so a wait
+    /// for a *new* primary names the old one in `accept`.
+    pub async fn wait_writable(
+        &self,
+        members: &[String],
+        accept: impl Fn(&str) -> bool,
+        what: &str,
+        timeout: Duration,
+    ) -> Result<String, Timeout> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(m) = self.writable_member(members).filter(|m| accept(m)) {
+                return Ok(m);
+            }
+            if Instant::now() > deadline {
+                return Err(Timeout {
+                    waited: timeout,
+                    what: what.into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Stops every probe; returns the samples and the timeline.
     pub async fn stop(self) -> (Vec<Sample>, Timeline) {
         let _ = self.stop.send(true);
@@ -129,7 +166,7 @@ async fn supervise(
     };
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let mut seen: BTreeMap<String, (Option<String>, bool)> = BTreeMap::new();
-    let mut lease_seen: Option<(String, i32)> = None;
+    let mut lease_seen: Option<cluster::LeaseRecord> = None;
     let mut api_down = false;
     let mut ticker = tokio::time::interval(Duration::from_millis(500));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -140,12 +177,7 @@ async fn supervise(
         }
         let listed = tokio::time::timeout(
             Duration::from_secs(3),
-            cluster::member_pods_labelled(
-                &client,
-                &target.namespace,
-                &target.selector,
-                &target.role_label,
-            ),
+            cluster::pods(&client, &target.members),
         )
         .await;
         let pods = match listed {
@@ -190,25 +222,24 @@ async fn supervise(
         }
         running.retain(|name, _| pods.iter().any(|p| &p.name == name));
         if let Some(lease) = &target.lease
-            && let Ok(Ok(l)) = tokio::time::timeout(
+            && let Ok(Ok(now)) = tokio::time::timeout(
                 Duration::from_secs(2),
-                Api::<Lease>::namespaced(client.clone(), &target.namespace).get(lease),
+                cluster::lease(&client, &target.members.namespace, lease),
             )
             .await
+            && lease_seen.as_ref() != Some(&now)
         {
-            let spec = l.spec.unwrap_or_default();
-            let now = (
-                spec.holder_identity.unwrap_or_default(),
-                spec.lease_transitions.unwrap_or(0),
-            );
-            if lease_seen.as_ref() != Some(&now) {
-                note(format!(
-                    "lease holder={} transitions={}",
-                    if now.0.is_empty() { "-" } else { &now.0 },
-                    now.1
-                ));
-                lease_seen = Some(now);
-            }
+            note(format!(
+                "lease holder={} transitions={} sync={}",
+                now.holder.as_deref().unwrap_or("-"),
+                now.transitions,
+                if now.sync_members.is_empty() {
+                    "-".to_owned()
+                } else {
+                    now.sync_members.join(",")
+                }
+            ));
+            lease_seen = Some(now);
         }
     }
     drop(running);
@@ -233,7 +264,7 @@ async fn ensure_probe(
     if pod.terminating {
         return;
     }
-    let netns = match cluster::netns_of(&ip).await {
+    let netns = match host::netns_of(&ip).await {
         Ok(Some(ns)) => ns,
         Ok(None) => return,
         Err(e) => {

@@ -16,24 +16,16 @@ use std::{
     time::Duration,
 };
 
+use pgpilot_crds::contract::error_chain;
 use tokio::{sync::watch, task::JoinHandle};
-use tokio_postgres::{Client, NoTls};
 use tracing::{debug, info};
 
+pub use super::pg::Target;
 use super::{
-    probe::now_us,
+    pg::{self, Conn, PgError},
     verdict::{Ack, Event},
 };
-
-/// Where the writer connects: the `-rw` Service's ClusterIP with the application's credentials.
-#[derive(Clone, Debug)]
-pub struct Target {
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    pub dbname: String,
-}
+use crate::clock::now_us;
 
 /// Pace and bounds of the writer.
 #[derive(Clone, Copy, Debug)]
@@ -55,27 +47,6 @@ impl Default for Pace {
             backoff: Duration::from_millis(50),
         }
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WriterError {
-    #[error("connecting to {host}:{port}")]
-    Connect {
-        host: String,
-        port: u16,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("{what}")]
-    Query {
-        what: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    #[error("the -rw Service reached {got}, expected the primary at {expected}")]
-    WrongServer { got: String, expected: String },
 }
 
 /// What the writer recorded so far.
@@ -100,50 +71,7 @@ const TABLE_SQL: &str = "CREATE TABLE IF NOT EXISTS pgpilot_checker (id int8 PRI
 const INSERT_SQL: &str =
     "INSERT INTO pgpilot_checker (id) VALUES ($1) RETURNING host(inet_server_addr())";
 
-struct Conn {
-    client: Client,
-    driver: JoinHandle<()>,
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        self.driver.abort();
-    }
-}
-
-async fn connect(t: &Target, timeout: Duration) -> Result<Conn, WriterError> {
-    let mut cfg = tokio_postgres::Config::new();
-    cfg.host(&t.host)
-        .port(t.port)
-        .user(&t.user)
-        .password(&t.password)
-        .dbname(&t.dbname)
-        .application_name("pgpilot-checker")
-        .connect_timeout(timeout);
-    let (client, connection) = tokio::time::timeout(timeout, cfg.connect(NoTls))
-        .await
-        .map_err(|_| WriterError::Timeout(timeout))?
-        .map_err(|source| WriterError::Connect {
-            host: t.host.clone(),
-            port: t.port,
-            source,
-        })?;
-    let driver = tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(Conn { client, driver })
-}
-
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
+const APPLICATION: &str = "pgpilot-checker";
 
 impl Writer {
     /// Starts writing through `target`, continuing after the highest id already in the table.
@@ -196,8 +124,8 @@ async fn write_loop(
     log: Arc<Mutex<Log>>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let record_error = |e: &WriterError| {
-        let text = chain(e);
+    let record_error = |e: &PgError| {
+        let text = error_chain(e);
         if let Ok(mut l) = log.lock()
             && l.errors.last().is_none_or(|last| last.what != text)
         {
@@ -260,7 +188,7 @@ async fn write_loop(
                 if let Ok(mut l) = log.lock() {
                     l.in_doubt.push(id);
                 }
-                record_error(&WriterError::Query {
+                record_error(&PgError::Query {
                     what: "inserting",
                     source,
                 });
@@ -271,7 +199,7 @@ async fn write_loop(
                 if let Ok(mut l) = log.lock() {
                     l.in_doubt.push(id);
                 }
-                record_error(&WriterError::Timeout(pace.statement_timeout));
+                record_error(&PgError::Timeout(pace.statement_timeout));
                 conn = None;
             }
         }
@@ -279,25 +207,19 @@ async fn write_loop(
 }
 
 /// Connects, makes sure the table exists and, for a fresh writer, reads the highest id already written.
-async fn open(target: &Target, pace: Pace, read_max: bool) -> Result<(Conn, u64), WriterError> {
+async fn open(target: &Target, pace: Pace, read_max: bool) -> Result<(Conn, u64), PgError> {
     let bounded = async {
-        let conn = connect(target, pace.connect_timeout).await?;
+        let conn = pg::connect(target, APPLICATION, pace.connect_timeout).await?;
         conn.client
             .batch_execute(TABLE_SQL)
             .await
-            .map_err(|source| WriterError::Query {
-                what: "creating the table",
-                source,
-            })?;
+            .map_err(PgError::query("creating the table"))?;
         let max_id = if read_max {
             let row = conn
                 .client
                 .query_one("SELECT coalesce(max(id), 0) FROM pgpilot_checker", &[])
                 .await
-                .map_err(|source| WriterError::Query {
-                    what: "reading the highest id",
-                    source,
-                })?;
+                .map_err(PgError::query("reading the highest id"))?;
             u64::try_from(row.get::<_, i64>(0)).unwrap_or(0)
         } else {
             0
@@ -306,7 +228,7 @@ async fn open(target: &Target, pace: Pace, read_max: bool) -> Result<(Conn, u64)
     };
     tokio::time::timeout(pace.statement_timeout + pace.connect_timeout, bounded)
         .await
-        .map_err(|_| WriterError::Timeout(pace.statement_timeout + pace.connect_timeout))?
+        .map_err(|_| PgError::Timeout(pace.statement_timeout + pace.connect_timeout))?
 }
 
 /// The ids at or above `from_id` that the server behind `target` holds, checked to be the server at
@@ -315,20 +237,17 @@ pub async fn final_ids(
     target: &Target,
     from_id: u64,
     expected_server: &str,
-) -> Result<BTreeSet<u64>, WriterError> {
-    let conn = connect(target, Duration::from_secs(2)).await?;
+) -> Result<BTreeSet<u64>, PgError> {
+    let conn = pg::connect(target, APPLICATION, Duration::from_secs(2)).await?;
     let row = conn
         .client
         .query_one("SELECT host(inet_server_addr())", &[])
         .await
-        .map_err(|source| WriterError::Query {
-            what: "reading the server address",
-            source,
-        })?;
+        .map_err(PgError::query("reading the server address"))?;
     let got: Option<String> = row.get(0);
     let got = got.unwrap_or_default();
     if got != expected_server {
-        return Err(WriterError::WrongServer {
+        return Err(PgError::WrongServer {
             got,
             expected: expected_server.to_owned(),
         });
@@ -340,10 +259,7 @@ pub async fn final_ids(
             &[&i64::try_from(from_id).unwrap_or(i64::MAX)],
         )
         .await
-        .map_err(|source| WriterError::Query {
-            what: "reading the ids",
-            source,
-        })?;
+        .map_err(PgError::query("reading the ids"))?;
     Ok(rows
         .iter()
         .filter_map(|r| u64::try_from(r.get::<_, i64>(0)).ok())
