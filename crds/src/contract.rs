@@ -33,6 +33,13 @@ pub const ANNOTATION_HANDOVER: &str = "pgpilot.io/handover-to";
 /// identifier (`pg_control_system()`) of the cluster's data. Once set, no member bootstraps again, and no
 /// member rewinds, re-clones or wipes its data against a server with a different identifier.
 pub const ANNOTATION_SYSTEM_ID: &str = "pgpilot.io/system-identifier";
+/// Annotation on the Lease, written by the holder with every renewal (no extra write): its WAL write
+/// position then, as a byte offset. A member judges its own lag against it (Patroni keeps the leader's
+/// optime in its store for the same reason), even right after a restart.
+pub const ANNOTATION_WAL_POSITION: &str = "pgpilot.io/wal-position";
+/// Annotation on the Lease, written by the holder with every renewal: the `renewDeadline` (seconds) it
+/// fences by, so a member that stops waiting for a vanished holder's pod waits at least that long (L8).
+pub const ANNOTATION_RENEW_DEADLINE: &str = "pgpilot.io/renew-deadline-seconds";
 /// Label and annotation keys applied by the operator alongside `app.kubernetes.io/*`.
 pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "pgpilot";
@@ -88,6 +95,21 @@ pub fn secret_name(cluster: &str, kind: &str) -> String {
 pub fn service_account_name(cluster: &str) -> String {
     format!("{cluster}-sidecar")
 }
+/// The StatefulSet ordinal of pod `pod` of cluster `cluster` (`<cluster>-<ordinal>`), if it is one.
+pub fn member_ordinal(cluster: &str, pod: &str) -> Option<u32> {
+    let ordinal = pod.strip_prefix(cluster)?.strip_prefix('-')?;
+    if ordinal.is_empty() || (ordinal.len() > 1 && ordinal.starts_with('0')) {
+        return None;
+    }
+    ordinal.parse().ok()
+}
+
+/// Whether `pod` is a member of a cluster of `instances` members: the StatefulSet's pods with an
+/// ordinal below `instances` (`None`: not known, every pod of the cluster counts).
+pub fn is_member(cluster: &str, pod: &str, instances: Option<u32>) -> bool {
+    member_ordinal(cluster, pod).is_some_and(|o| instances.is_none_or(|n| o < n))
+}
+
 /// DNS name of a member inside the namespace, through the headless Service.
 pub fn member_host(cluster: &str, member: &str) -> String {
     format!("{member}.{}", headless_service_name(cluster))
@@ -279,6 +301,13 @@ pub struct PgpilotInfo {
     /// sets `FailoverBlocked` when no member may.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub failover_blocked: Option<String>,
+    /// The database system identifier of this member's data (`None`: no data yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
+    /// Why this member refuses to touch its data or to follow (e.g. its data belongs to another
+    /// database system than the cluster's): the operator shows it as a condition and an Event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<String>,
 }
 
 /// An error and its sources, `outer: inner: innermost`, as status messages, Events and logs show it.
@@ -296,6 +325,18 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn members_are_the_statefulset_pods_below_instances() {
+        assert_eq!(member_ordinal("pg", "pg-2"), Some(2));
+        assert_eq!(member_ordinal("pg", "pg-02"), None);
+        assert_eq!(member_ordinal("pg", "pgx-2"), None);
+        assert_eq!(member_ordinal("pg", "pg-"), None);
+        assert!(is_member("pg", "pg-1", Some(2)));
+        assert!(!is_member("pg", "pg-2", Some(2)));
+        assert!(is_member("pg", "pg-7", None));
+        assert!(!is_member("pg", "pg-debug", None));
+    }
 
     #[test]
     fn default_timings_satisfy_l6() {

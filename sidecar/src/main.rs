@@ -135,15 +135,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         Credentials::load(&args.secrets_dir, &cfg.bootstrap.database).context("credentials")?;
     let pg = Postgres::new(PgSettings::for_pod(&args.cluster, &args.member), creds);
     let request_timeout = timings.retry_period.min(Duration::from_secs(2));
+    // The HA loop's own requests (Lease, pod labels) go through a client whose connections time out
+    // like the requests: a connection that died with a network cut is dropped, not waited on for
+    // minutes (watches keep the default client and their own idle timeouts).
+    let mut bounded = kube::Config::infer().await.context("Kubernetes client")?;
+    bounded.connect_timeout = Some(request_timeout);
+    bounded.read_timeout = Some(request_timeout);
+    bounded.write_timeout = Some(request_timeout);
+    bounded.reset_reader_on_write = true;
+    let writes = kube::Client::try_from(bounded).context("Kubernetes client")?;
     let elector = Elector::new(
         LeaseClient::new(
-            client.clone(),
+            writes.clone(),
             &args.namespace,
             &lease_name(&args.cluster),
             &args.member,
             request_timeout,
         ),
-        timings.lease_duration,
+        timings,
     );
     let peer_timeout = (timings.retry_period / 2).min(Duration::from_secs(1));
     let peers = Peers::start(
@@ -166,7 +175,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         elector,
         pg,
         peers,
-        pods: Api::<Pod>::namespaced(client, &args.namespace),
+        pods: Api::<Pod>::namespaced(writes, &args.namespace),
+        request_timeout,
         state: state_tx,
         commands: commands_rx,
         metrics,

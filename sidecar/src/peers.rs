@@ -21,6 +21,7 @@ use kube::{
 };
 use pgpilot_crds::contract::{
     ANNOTATION_EPOCH, LABEL_CLUSTER, LABEL_ROLE, MemberReport, POSTGRES_CONTAINER, REST_PORT,
+    is_member,
 };
 use tokio::sync::Notify;
 use tracing::warn;
@@ -34,6 +35,7 @@ use crate::{
 #[derive(Clone)]
 pub struct Peers {
     me: String,
+    cluster: String,
     store: Store<Pod>,
     ready: Arc<AtomicBool>,
     http: reqwest::Client,
@@ -90,6 +92,7 @@ impl Peers {
             .unwrap_or_default();
         Self {
             me: me.to_owned(),
+            cluster: cluster.to_owned(),
             store,
             ready,
             http,
@@ -142,11 +145,16 @@ impl Peers {
     }
 
     /// Asks every other member's `GET /patroni` at once; unanswered within the timeout → `report: None`.
-    pub async fn poll(&self) -> Vec<PeerState> {
+    /// Members are the StatefulSet's pods with an ordinal below `instances` (issue 13 hole 10): any
+    /// other pod carrying the cluster label has no vote, no slot and no say in failsafe.
+    pub async fn poll(&self, instances: Option<u32>) -> Vec<PeerState> {
         let others: Vec<(String, Option<String>)> = self
             .pods()
             .iter()
-            .filter(|p| p.name_any() != self.me)
+            .filter(|p| {
+                let name = p.name_any();
+                name != self.me && is_member(&self.cluster, &name, instances)
+            })
             .map(|p| {
                 (
                     p.name_any(),

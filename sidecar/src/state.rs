@@ -50,6 +50,12 @@ pub struct MemberState {
     pub tags: MemberTags,
     pub config: SidecarConfig,
     pub last_decision: String,
+    /// A replica: why it may not take over if the primary went away now (`None`: it may).
+    pub failover_blocked: Option<String>,
+    /// The database system identifier of this member's data.
+    pub system_identifier: Option<String>,
+    /// Why this member refuses to act on its data, if it does.
+    pub refusal: Option<String>,
     /// The other members as last seen: for `/cluster` and switchover checks.
     pub peers: Vec<PeerState>,
     /// Timeline switches this member made or saw, oldest first (`/history`).
@@ -84,6 +90,9 @@ impl MemberState {
             tags: MemberTags::default(),
             config: SidecarConfig::default(),
             last_decision: String::new(),
+            failover_blocked: None,
+            system_identifier: None,
+            refusal: None,
             peers: Vec::new(),
             history: Vec::new(),
             scheduled_switchover: None,
@@ -98,6 +107,16 @@ impl MemberState {
 
     pub fn is_replica(&self) -> bool {
         self.running && self.role == ROLE_REPLICA
+    }
+
+    /// A replica fit to serve reads: streaming, and its lag as last measured within
+    /// `maximumLagOnFailover` (issue 13 hole 10: `-ro` never serves arbitrarily stale reads).
+    pub fn is_ready_replica(&self) -> bool {
+        self.is_replica()
+            && self.replication_state.as_deref() == Some("streaming")
+            && self
+                .lag_bytes
+                .is_some_and(|lag| lag <= self.config.replication.maximum_lag_on_failover_bytes)
     }
 
     /// A replica the Lease records as synchronous.
@@ -150,7 +169,9 @@ impl MemberState {
                 epoch: self.epoch,
                 lag_bytes: self.lag_bytes,
                 last_decision: self.last_decision.clone(),
-                failover_blocked: None,
+                failover_blocked: self.failover_blocked.clone(),
+                system_identifier: self.system_identifier.clone(),
+                refusal: self.refusal.clone(),
             },
         }
     }

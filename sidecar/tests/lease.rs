@@ -94,7 +94,7 @@ impl Fixture {
                 me,
                 Duration::from_secs(2),
             ),
-            timings.lease_duration,
+            *timings,
         )
     }
 
@@ -132,6 +132,7 @@ async fn step(
         .map(|(r, _)| r);
     let obs = Observation {
         me: elector.me().to_owned(),
+        member: true,
         lease: record,
         watch: elector.watch().clone(),
         holder_pod: PodStatus::Unknown,
@@ -144,6 +145,10 @@ async fn step(
         },
         peers: vec![],
         renewed_sent_at: elector.renewed_sent_at(),
+        last_renewal: elector.last_renewal(),
+        failsafe_held_at: None,
+        primary_wal_seen: None,
+        streamed_at: Some(Instant::now()),
         failsafe_confirmed: false,
         policy: Policy {
             maximum_lag_on_failover: 1 << 20,
@@ -152,8 +157,8 @@ async fn step(
     };
     let decision = decide(&obs, Instant::now(), timings);
     let result = match &decision {
-        Decision::Renew => Some(elector.renew().await),
-        Decision::Acquire(_) => Some(elector.acquire().await),
+        Decision::Renew => Some(elector.renew(None, None).await),
+        Decision::Acquire(_) => Some(elector.acquire(None, None).await),
         _ => None,
     };
     (decision, result)
@@ -181,7 +186,7 @@ async fn l1_two_contenders_one_wins_the_loser_rereads() {
     a.observe(|_| PodStatus::Unknown).await.unwrap();
     b.observe(|_| PodStatus::Unknown).await.unwrap();
     // ... and both write conditionally on it: exactly one succeeds.
-    let (ra, rb) = tokio::join!(a.acquire(), b.acquire());
+    let (ra, rb) = tokio::join!(a.acquire(None, None), b.acquire(None, None));
     let (winner, loser, mut loser_elector) = match (&ra, &rb) {
         (Ok(()), Err(LeaseError::Conflict)) => ("c-0", "c-1", b),
         (Err(LeaseError::Conflict), Ok(())) => ("c-1", "c-0", a),
@@ -193,7 +198,7 @@ async fn l1_two_contenders_one_wins_the_loser_rereads() {
     // The loser forgot its copy: it cannot write again without re-reading.
     assert!(loser_elector.renewed_sent_at().is_none());
     assert!(matches!(
-        loser_elector.acquire().await,
+        loser_elector.acquire(None, None).await,
         Err(LeaseError::NotFound { .. })
     ));
     let (decision, _) = step(&mut loser_elector, &t).await;
@@ -249,7 +254,10 @@ async fn l2_takeover_only_after_lease_duration_unchanged_and_transitions_increme
     assert_eq!(holder(&lease).as_deref(), Some("c-1"));
     assert_eq!(transitions(&lease), 2);
     // The old holder's next renewal is refused (409) and it learns it lost.
-    assert!(matches!(holder_e.renew().await, Err(LeaseError::Conflict)));
+    assert!(matches!(
+        holder_e.renew(None, None).await,
+        Err(LeaseError::Conflict)
+    ));
     let (d, _) = step(&mut holder_e, &t).await;
     assert!(
         matches!(d, Decision::Follow { leader: Some(ref l), .. } if l == "c-1"),
@@ -266,7 +274,7 @@ async fn l2_a_released_lease_is_claimed_at_once_keeping_the_epoch() {
     let (mut a, mut b) = (f.elector("c-0", &t), f.elector("c-1", &t));
     step(&mut a, &t).await.1.unwrap().unwrap();
     step(&mut b, &t).await;
-    a.release(false).await.unwrap();
+    a.release(false, None).await.unwrap();
     let released = f.lease().await;
     assert_eq!(holder(&released), None);
     assert_eq!(transitions(&released), 1, "release keeps the epoch");
@@ -290,7 +298,7 @@ async fn l4_handover_is_confirmed_by_the_candidate() {
     let t = short_timings();
     let (mut a, mut b) = (f.elector("c-0", &t), f.elector("c-1", &t));
     step(&mut a, &t).await.1.unwrap().unwrap();
-    a.hand_over("c-1").await.unwrap();
+    a.hand_over("c-1", None).await.unwrap();
     assert!(
         a.renewed_sent_at().is_none(),
         "the old primary no longer holds it"

@@ -145,6 +145,7 @@ fn desired(role: Role) -> Desired {
         pg_hba: vec![],
         synchronous: None,
         member_slots: vec![],
+        replication_timeout: None,
     }
 }
 
@@ -814,22 +815,6 @@ async fn parameters_apply_by_reload_or_report_pending_restart() {
     assert_eq!(show(&pg, "shared_buffers").await, "24MB");
     assert!(pg.observe().await.pending_restart.is_empty());
 
-    // A running primary told to be a replica needs a restart (demotion), and says so.
-    let other = Upstream {
-        host: "127.0.0.1".into(),
-        port: free_port(),
-    };
-    let change = pg
-        .configure(&desired(Role::Replica {
-            upstream: other,
-            slot: None,
-        }))
-        .await
-        .unwrap();
-    assert!(
-        matches!(&change, Change::NeedsRestart(what) if what.contains(&"standby.signal".to_owned())),
-        "{change:?}"
-    );
     pg.stop(StopMode::Fast).await.unwrap();
 }
 
@@ -909,4 +894,68 @@ async fn fence_refuses_writes_at_once() {
         "the transaction open at the fence never committed"
     );
     pg.stop(StopMode::Fast).await.unwrap();
+}
+
+// ---- grey failures (issue 13), written against the code before the fixes ---------------------------
+
+#[tokio::test]
+async fn a_running_primary_is_never_reconfigured_as_a_replica() {
+    // Hole 1: a primary that lost its confirmation must fence or re-confirm; writing the replica role
+    // onto it (standby.signal, empty synchronous_standby_names) and reloading leaves it writable.
+    let dir = TestDir::new("norole");
+    let mut a = primary(&dir, "m0", &["m0"]).await;
+    let nobody = Upstream {
+        host: "127.0.0.1".into(),
+        port: free_port(),
+    };
+    let replica_role = desired(Role::Replica {
+        upstream: nobody,
+        slot: Some(slot_name("m0")),
+    });
+    let err = a
+        .configure(&replica_role)
+        .await
+        .expect_err("a running primary refuses the replica role");
+    assert!(matches!(err, Error::Refused(_)), "{err}");
+    assert!(
+        !a.settings().data_dir.join("standby.signal").exists(),
+        "nothing was written"
+    );
+    a.stop(StopMode::Fast).await.unwrap();
+    // Stopped, the same data directory takes the replica role (a demotion is a restart).
+    a.configure(&replica_role).await.unwrap();
+    assert!(a.settings().data_dir.join("standby.signal").exists());
+}
+
+#[tokio::test]
+async fn a_failed_step_before_pg_rewind_keeps_the_data() {
+    // Hole 13: rejoining a "primary" that is in fact still in recovery fails before pg_rewind runs (the
+    // source cannot report its WAL position): a transient condition, not a reason to wipe PGDATA.
+    let dir = TestDir::new("keep");
+    let mut a = primary(&dir, "m0", &["m0", "m1"]).await;
+    let mut b = replica(&dir, "m1", &a).await;
+    wait_streaming(&mut a, "m1").await;
+    superuser(&a)
+        .await
+        .batch_execute("CREATE TABLE keep (v int); INSERT INTO keep VALUES (1); CHECKPOINT")
+        .await
+        .unwrap();
+    a.fence().await.unwrap();
+    let err = a
+        .rejoin(&replica_of(&b, "m0"))
+        .await
+        .expect_err("b is no primary yet");
+    assert!(
+        a.is_initialized(),
+        "the data directory survives a failure before pg_rewind: {err}"
+    );
+    assert!(a.settings().data_dir.join("base").is_dir());
+    // Once b is a primary the same call rewinds.
+    b.promote().await.unwrap();
+    assert_eq!(
+        a.rejoin(&replica_of(&b, "m0")).await.unwrap(),
+        Rejoined::Rewound
+    );
+    a.stop(StopMode::Fast).await.unwrap();
+    b.stop(StopMode::Fast).await.unwrap();
 }

@@ -31,11 +31,13 @@ impl Policy {
     }
 }
 
-/// Bootstrap only into a cluster that never had data: this member's PGDATA is empty, and either the
-/// Lease was never held (transitions 0) or every peer answered and none has data. A holder that died
-/// half-way through initdb therefore bootstraps again instead of waiting forever.
+/// Bootstrap only into a cluster that never had data: this member's PGDATA is empty, the Lease records
+/// no system identifier (set once the first `initdb` succeeded, so a deleted and recreated Lease never
+/// lets an empty member create a second cluster), and either the Lease was never held (transitions 0)
+/// or every peer answered and none has data. A holder that died half-way through initdb therefore
+/// bootstraps again instead of waiting forever.
 pub(super) fn may_bootstrap(obs: &Observation, record: &LeaseRecord) -> bool {
-    if obs.local.initialized {
+    if !obs.member || obs.local.initialized || record.system_id.is_some() {
         return false;
     }
     let peer_has_data = obs
@@ -59,15 +61,20 @@ fn rank<'a>(policy: &Policy, record: &LeaseRecord, name: &'a str, wal: u64) -> i
 }
 
 /// L3: may this member try to take the Lease? It must be healthy, allowed to fail over, synchronous in
-/// the sync modes (recorded, or the holder the Lease still names), and — by what the reachable peers report — no primary may still run elsewhere, none may
-/// be on a newer timeline, it must be within `maximumLagOnFailover` of the best, and no eligible peer may
-/// rank above it ([`rank`]). Unreachable peers cannot object: that is what the Lease's own rules are for.
+/// the sync modes (recorded, or the holder the Lease still names), and — by what the reachable peers
+/// report — no primary may still run elsewhere, none may be on a newer timeline, no eligible peer may
+/// rank above it ([`rank`]), and it must be within `maximumLagOnFailover` of the best position known:
+/// a reachable peer's, the primary's as the Lease recorded it, or as the primary last reported it to
+/// this member. Unreachable peers cannot object: that is what the Lease's own rules are for.
 pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Ineligible> {
     let me = obs.me.as_str();
     let policy = &obs.policy;
     let (true, Some(my_wal)) = (obs.local.healthy, obs.local.wal) else {
         return Err(Ineligible::Unhealthy);
     };
+    if !obs.member {
+        return Err(Ineligible::NotAMember);
+    }
     if !policy.may_fail_over(me) {
         return Err(Ineligible::NoFailover);
     }
@@ -87,7 +94,12 @@ pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Inelig
     }
     let my_timeline = obs.local.timeline.unwrap_or(0);
     let my_rank = rank(policy, record, me, my_wal);
-    let mut best_wal = my_wal;
+    // The primary's position as last known — the Lease's record of it (written with each renewal) and
+    // what its REST API reported to this member — counts like a reachable peer's: a sole replica, or
+    // replicas all equally behind, cannot hide their lag.
+    let mut best_wal = my_wal
+        .max(record.wal_position.unwrap_or(0))
+        .max(obs.primary_wal_seen.unwrap_or(0));
     for peer in &obs.peers {
         let Some(report) = &peer.report else { continue };
         if report.primary && report.healthy {

@@ -19,10 +19,13 @@ use kube::{
     Api, Client,
     api::{ObjectMeta, PostParams},
 };
-use pgpilot_crds::contract::{ANNOTATION_HANDOVER, ANNOTATION_SYNC_MEMBERS, SIDECAR_FIELD_MANAGER};
+use pgpilot_crds::contract::{
+    ANNOTATION_HANDOVER, ANNOTATION_RENEW_DEADLINE, ANNOTATION_SYNC_MEMBERS, ANNOTATION_SYSTEM_ID,
+    ANNOTATION_WAL_POSITION, SIDECAR_FIELD_MANAGER,
+};
 use tracing::{debug, warn};
 
-use super::{LeaseRecord, LeaseWatch, PodStatus};
+use super::{LeaseRecord, LeaseWatch, PodStatus, Renewal, Timings};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
@@ -139,18 +142,25 @@ pub struct Elector {
     watch: LeaseWatch,
     current: Option<Current>,
     renewed_sent_at: Option<Instant>,
-    /// `leaseDurationSeconds` this member writes (its own `leaseDuration`).
-    lease_duration_seconds: i32,
+    /// The last successful write naming this member holder; a lost race does not clear it (L5).
+    last_renewal: Option<Renewal>,
+    /// The timings this member writes with: `leaseDurationSeconds` is its `leaseDuration`, and its own
+    /// fencing deadline for that write is the `renewDeadline` paired with it (L6).
+    timings: Timings,
+    /// The highest `leaseTransitions` read or written: the floor of the next epoch (L7).
+    max_epoch: u64,
 }
 
 impl Elector {
-    pub fn new(client: LeaseClient, lease_duration: Duration) -> Self {
+    pub fn new(client: LeaseClient, timings: Timings) -> Self {
         Self {
             client,
             watch: LeaseWatch::default(),
             current: None,
             renewed_sent_at: None,
-            lease_duration_seconds: i32::try_from(lease_duration.as_secs()).unwrap_or(i32::MAX),
+            last_renewal: None,
+            timings,
+            max_epoch: 0,
         }
     }
 
@@ -168,6 +178,7 @@ impl Elector {
             Ok(lease) => {
                 let current = Current::new(lease);
                 let record = current.record.clone();
+                self.max_epoch = self.max_epoch.max(record.transitions);
                 let pod = record.holder().map_or(PodStatus::Unknown, &holder_pod);
                 self.watch.observe(&record, &pod, Instant::now());
                 if record.holder() != Some(self.me()) {
@@ -179,6 +190,7 @@ impl Elector {
             }
             Err(error) => {
                 warn!(error = %error, category = error.category(), "cannot read the Lease");
+                self.watch.read_failed();
                 None
             }
         }
@@ -193,35 +205,75 @@ impl Elector {
         self.renewed_sent_at
     }
 
+    /// The last successful write naming this member holder, even after a lost race (L5).
+    pub fn last_renewal(&self) -> Option<Renewal> {
+        self.last_renewal
+    }
+
     /// The record as last read or written.
     pub fn record(&self) -> Option<&LeaseRecord> {
         self.current.as_ref().map(|c| &c.record)
     }
 
-    /// The holder's renewal (L5).
-    pub async fn renew(&mut self) -> Result<(), LeaseError> {
-        let (me, duration) = (self.me().to_owned(), self.lease_duration_seconds);
-        self.write(|l| renewed(l, &me, now(), duration)).await
+    /// The timings this member writes (and fences) with from its next write on (L6: a changed
+    /// `renewDeadline` counts only from the write that records the `leaseDuration` paired with it).
+    pub fn set_timings(&mut self, timings: Timings) {
+        self.timings = timings;
+    }
+
+    fn stamp(&self, wal_position: Option<u64>, system_id: Option<&str>) -> Stamp {
+        Stamp {
+            lease_duration: self.timings.lease_duration,
+            renew_deadline: self.timings.renew_deadline,
+            wal_position,
+            system_id: system_id.map(str::to_owned),
+            min_epoch: self.max_epoch,
+        }
+    }
+
+    /// The holder's renewal (L5), recording its WAL position and its data's system identifier.
+    pub async fn renew(
+        &mut self,
+        wal_position: Option<u64>,
+        system_id: Option<&str>,
+    ) -> Result<(), LeaseError> {
+        let me = self.me().to_owned();
+        let stamp = self.stamp(wal_position, system_id);
+        self.write(|l| renewed(l, &me, now(), &stamp)).await
     }
 
     /// A conditional takeover (L1); on success this member holds the Lease and may promote (L4).
-    pub async fn acquire(&mut self) -> Result<(), LeaseError> {
-        let (me, duration) = (self.me().to_owned(), self.lease_duration_seconds);
-        self.write(|l| acquired(l, &me, now(), duration)).await
+    pub async fn acquire(
+        &mut self,
+        wal_position: Option<u64>,
+        system_id: Option<&str>,
+    ) -> Result<(), LeaseError> {
+        let me = self.me().to_owned();
+        let stamp = self.stamp(wal_position, system_id);
+        self.write(|l| acquired(l, &me, now(), &stamp)).await
     }
 
     /// Empty holder, epoch kept; call only after PostgreSQL is stopped or demoted (L4). `synchronous`
     /// (the sync modes): the releasing primary records itself as having every acknowledged commit.
-    pub async fn release(&mut self, synchronous: bool) -> Result<(), LeaseError> {
+    pub async fn release(
+        &mut self,
+        synchronous: bool,
+        wal_position: Option<u64>,
+    ) -> Result<(), LeaseError> {
         let me = self.me().to_owned();
-        self.write(|l| released(l, synchronous.then_some(me.as_str())))
+        self.write(|l| released(l, synchronous.then_some(me.as_str()), wal_position))
             .await
     }
 
     /// Switchover: the candidate becomes holder; call only after PostgreSQL is stopped (L4).
-    pub async fn hand_over(&mut self, candidate: &str) -> Result<(), LeaseError> {
-        let duration = self.lease_duration_seconds;
-        self.write(|l| handed_over(l, candidate, now(), duration))
+    /// `wal_position`: the stopped primary's shutdown checkpoint.
+    pub async fn hand_over(
+        &mut self,
+        candidate: &str,
+        wal_position: Option<u64>,
+    ) -> Result<(), LeaseError> {
+        let stamp = self.stamp(wal_position, None);
+        self.write(|l| handed_over(l, candidate, now(), &stamp))
             .await
     }
 
@@ -247,7 +299,15 @@ impl Elector {
         match self.client.replace(&next).await {
             Ok(lease) => {
                 let current = Current::new(lease);
-                self.renewed_sent_at = (current.record.holder() == Some(self.me())).then_some(sent);
+                self.max_epoch = self.max_epoch.max(current.record.transitions);
+                let holding = current.record.holder() == Some(self.me());
+                self.renewed_sent_at = holding.then_some(sent);
+                if holding {
+                    self.last_renewal = Some(Renewal {
+                        sent_at: sent,
+                        renew_deadline: self.timings.renew_deadline,
+                    });
+                }
                 self.watch
                     .observe(&current.record, &PodStatus::Unknown, sent);
                 self.current = Some(current);
@@ -296,6 +356,15 @@ pub fn record_of(lease: &Lease) -> LeaseRecord {
                 .collect()
         }),
         handover_to: annotation(ANNOTATION_HANDOVER).filter(|h| !h.is_empty()),
+        lease_duration: spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map(Duration::from_secs),
+        wal_position: annotation(ANNOTATION_WAL_POSITION).and_then(|p| p.parse().ok()),
+        system_id: annotation(ANNOTATION_SYSTEM_ID).filter(|h| !h.is_empty()),
+        renew_deadline: annotation(ANNOTATION_RENEW_DEADLINE)
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_secs),
     }
 }
 
@@ -319,12 +388,53 @@ fn transitions(spec: &LeaseSpec) -> i32 {
     spec.lease_transitions.unwrap_or(0)
 }
 
-/// The holder's renewal: only `renewTime` moves (and a handover to it is confirmed).
-pub fn renewed(current: &Lease, me: &str, now: Timestamp, duration: i32) -> Lease {
+/// What a holder's write records besides its identity and times. It rides on the writes the holder
+/// makes anyway (L9: no extra write).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stamp {
+    /// `leaseDurationSeconds`: followers wait at least this long (L2, L6).
+    pub lease_duration: Duration,
+    /// The `renewDeadline` the writer fences by: how long a member waits for a holder whose pod
+    /// vanished (L8).
+    pub renew_deadline: Duration,
+    /// The writer's WAL position, the reference for lag (L3); `None` keeps the recorded one.
+    pub wal_position: Option<u64>,
+    /// The data's database system identifier, recorded once: no member bootstraps after that.
+    pub system_id: Option<String>,
+    /// The highest epoch this member has seen: a recreated Lease never restarts the epoch below it (L7).
+    pub min_epoch: u64,
+}
+
+fn apply_stamp(meta: &mut ObjectMeta, spec: &mut LeaseSpec, stamp: &Stamp) {
+    spec.lease_duration_seconds =
+        Some(i32::try_from(stamp.lease_duration.as_secs()).unwrap_or(i32::MAX));
+    let annotations = meta.annotations.get_or_insert_default();
+    annotations.insert(
+        ANNOTATION_RENEW_DEADLINE.into(),
+        stamp.renew_deadline.as_secs().to_string(),
+    );
+    if let Some(position) = stamp.wal_position {
+        annotations.insert(ANNOTATION_WAL_POSITION.into(), position.to_string());
+    }
+    if let Some(id) = &stamp.system_id {
+        annotations
+            .entry(ANNOTATION_SYSTEM_ID.into())
+            .or_insert_with(|| id.clone());
+    }
+}
+
+/// The next epoch after `spec`'s, never below `min_epoch` + 1 (L7).
+fn next_epoch(spec: &LeaseSpec, min_epoch: u64) -> i32 {
+    let floor = i32::try_from(min_epoch).unwrap_or(i32::MAX);
+    transitions(spec).max(floor).saturating_add(1)
+}
+
+/// The holder's renewal: `renewTime` moves, the stamp is refreshed (and a handover to it is confirmed).
+pub fn renewed(current: &Lease, me: &str, now: Timestamp, stamp: &Stamp) -> Lease {
     let (mut meta, mut spec) = base(current);
     spec.holder_identity = Some(me.to_owned());
     spec.renew_time = Some(MicroTime(now));
-    spec.lease_duration_seconds = Some(duration);
+    apply_stamp(&mut meta, &mut spec, stamp);
     remove_annotation(&mut meta, ANNOTATION_HANDOVER);
     Lease {
         metadata: meta,
@@ -334,16 +444,16 @@ pub fn renewed(current: &Lease, me: &str, now: Timestamp, duration: i32) -> Leas
 
 /// A takeover: a new epoch (L7) unless this member already was the holder (a restart's confirmation or a
 /// handover, whose epoch the previous holder already advanced).
-pub fn acquired(current: &Lease, me: &str, now: Timestamp, duration: i32) -> Lease {
+pub fn acquired(current: &Lease, me: &str, now: Timestamp, stamp: &Stamp) -> Lease {
     let (mut meta, mut spec) = base(current);
     let already = spec.holder_identity.as_deref() == Some(me);
     if !already {
-        spec.lease_transitions = Some(transitions(&spec).saturating_add(1));
+        spec.lease_transitions = Some(next_epoch(&spec, stamp.min_epoch));
         spec.acquire_time = Some(MicroTime(now));
     }
     spec.holder_identity = Some(me.to_owned());
     spec.renew_time = Some(MicroTime(now));
-    spec.lease_duration_seconds = Some(duration);
+    apply_stamp(&mut meta, &mut spec, stamp);
     remove_annotation(&mut meta, ANNOTATION_HANDOVER);
     Lease {
         metadata: meta,
@@ -356,8 +466,13 @@ pub fn acquired(current: &Lease, me: &str, now: Timestamp, duration: i32) -> Lea
 /// `synchronous_member`: in the sync modes the releasing primary adds itself to the recorded synchronous
 /// members. The holder always has every acknowledged commit, but once it is no longer the holder only the
 /// record can say so; without this, a primary that ran without a recorded standby (degraded `sync`) and
-/// then shut down cleanly would leave no member allowed to lead (L3).
-pub fn released(current: &Lease, synchronous_member: Option<&str>) -> Lease {
+/// then shut down cleanly would leave no member allowed to lead (L3). `wal_position`: where the stopped
+/// primary's WAL ends, the reference for whoever claims the Lease next.
+pub fn released(
+    current: &Lease,
+    synchronous_member: Option<&str>,
+    wal_position: Option<u64>,
+) -> Lease {
     let (mut meta, mut spec) = base(current);
     if let Some(me) = synchronous_member {
         let mut members = record_of(current).sync_members.unwrap_or_default();
@@ -368,6 +483,11 @@ pub fn released(current: &Lease, synchronous_member: Option<&str>) -> Lease {
         meta.annotations
             .get_or_insert_default()
             .insert(ANNOTATION_SYNC_MEMBERS.into(), members.join(","));
+    }
+    if let Some(position) = wal_position {
+        meta.annotations
+            .get_or_insert_default()
+            .insert(ANNOTATION_WAL_POSITION.into(), position.to_string());
     }
     spec.holder_identity = None;
     spec.acquire_time = None;
@@ -380,13 +500,13 @@ pub fn released(current: &Lease, synchronous_member: Option<&str>) -> Lease {
 }
 
 /// A switchover: the candidate becomes holder under a new epoch, marked as a handover it must confirm.
-pub fn handed_over(current: &Lease, candidate: &str, now: Timestamp, duration: i32) -> Lease {
+pub fn handed_over(current: &Lease, candidate: &str, now: Timestamp, stamp: &Stamp) -> Lease {
     let (mut meta, mut spec) = base(current);
     spec.holder_identity = Some(candidate.to_owned());
-    spec.lease_transitions = Some(transitions(&spec).saturating_add(1));
+    spec.lease_transitions = Some(next_epoch(&spec, stamp.min_epoch));
     spec.acquire_time = Some(MicroTime(now));
     spec.renew_time = Some(MicroTime(now));
-    spec.lease_duration_seconds = Some(duration);
+    apply_stamp(&mut meta, &mut spec, stamp);
     meta.annotations
         .get_or_insert_default()
         .insert(ANNOTATION_HANDOVER.into(), candidate.to_owned());
@@ -432,14 +552,71 @@ mod tests {
         Timestamp::from_second(secs).unwrap()
     }
 
+    fn st() -> Stamp {
+        Stamp {
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            ..Stamp::default()
+        }
+    }
+
+    #[test]
+    fn renewals_carry_the_stamp_and_record_the_system_identifier_once() {
+        let current = lease(Some("a"), 3);
+        let stamp = Stamp {
+            wal_position: Some(4096),
+            system_id: Some("742".into()),
+            ..st()
+        };
+        let r = record_of(&renewed(&current, "a", ts(5), &stamp));
+        assert_eq!(r.lease_duration, Some(Duration::from_secs(15)));
+        assert_eq!(r.renew_deadline, Some(Duration::from_secs(10)));
+        assert_eq!(r.wal_position, Some(4096));
+        assert_eq!(r.system_id.as_deref(), Some("742"));
+        let other = Stamp {
+            system_id: Some("999".into()),
+            wal_position: None,
+            ..st()
+        };
+        let again = record_of(&renewed(
+            &renewed(&current, "a", ts(5), &stamp),
+            "a",
+            ts(6),
+            &other,
+        ));
+        assert_eq!(again.system_id.as_deref(), Some("742"), "never overwritten");
+        assert_eq!(again.wal_position, Some(4096), "kept when not known");
+    }
+
+    #[test]
+    fn l7_a_recreated_lease_never_restarts_the_epoch_below_what_was_seen() {
+        let recreated = lease(None, 0);
+        let stamp = Stamp {
+            min_epoch: 7,
+            ..st()
+        };
+        assert_eq!(
+            record_of(&acquired(&recreated, "a", ts(1), &stamp)).transitions,
+            8
+        );
+        assert_eq!(
+            record_of(&handed_over(&recreated, "b", ts(1), &stamp)).transitions,
+            8
+        );
+        assert_eq!(
+            record_of(&acquired(&lease(Some("a"), 9), "b", ts(1), &stamp)).transitions,
+            10
+        );
+    }
+
     #[test]
     fn l1_every_write_carries_the_resource_version_read() {
         let current = lease(Some("a"), 3);
         for written in [
-            renewed(&current, "a", ts(5), 15),
-            acquired(&current, "b", ts(5), 15),
-            released(&current, None),
-            handed_over(&current, "b", ts(5), 15),
+            renewed(&current, "a", ts(5), &st()),
+            acquired(&current, "b", ts(5), &st()),
+            released(&current, None, None),
+            handed_over(&current, "b", ts(5), &st()),
             with_sync_members(&current, &["b".into()]),
         ] {
             assert_eq!(written.metadata.resource_version.as_deref(), Some("41"));
@@ -449,17 +626,20 @@ mod tests {
     #[test]
     fn l7_transitions_count_holder_changes_only() {
         let current = lease(Some("a"), 3);
-        assert_eq!(record_of(&renewed(&current, "a", ts(5), 15)).transitions, 3);
         assert_eq!(
-            record_of(&acquired(&current, "b", ts(5), 15)).transitions,
+            record_of(&renewed(&current, "a", ts(5), &st())).transitions,
+            3
+        );
+        assert_eq!(
+            record_of(&acquired(&current, "b", ts(5), &st())).transitions,
             4
         );
         assert_eq!(
-            record_of(&acquired(&current, "a", ts(5), 15)).transitions,
+            record_of(&acquired(&current, "a", ts(5), &st())).transitions,
             3,
             "a restart's confirmation"
         );
-        let released = released(&current, None);
+        let released = released(&current, None, None);
         assert_eq!(record_of(&released).holder, None);
         assert_eq!(
             record_of(&released).transitions,
@@ -467,10 +647,10 @@ mod tests {
             "release keeps the epoch"
         );
         assert_eq!(
-            record_of(&acquired(&released, "a", ts(6), 15)).transitions,
+            record_of(&acquired(&released, "a", ts(6), &st())).transitions,
             4
         );
-        let handed = handed_over(&current, "b", ts(5), 15);
+        let handed = handed_over(&current, "b", ts(5), &st());
         let rec = record_of(&handed);
         assert_eq!(
             (
@@ -481,14 +661,14 @@ mod tests {
             (Some("b"), 4, Some("b"))
         );
         // The candidate's confirmation keeps the epoch and clears the mark.
-        let confirmed = record_of(&acquired(&handed, "b", ts(6), 15));
+        let confirmed = record_of(&acquired(&handed, "b", ts(6), &st()));
         assert_eq!((confirmed.transitions, confirmed.handover_to), (4, None));
     }
 
     #[test]
     fn renewal_moves_renew_time_only() {
         let current = lease(Some("a"), 3);
-        let r = record_of(&renewed(&current, "a", ts(99), 15));
+        let r = record_of(&renewed(&current, "a", ts(99), &st()));
         assert_ne!(r.renew_time, record_of(&current).renew_time);
         assert_eq!(r.holder.as_deref(), Some("a"));
     }
@@ -496,13 +676,13 @@ mod tests {
     #[test]
     fn a_synchronous_release_records_the_releasing_primary() {
         let current = with_sync_members(&lease(Some("a"), 3), &["b".into()]);
-        let r = record_of(&released(&current, Some("a")));
+        let r = record_of(&released(&current, Some("a"), None));
         assert_eq!(r.sync_members, Some(vec!["a".to_owned(), "b".to_owned()]));
         assert_eq!(r.holder, None);
-        let r = record_of(&released(&lease(Some("a"), 3), Some("a")));
+        let r = record_of(&released(&lease(Some("a"), 3), Some("a"), None));
         assert_eq!(r.sync_members, Some(vec!["a".to_owned()]));
         assert_eq!(
-            record_of(&released(&current, None)).sync_members,
+            record_of(&released(&current, None, None)).sync_members,
             Some(vec!["b".to_owned()])
         );
     }

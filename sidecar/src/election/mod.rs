@@ -101,6 +101,9 @@ pub struct Peer {
 #[derive(Clone, Debug)]
 pub struct Observation {
     pub me: String,
+    /// This pod is a member: a StatefulSet ordinal below `instances` (issue 13 hole 10). Any other pod
+    /// with the cluster label never races for the Lease.
+    pub member: bool,
     /// The Lease as read this loop; `None` when the read failed (apiserver unreachable).
     pub lease: Option<LeaseRecord>,
     pub watch: LeaseWatch,
@@ -112,9 +115,27 @@ pub struct Observation {
     /// When the last successful renewal (or acquisition) by *this process* was sent. `None` until this
     /// process has confirmed the Lease with a conditional write, and again after a write lost a race.
     pub renewed_sent_at: Option<Instant>,
+    /// This process's last successful write naming itself holder, kept across a lost race (a 409
+    /// clears `renewed_sent_at`, not this): L5 counts from it while PostgreSQL runs as a primary.
+    pub last_renewal: Option<Renewal>,
+    /// When this member last kept serving by failsafe, every member having confirmed it (L5).
+    pub failsafe_held_at: Option<Instant>,
+    /// The highest WAL position this member saw the holder of the current record report (REST).
+    pub primary_wal_seen: Option<u64>,
+    /// When this member's WAL receiver was last seen streaming.
+    pub streamed_at: Option<Instant>,
     /// Failsafe (L5): every peer answered over REST this loop and none disputes this member as primary.
     pub failsafe_confirmed: bool,
     pub policy: Policy,
+}
+
+/// A successful write naming this member holder, as L5 counts from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Renewal {
+    /// When the request was sent (not when the answer came).
+    pub sent_at: Instant,
+    /// The `renewDeadline` in force when it was written, paired with the `leaseDurationSeconds` it wrote.
+    pub renew_deadline: Duration,
 }
 
 /// Why a member tries to take the Lease.
@@ -126,8 +147,14 @@ pub enum AcquireReason {
     Released,
     /// The record stayed unchanged for `leaseDuration` (L2).
     Expired,
-    /// The holder's container terminated or its pod is gone (L8).
+    /// The holder's container terminated or restarted (L8).
     HolderDead,
+    /// The holder's pod is gone or was replaced, and the record has not changed for `renewDeadline`
+    /// (by then a holder cut off with it has fenced, L5/L8).
+    HolderGone,
+    /// The Lease has no holder (it was recreated) while this member runs as the primary: it takes it
+    /// back without stopping, conditionally (L1).
+    Reclaim,
     /// The Lease names this member but this process has not written it yet (restart, L4).
     Confirm,
     /// A switchover handed the Lease to this member; it confirms before promoting (L4).
@@ -151,6 +178,35 @@ pub enum Ineligible {
     },
     /// A reachable, eligible peer ranks higher (further ahead, higher priority, or the tie-break).
     PeerAhead(String),
+    /// This pod is not a member of the cluster (its ordinal is not below `instances`).
+    NotAMember,
+    /// Its WAL receiver has not streamed from the primary recently, and it is behind the position the
+    /// Lease records: it cannot know how much it misses.
+    NotStreamedRecently,
+}
+
+impl std::fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ineligible::Unhealthy => write!(f, "PostgreSQL is not running and answering"),
+            Ineligible::NoFailover => write!(f, "tagged noFailover"),
+            Ineligible::NotAMember => write!(f, "not a member (ordinal not below instances)"),
+            Ineligible::NotSynchronous => write!(f, "not a recorded synchronous standby"),
+            Ineligible::PrimaryRunning(p) => write!(f, "{p} still runs as primary"),
+            Ineligible::OlderTimeline(p) => write!(f, "{p} is on a newer timeline"),
+            Ineligible::TooFarBehind { behind } => {
+                write!(
+                    f,
+                    "{behind} bytes behind the primary (maximumLagOnFailover)"
+                )
+            }
+            Ineligible::PeerAhead(p) => write!(f, "{p} ranks higher"),
+            Ineligible::NotStreamedRecently => write!(
+                f,
+                "has not streamed from the primary recently and lacks the position the Lease records"
+            ),
+        }
+    }
 }
 
 /// What to do this loop. The HA loop carries it out; nothing else changes roles.
@@ -226,17 +282,25 @@ impl std::fmt::Display for Decision {
 ///
 /// Order of precedence:
 /// 1. The holder (this process confirmed it) renews once its last renewal is [`Timings::renew_interval`]
-///    old, and holds otherwise; past `renewDeadline` since the last successful renewal was sent it
-///    fences a running primary instead (L5). Failsafe (opt-in) holds instead of renewing or fencing
+///    old, and holds otherwise; past its fencing deadline ([`fencing_deadline`]) it fences a running
+///    primary instead (L5) — paused or not. Failsafe (opt-in) holds instead of renewing or fencing
 ///    while the Lease is unreadable and every member confirms this primary.
-/// 2. The Lease unreadable: a non-holder changes nothing.
-/// 3. Pause: the holder still renews, nobody else changes anything.
-/// 4. A running primary that does not hold the Lease demotes (L4).
-/// 5. The Lease names this member but this process never wrote it (restart or handover): confirm with a
+/// 2. A running primary is the confirmed holder or it is being fenced: past the deadline of its last
+///    confirmed write it fences even when a lost race (409) took the belief away (L5).
+/// 3. The Lease unreadable: nobody else changes anything.
+/// 4. A running primary the Lease still names re-confirms with a conditional write, with no rank test
+///    against itself (L1, L4): it never follows.
+/// 5. Pause: nobody else changes anything.
+/// 6. A running primary the Lease does not name demotes (L4) — unless the Lease has no holder at all
+///    (recreated) and no reachable peer disputes it: then it takes it back without stopping (L1).
+/// 7. The Lease names this member but this process never wrote it (restart or handover): confirm with a
 ///    conditional write first (L4) — a restarted holder only if it is still the best candidate (L3).
-/// 6. Released (L2) or never held (bootstrap): the best eligible member races (L1, L3).
-/// 7. Held by another: follow, unless the record expired (L2) or the holder is dead (L8) and this member
-///    is the best eligible one (L3).
+/// 8. Released (L2) or never held (bootstrap, never once a system identifier is recorded): the best
+///    eligible member races (L1, L3).
+/// 9. Held by another: follow, unless the record expired (L2: by the longer of this member's and the
+///    record's `leaseDuration`), the holder's container died (L8), or its pod is gone and the record
+///    has not changed for the holder's `renewDeadline` and one retry period — and this member is the
+///    best eligible one (L3).
 pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
     let me = obs.me.as_str();
     let confirmed_holder = obs.renewed_sent_at.is_some()
@@ -244,36 +308,48 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
             .lease
             .as_ref()
             .is_none_or(|record| record.holder() == Some(me));
+    let past_deadline = fencing_deadline(obs, timings).is_some_and(|d| now >= d);
+    let primary = obs.local.primary;
 
     if let Some(sent) = obs.renewed_sent_at.filter(|_| confirmed_holder) {
-        let since = now.saturating_duration_since(sent);
-        let due = since >= timings.renew_interval();
-        let serving = obs.local.primary && !obs.policy.paused;
+        let due = now.saturating_duration_since(sent) >= timings.renew_interval();
         // Failsafe takes over from the first due renewal the apiserver does not answer (the Lease was
         // unreadable this loop), well before the deadline: the watchdog fences at the deadline itself.
-        let apiserver_gone = obs.lease.is_none() && (due || since >= timings.renew_deadline);
-        if serving && apiserver_gone && obs.policy.failsafe && obs.failsafe_confirmed {
+        let apiserver_gone = obs.lease.is_none() && (due || past_deadline);
+        if primary && apiserver_gone && obs.policy.failsafe && obs.failsafe_confirmed {
             return Decision::FailsafeHold;
         }
-        if serving && since >= timings.renew_deadline {
+        if primary && past_deadline {
             return Decision::Fence;
         }
         return if due { Decision::Renew } else { Decision::Hold };
+    }
+    if primary && past_deadline {
+        return Decision::Fence;
     }
 
     let Some(record) = &obs.lease else {
         return Decision::Wait(WaitReason::LeaseUnknown);
     };
+    let holder = record.holder();
+    if primary && holder == Some(me) {
+        return Decision::Acquire(AcquireReason::Confirm);
+    }
     if obs.policy.paused {
         return Decision::Wait(WaitReason::Paused);
     }
-    let holder = record.holder();
-    if obs.local.primary && holder != Some(me) {
+    if primary {
+        if holder.is_none() && undisputed_primary(obs) {
+            return Decision::Acquire(AcquireReason::Reclaim);
+        }
         return Decision::Demote {
             leader: holder.map(str::to_owned),
         };
     }
 
+    let lease_duration = timings
+        .lease_duration
+        .max(record.lease_duration.unwrap_or_default());
     match holder {
         Some(h) if h == me => {
             if record.handover_to.as_deref() == Some(me) {
@@ -295,32 +371,134 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
             if may_bootstrap(obs, record) {
                 return Decision::Acquire(AcquireReason::Bootstrap);
             }
-            match eligibility(obs, record) {
+            match eligibility(obs, record)
+                .and_then(|()| streamed_recently(obs, record, now, lease_duration, timings))
+            {
                 Ok(()) => Decision::Acquire(AcquireReason::Released),
                 Err(why) => follow_none(FollowReason::Ineligible(why)),
             }
         }
         Some(h) => {
             let leader = Some(h.to_owned());
-            let expired = obs.watch.unchanged_for(now) >= timings.lease_duration;
+            let unchanged = obs.watch.unchanged_for(now);
+            let expired = unchanged >= lease_duration;
             let dead = obs.watch.holder_dead(&obs.holder_pod);
-            if !expired && !dead {
+            // The holder's own deadline, as it wrote it (without it, only expiry counts), plus one
+            // retry period for the fence itself to land: the watchdog fires at the deadline counted
+            // from when the holder *sent* its last write, which is before this member saw it.
+            let fenced_by = record
+                .renew_deadline
+                .map_or(lease_duration, |d| d + timings.retry_period);
+            let gone = obs.watch.holder_gone(&obs.holder_pod) && unchanged >= fenced_by;
+            if !expired && !dead && !gone {
                 let why = if record.handover_to.as_deref() == Some(h) {
                     FollowReason::HandoverPending
+                } else if obs.watch.holder_gone(&obs.holder_pod) {
+                    FollowReason::NotExpired
                 } else {
                     FollowReason::Leader
                 };
                 return Decision::Follow { leader, why };
             }
-            match eligibility(obs, record) {
-                Ok(()) if expired => Decision::Acquire(AcquireReason::Expired),
-                Ok(()) => Decision::Acquire(AcquireReason::HolderDead),
+            let reason = if expired {
+                AcquireReason::Expired
+            } else if dead {
+                AcquireReason::HolderDead
+            } else {
+                AcquireReason::HolderGone
+            };
+            match eligibility(obs, record)
+                .and_then(|()| streamed_recently(obs, record, now, lease_duration, timings))
+            {
+                Ok(()) => Decision::Acquire(reason),
                 Err(why) => Decision::Follow {
                     leader,
                     why: FollowReason::Ineligible(why),
                 },
             }
         }
+    }
+}
+
+/// L5: when a running primary must have fenced — `renewDeadline` after its last successful write was
+/// sent, using the deadline paired with the `leaseDurationSeconds` that write recorded (a longer one
+/// from a configuration change counts only from the next write, L6), or after its last failsafe hold.
+/// `None` before this process ever confirmed the Lease.
+pub fn fencing_deadline(obs: &Observation, timings: &Timings) -> Option<Instant> {
+    fencing_deadline_of(
+        obs.renewed_sent_at,
+        obs.last_renewal,
+        obs.failsafe_held_at,
+        timings,
+    )
+}
+
+/// [`fencing_deadline`] from its parts, for the watchdog and the renewals during long actions, which
+/// fence by the same deadline.
+pub fn fencing_deadline_of(
+    renewed_sent_at: Option<Instant>,
+    last_renewal: Option<Renewal>,
+    failsafe_held_at: Option<Instant>,
+    timings: &Timings,
+) -> Option<Instant> {
+    // `None < Some`: the later of the two sends.
+    let sent = renewed_sent_at.max(last_renewal.map(|r| r.sent_at))?;
+    let base = failsafe_held_at.map_or(sent, |f| f.max(sent));
+    let deadline = last_renewal.map_or(timings.renew_deadline, |r| {
+        r.renew_deadline.min(timings.renew_deadline)
+    });
+    Some(base + deadline)
+}
+
+/// A replica: why it could not take over if the holder went away now (`None`: it could, or another
+/// member ranks higher and could). The operator sets `FailoverBlocked` when no member could.
+pub fn failover_blocked(obs: &Observation, now: Instant, timings: &Timings) -> Option<Ineligible> {
+    let record = obs.lease.as_ref()?;
+    let holder = record.holder().filter(|h| *h != obs.me)?;
+    let mut without = obs.clone();
+    without.peers.retain(|p| p.name != holder);
+    let lease_duration = timings
+        .lease_duration
+        .max(record.lease_duration.unwrap_or_default());
+    match eligibility(&without, record)
+        .and_then(|()| streamed_recently(&without, record, now, lease_duration, timings))
+    {
+        Ok(()) | Err(Ineligible::PeerAhead(_)) => None,
+        Err(why) => Some(why),
+    }
+}
+
+/// A running primary that finds the Lease without a holder (recreated): no reachable peer runs as a
+/// primary or is on a newer timeline, so its own data is the cluster's newest.
+fn undisputed_primary(obs: &Observation) -> bool {
+    let mine = obs.local.timeline.unwrap_or(0);
+    obs.peers
+        .iter()
+        .filter_map(|p| p.report.as_ref())
+        .all(|r| !(r.primary && r.healthy) && r.timeline.unwrap_or(0) <= mine)
+}
+
+/// L3 for a takeover: a member that has not streamed from the primary within `leaseDuration +
+/// renewDeadline` (the longest the primary can have been writing without it noticing) cannot know what
+/// it misses — unless it already has the position the Lease recorded at the last renewal.
+fn streamed_recently(
+    obs: &Observation,
+    record: &LeaseRecord,
+    now: Instant,
+    lease_duration: Duration,
+    timings: &Timings,
+) -> Result<(), Ineligible> {
+    let window = lease_duration + timings.renew_deadline;
+    let recent = obs
+        .streamed_at
+        .is_some_and(|at| now.saturating_duration_since(at) <= window);
+    let has_recorded = record
+        .wal_position
+        .is_some_and(|p| obs.local.wal.is_some_and(|w| w >= p));
+    if recent || has_recorded {
+        Ok(())
+    } else {
+        Err(Ineligible::NotStreamedRecently)
     }
 }
 

@@ -18,6 +18,16 @@ pub struct LeaseRecord {
     pub sync_members: Option<Vec<String>>,
     /// The member a switchover handed the Lease to, until it confirms (annotation `pgpilot.io/handover-to`).
     pub handover_to: Option<String>,
+    /// `spec.leaseDurationSeconds` as the holder wrote it: followers wait at least this long (L2, L6).
+    pub lease_duration: Option<Duration>,
+    /// The holder's WAL position when it last wrote the record (annotation `pgpilot.io/wal-position`):
+    /// the reference a restarted member measures its lag against (L3).
+    pub wal_position: Option<u64>,
+    /// The cluster's database system identifier (annotation `pgpilot.io/system-identifier`): once set,
+    /// nobody bootstraps.
+    pub system_id: Option<String>,
+    /// The `renewDeadline` the holder fences by (annotation `pgpilot.io/renew-deadline-seconds`).
+    pub renew_deadline: Option<Duration>,
 }
 
 impl LeaseRecord {
@@ -68,13 +78,22 @@ pub struct LeaseWatch {
     since: Option<Instant>,
     /// The holder pod's uid and container restart count when the record last changed.
     holder_baseline: Option<(String, u32)>,
+    /// A read failed since the last successful one.
+    outage: bool,
 }
 
 impl LeaseWatch {
+    /// The Lease could not be read this loop. The next successful read restarts the clock (L2): while
+    /// this member could not read, neither could the holder perhaps write — a failsafe holder that the
+    /// apiserver did not answer must get a whole `leaseDuration` to renew once it answers again.
+    pub fn read_failed(&mut self) {
+        self.outage = true;
+    }
+
     /// Records one observation of the Lease and of its holder's pod.
     pub fn observe(&mut self, record: &LeaseRecord, holder_pod: &PodStatus, now: Instant) {
         let key = record.key();
-        if self.key.as_ref() != Some(&key) {
+        if self.key.as_ref() != Some(&key) || std::mem::take(&mut self.outage) {
             self.key = Some(key);
             self.since = Some(now);
             self.holder_baseline = baseline(holder_pod);
@@ -90,13 +109,11 @@ impl LeaseWatch {
             .map_or(Duration::ZERO, |since| now.saturating_duration_since(since))
     }
 
-    /// L8: the kubelet says the processes that could accept writes under this record are dead — the
-    /// holder's pod is gone or was replaced, or its PostgreSQL container terminated or restarted since
-    /// the record last changed.
+    /// L8: the kubelet says the holder's PostgreSQL container, in the pod that held the record when it
+    /// last changed, terminated or restarted since: the processes that could accept writes under this
+    /// record are dead.
     pub fn holder_dead(&self, holder_pod: &PodStatus) -> bool {
         match holder_pod {
-            PodStatus::Unknown => false,
-            PodStatus::Gone => true,
             PodStatus::Present {
                 uid,
                 terminated,
@@ -107,9 +124,24 @@ impl LeaseWatch {
                         .holder_baseline
                         .as_ref()
                         .is_some_and(|(base_uid, base_restarts)| {
-                            base_uid != uid || restarts > base_restarts
+                            base_uid == uid && restarts > base_restarts
                         })
             }
+            PodStatus::Unknown | PodStatus::Gone => false,
+        }
+    }
+
+    /// The holder's pod is gone from the API, or was replaced by a new one. That alone proves nothing
+    /// about its processes: a pod force-deleted on a partitioned node keeps running there (L8 needs an
+    /// observed termination). It only lets a member stop waiting once the holder must have fenced.
+    pub fn holder_gone(&self, holder_pod: &PodStatus) -> bool {
+        match holder_pod {
+            PodStatus::Gone => true,
+            PodStatus::Present { uid, .. } => self
+                .holder_baseline
+                .as_ref()
+                .is_some_and(|(base_uid, _)| base_uid != uid),
+            PodStatus::Unknown => false,
         }
     }
 }

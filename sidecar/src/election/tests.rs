@@ -28,6 +28,10 @@ fn record(holder: Option<&str>, rv: &str, transitions: u64) -> LeaseRecord {
         transitions,
         sync_members: None,
         handover_to: None,
+        lease_duration: Some(Duration::from_secs(15)),
+        wal_position: None,
+        system_id: None,
+        renew_deadline: Some(Duration::from_secs(10)),
     }
 }
 
@@ -81,12 +85,17 @@ fn replica_obs(lease: LeaseRecord) -> Observation {
     watch.observe(&lease, &holder_pod, t(0.0));
     Observation {
         me: "c-1".into(),
+        member: true,
         lease: Some(lease),
         watch,
         holder_pod,
         local: healthy_replica(1000),
         peers: vec![peer("c-0", None), peer("c-2", Some(replica_report(900)))],
         renewed_sent_at: None,
+        last_renewal: None,
+        failsafe_held_at: None,
+        primary_wal_seen: None,
+        streamed_at: Some(t(0.0)),
         failsafe_confirmed: false,
         policy: Policy {
             maximum_lag_on_failover: 1 << 20,
@@ -101,6 +110,10 @@ fn holder_obs() -> Observation {
     obs.me = "c-0".into();
     obs.local = running_primary(1000);
     obs.renewed_sent_at = Some(t(0.0));
+    obs.last_renewal = Some(Renewal {
+        sent_at: t(0.0),
+        renew_deadline: timings().renew_deadline,
+    });
     obs.peers = vec![
         peer("c-1", Some(replica_report(1000))),
         peer("c-2", Some(replica_report(1000))),
@@ -464,8 +477,20 @@ fn l4_a_handover_target_confirms_then_promotes() {
 
 #[test]
 fn l4_a_primary_without_the_lease_demotes() {
-    let mut obs = replica_obs(record(None, "30", 4));
+    let mut obs = replica_obs(record(Some("c-2"), "30", 4));
     obs.local = running_primary(1000);
+    assert_eq!(
+        decide(&obs, t(0.0), &timings()),
+        Decision::Demote {
+            leader: Some("c-2".into())
+        }
+    );
+    // No holder at all, but a reachable peer runs as primary: not this member's to take back.
+    obs.lease = Some(record(None, "30", 4));
+    obs.peers[1].report = Some(PgView {
+        primary: true,
+        ..replica_report(1000)
+    });
     assert_eq!(
         decide(&obs, t(0.0), &timings()),
         Decision::Demote { leader: None }
@@ -594,23 +619,36 @@ fn l7_stale_primary_labels_are_found_for_the_new_holder() {
 // ---- L8: a dead holder's Lease is taken without waiting for expiry ----------------------------------
 
 #[test]
-fn l8_container_restart_or_termination_or_pod_gone_allows_early_takeover() {
+fn l8_container_restart_or_termination_allows_early_takeover_a_gone_pod_waits_renew_deadline() {
     let mut obs = expired_obs();
     assert!(matches!(
         decide(&obs, t(3.0), &timings()),
         Decision::Follow { .. }
     ));
-    for dead in [
-        pod("uid-0", false, 1),
-        pod("uid-0", true, 0),
-        pod("uid-new", false, 0),
-        PodStatus::Gone,
-    ] {
+    for dead in [pod("uid-0", false, 1), pod("uid-0", true, 0)] {
         obs.holder_pod = dead.clone();
         assert_eq!(
             decide(&obs, t(3.0), &timings()),
             Decision::Acquire(AcquireReason::HolderDead),
             "{dead:?}"
+        );
+    }
+    // Gone from the API (or replaced) proves nothing about the processes: wait for the holder's own
+    // renewDeadline (and a retry period for the fence to land) since the last change (L5).
+    for gone in [pod("uid-new", false, 0), PodStatus::Gone] {
+        obs.holder_pod = gone.clone();
+        assert_eq!(
+            decide(&obs, t(11.9), &timings()),
+            Decision::Follow {
+                leader: Some("c-0".into()),
+                why: FollowReason::NotExpired
+            },
+            "{gone:?}"
+        );
+        assert_eq!(
+            decide(&obs, t(12.0), &timings()),
+            Decision::Acquire(AcquireReason::HolderGone),
+            "{gone:?}"
         );
     }
     // Unknown (pods not listed) is no signal: only L2 applies.
@@ -639,7 +677,7 @@ fn l8_a_renewal_after_the_restart_resets_the_baseline() {
 #[test]
 fn l8_still_needs_eligibility() {
     let mut obs = expired_obs();
-    obs.holder_pod = PodStatus::Gone;
+    obs.holder_pod = pod("uid-0", true, 0);
     obs.local.healthy = false;
     assert_eq!(
         decide(&obs, t(3.0), &timings()),
@@ -726,10 +764,11 @@ fn l9_followers_decide_nothing_that_writes_in_steady_state() {
 fn pause_holder_keeps_renewing_others_change_nothing() {
     let mut obs = holder_obs();
     obs.policy.paused = true;
+    assert_eq!(decide(&obs, t(5.0), &timings()), Decision::Renew);
     assert_eq!(
-        decide(&obs, t(30.0), &timings()),
-        Decision::Renew,
-        "no fencing in pause"
+        decide(&obs, t(10.0), &timings()),
+        Decision::Fence,
+        "L5 holds in pause too (issue 13 hole 8)"
     );
     let mut obs = replica_obs(record(Some("c-0"), "10", 1));
     obs.policy.paused = true;
@@ -738,4 +777,240 @@ fn pause_holder_keeps_renewing_others_change_nothing() {
         decide(&obs, t(60.0), &timings()),
         Decision::Wait(WaitReason::Paused)
     );
+}
+
+// ---- grey failures (issue 13), written against the code before the fixes ---------------------------
+
+#[test]
+fn grey_a_running_primary_the_lease_names_reconfirms_after_a_lost_race() {
+    // A renewal committed but its reply was lost; the next renewal got 409: this process no longer
+    // counts as the confirmed holder, yet the Lease still names it and PostgreSQL is a running primary.
+    let mut obs = holder_obs();
+    obs.renewed_sent_at = None;
+    obs.lease = Some(record(Some("c-0"), "12", 1));
+    assert_eq!(
+        decide(&obs, t(1.0), &timings()),
+        Decision::Acquire(AcquireReason::Confirm),
+        "a running primary re-confirms with a conditional write, it never follows"
+    );
+}
+
+#[test]
+fn grey_a_deleted_holder_pod_without_a_terminated_container_waits_renew_deadline() {
+    // A pod force-deleted on a partitioned node: the API has no pod, but its PostgreSQL may still
+    // accept writes until it fences at renewDeadline.
+    let mut obs = expired_obs();
+    obs.holder_pod = PodStatus::Gone;
+    assert!(
+        matches!(decide(&obs, t(3.0), &timings()), Decision::Follow { .. }),
+        "{:?}",
+        decide(&obs, t(3.0), &timings())
+    );
+    obs.holder_pod = pod("uid-new", false, 0);
+    assert!(matches!(
+        decide(&obs, t(3.0), &timings()),
+        Decision::Follow { .. }
+    ));
+}
+
+#[test]
+fn grey_a_paused_holder_still_fences_at_the_deadline() {
+    let mut obs = holder_obs();
+    obs.policy.paused = true;
+    assert_eq!(decide(&obs, t(10.0), &timings()), Decision::Fence);
+}
+
+#[test]
+fn grey_a_running_primary_keeps_its_deadline_across_a_lost_race() {
+    // After the 409 the belief is gone but the deadline of the last confirmed renewal is not (L5).
+    let mut obs = holder_obs();
+    obs.renewed_sent_at = None;
+    obs.lease = Some(record(Some("c-0"), "12", 1));
+    assert_eq!(decide(&obs, t(10.0), &timings()), Decision::Fence);
+    obs.lease = None;
+    assert_eq!(
+        decide(&obs, t(10.0), &timings()),
+        Decision::Fence,
+        "also without the apiserver"
+    );
+}
+
+#[test]
+fn grey_a_running_primary_retakes_a_recreated_lease_without_stopping() {
+    let mut obs = holder_obs();
+    obs.renewed_sent_at = None;
+    obs.lease = Some(record(None, "1", 0));
+    assert_eq!(
+        decide(&obs, t(1.0), &timings()),
+        Decision::Acquire(AcquireReason::Reclaim)
+    );
+}
+
+#[test]
+fn grey_a_recorded_system_identifier_forbids_bootstrap() {
+    // The Lease was deleted and recreated (transitions 0) while the members with data are unreachable.
+    let mut lease = record(None, "1", 0);
+    lease.system_id = Some("7412345678901234567".into());
+    let mut obs = replica_obs(lease);
+    obs.local = PgView::default();
+    obs.peers = vec![peer("c-0", None), peer("c-2", None)];
+    assert!(
+        !matches!(
+            decide(&obs, t(1.0), &timings()),
+            Decision::Acquire(AcquireReason::Bootstrap)
+        ),
+        "{:?}",
+        decide(&obs, t(1.0), &timings())
+    );
+}
+
+#[test]
+fn grey_a_sole_replica_far_behind_the_last_primary_position_does_not_take_over() {
+    // The only other member is unreachable: reachable peers cannot show the lag.
+    let mut obs = expired_obs();
+    obs.peers = vec![peer("c-0", None)];
+    obs.primary_wal_seen = Some(1000 + (4 << 20));
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Follow {
+            leader: Some("c-0".into()),
+            why: FollowReason::Ineligible(Ineligible::TooFarBehind { behind: 4 << 20 })
+        }
+    );
+    // A restarted member has seen no position: the one the Lease records counts.
+    let mut lease = record(Some("c-0"), "10", 1);
+    lease.wal_position = Some(1000 + (4 << 20));
+    let mut obs = replica_obs(lease);
+    obs.peers = vec![peer("c-0", None)];
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Follow {
+            leader: Some("c-0".into()),
+            why: FollowReason::Ineligible(Ineligible::TooFarBehind { behind: 4 << 20 })
+        }
+    );
+}
+
+#[test]
+fn grey_a_replica_that_has_not_streamed_recently_needs_the_recorded_position() {
+    let mut lease = record(Some("c-0"), "10", 1);
+    lease.wal_position = Some(1100);
+    let mut obs = replica_obs(lease);
+    obs.peers = vec![peer("c-0", None)];
+    obs.streamed_at = None;
+    assert_eq!(
+        decide(&obs, t(EXPIRED), &timings()),
+        Decision::Follow {
+            leader: Some("c-0".into()),
+            why: FollowReason::Ineligible(Ineligible::NotStreamedRecently)
+        }
+    );
+    // Streamed at t=0: by t=26 s that is longer ago than leaseDuration + renewDeadline.
+    obs.streamed_at = Some(t(0.0));
+    assert!(matches!(
+        decide(&obs, t(26.0), &timings()),
+        Decision::Follow { .. }
+    ));
+    // It has everything the Lease says the primary had: no need to have streamed.
+    obs.local.wal = Some(1100);
+    assert_eq!(
+        decide(&obs, t(26.0), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+}
+
+#[test]
+fn grey_followers_wait_the_longer_of_their_own_and_the_recorded_lease_duration() {
+    let mut lease = record(Some("c-0"), "10", 1);
+    lease.lease_duration = Some(Duration::from_secs(30));
+    let obs = replica_obs(lease);
+    assert!(
+        matches!(decide(&obs, t(16.0), &timings()), Decision::Follow { .. }),
+        "the holder writes 30 s: 15 s of our own is not enough"
+    );
+    assert_eq!(
+        decide(&obs, t(30.0), &timings()),
+        Decision::Acquire(AcquireReason::Expired)
+    );
+}
+
+#[test]
+fn grey_a_longer_renew_deadline_applies_only_from_the_next_write() {
+    // The holder switched from 15/10/2 to 30/20/5, but its last write still said 15 s: it must fence
+    // by the deadline paired with that write.
+    let mut obs = holder_obs();
+    let longer = Timings::new(&HaTimings {
+        lease_duration_seconds: 30,
+        renew_deadline_seconds: 20,
+        retry_period_seconds: 5,
+    })
+    .unwrap();
+    assert_eq!(decide(&obs, t(10.0), &longer), Decision::Fence);
+    obs.last_renewal = Some(Renewal {
+        sent_at: t(0.0),
+        renew_deadline: longer.renew_deadline,
+    });
+    assert_eq!(decide(&obs, t(10.0), &longer), Decision::Renew);
+}
+
+#[test]
+fn grey_failsafe_renews_first_when_the_apiserver_returns() {
+    let mut obs = holder_obs();
+    obs.policy.failsafe = true;
+    obs.failsafe_confirmed = true;
+    // The failsafe held at t=9 s (the apiserver gone since t=5 s); it answers again at t=12 s.
+    obs.failsafe_held_at = Some(t(9.0));
+    assert_eq!(decide(&obs, t(12.0), &timings()), Decision::Renew);
+    assert_eq!(
+        decide(&obs, t(19.0), &timings()),
+        Decision::Fence,
+        "the failsafe's deadline"
+    );
+}
+
+#[test]
+fn grey_a_replica_restarts_its_expiry_clock_after_an_outage() {
+    let lease = record(Some("c-0"), "10", 1);
+    let mut watch = LeaseWatch::default();
+    watch.observe(&lease, &PodStatus::Unknown, t(0.0));
+    watch.read_failed();
+    watch.observe(&lease, &PodStatus::Unknown, t(20.0));
+    assert_eq!(watch.unchanged_for(t(21.0)), Duration::from_secs(1));
+}
+
+#[test]
+fn grey_failover_blocked_names_what_stops_a_replica() {
+    let mut obs = replica_obs(record(Some("c-0"), "10", 1));
+    assert_eq!(failover_blocked(&obs, t(1.0), &timings()), None);
+    obs.primary_wal_seen = Some(1000 + (4 << 20));
+    assert_eq!(
+        failover_blocked(&obs, t(1.0), &timings()),
+        Some(Ineligible::TooFarBehind { behind: 4 << 20 })
+    );
+    obs.primary_wal_seen = None;
+    obs.policy.mode = ReplicationMode::Sync;
+    assert_eq!(
+        failover_blocked(&obs, t(1.0), &timings()),
+        Some(Ineligible::NotSynchronous)
+    );
+    // Another member ranking higher is no block: it can take over.
+    obs.policy.mode = ReplicationMode::Async;
+    obs.peers[1].report = Some(replica_report(2000));
+    assert_eq!(failover_blocked(&obs, t(1.0), &timings()), None);
+    assert_eq!(failover_blocked(&holder_obs(), t(1.0), &timings()), None);
+}
+
+#[test]
+fn grey_a_pod_that_is_not_a_member_never_races() {
+    let mut obs = expired_obs();
+    obs.member = false;
+    ineligible(&obs, Ineligible::NotAMember);
+    let mut fresh = replica_obs(record(None, "1", 0));
+    fresh.member = false;
+    fresh.local = PgView::default();
+    fresh.peers = vec![];
+    assert!(!matches!(
+        decide(&fresh, t(1.0), &timings()),
+        Decision::Acquire(_)
+    ));
 }

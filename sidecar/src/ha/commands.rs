@@ -8,9 +8,12 @@ use k8s_openapi::jiff::Timestamp;
 use pgpilot_crds::contract::{PG_PORT, SidecarConfig};
 use tracing::{debug, info, instrument, warn};
 
-use super::{HaError, HaLoop, Lineage, Phase};
+use super::{HaError, HaLoop, Lineage, Phase, fencing::renewing};
 use crate::{
-    election::switchover::{self, Target},
+    election::{
+        Decision, decide,
+        switchover::{self, Target},
+    },
     postgres::{Change, Role, StopMode, Upstream, slot_name},
     state::{Action, Outcome},
 };
@@ -32,10 +35,7 @@ impl HaLoop {
                 Outcome::new(202, format!("Switchover scheduled at {at}"))
             }
             Action::Switchover { candidate, .. } => self.switchover(candidate).await,
-            Action::Restart => match self.restart(&cfg).await {
-                Ok(()) => Outcome::new(200, "restarted successfully"),
-                Err(e) => Outcome::new(503, format!("restart failed: {e}")),
-            },
+            Action::Restart => self.restart(&cfg).await,
             Action::Reload => self.reload(&cfg).await,
             Action::Reinitialize => self.reinitialize().await,
         };
@@ -78,8 +78,12 @@ impl HaLoop {
             return Outcome::new(503, "I am the leader, can not reinitialize");
         }
         let _ = self.pg.stop(StopMode::Immediate).await;
+        if let Some(why) = &self.mem.refusal {
+            return Outcome::new(503, format!("refusing to reinitialize: {why}"));
+        }
         match self.pg.wipe().await {
             Ok(()) => {
+                self.mem.system_id = None;
                 self.member.phase = Phase::Cloning;
                 self.member.lineage = Lineage::Follows;
                 Outcome::new(
@@ -91,17 +95,82 @@ impl HaLoop {
         }
     }
 
-    async fn restart(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
-        let primary =
-            self.member.phase == Phase::Primary && self.elector.renewed_sent_at().is_some();
-        let before = self.member.phase;
+    /// `POST /restart` runs as one loop of its own (issue 13 hole 9): a fresh read of the Lease and the
+    /// same [`decide`] as every loop choose the role the server comes back in. The confirmed holder
+    /// restarts as primary while renewing (a slow stop cannot let the Lease expire, L5); anyone else
+    /// comes back as a replica, its files saying so first (a fenced former holder never restarts
+    /// writable from its primary files, L4). Any other decision is carried out instead, and the
+    /// restart refused.
+    async fn restart(&mut self, cfg: &SidecarConfig) -> Outcome {
+        let obs = self.observe(cfg).await;
+        let decision = decide(&obs, Instant::now(), &self.timings);
+        info!(decision = %decision, "restart requested");
+        let result = match &decision {
+            Decision::Hold | Decision::Renew if self.is_leading() => {
+                self.restart_primary(&decision, cfg).await
+            }
+            Decision::Follow { leader, .. } => {
+                self.member.phase = Phase::Restarting;
+                self.publish(cfg);
+                let stopped = self.pg.stop(StopMode::Fast).await;
+                self.member.phase = Phase::Stopped;
+                match stopped {
+                    Ok(()) => self.follow(leader.clone().as_deref(), cfg).await,
+                    Err(e) => Err(e.into()),
+                }
+            }
+            other => {
+                let acted = self.act(other, cfg).await;
+                self.arm_watchdog();
+                return Outcome::new(
+                    503,
+                    format!("not restarted: this loop decided {other} ({acted:?})"),
+                );
+            }
+        };
+        self.arm_watchdog();
+        match result {
+            Ok(()) if self.pg.is_running() => Outcome::new(200, "restarted successfully"),
+            Ok(()) => Outcome::new(503, "stopped; the HA loop starts it again"),
+            Err(e) => Outcome::new(503, format!("restart failed: {e}")),
+        }
+    }
+
+    /// The confirmed holder's restart: stop (fast) and start again as primary, renewing throughout.
+    async fn restart_primary(
+        &mut self,
+        decision: &Decision,
+        cfg: &SidecarConfig,
+    ) -> Result<(), HaError> {
+        if *decision == Decision::Renew {
+            self.elector
+                .renew(self.wal_stamp(), self.mem.system_id.as_deref())
+                .await?;
+        }
         self.member.phase = Phase::Restarting;
         self.publish(cfg);
-        self.pg.stop(StopMode::Fast).await?;
-        self.pg.start().await?;
-        // Still the confirmed holder: the same primary comes back (crash-free, no new timeline).
-        self.member.phase = if primary { before } else { Phase::Replica };
-        Ok(())
+        let restarted = renewing(&mut self.elector, &self.timings, "restart", async {
+            self.pg.stop(StopMode::Fast).await?;
+            self.pg.start().await
+        })
+        .await;
+        match restarted {
+            Ok(Ok(())) => {
+                // The same primary comes back (crash-free, no new timeline).
+                self.member.became_primary();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                // Not running: the next loop's lead() starts it again as primary.
+                self.member.stopped(Phase::Stopped);
+                self.member.lineage = Lineage::Follows;
+                Err(e.into())
+            }
+            Err(e) => {
+                self.fence().await?;
+                Err(e)
+            }
+        }
     }
 
     /// Switchover (primary only): check the candidate, stop PostgreSQL (fast: a shutdown checkpoint
@@ -114,7 +183,7 @@ impl HaLoop {
         if !self.is_leading() {
             return Outcome::new(503, "this member is not the primary");
         }
-        self.mem.peers = self.peers.poll().await;
+        self.mem.peers = self.peers.poll(cfg.instances).await;
         let my_position = self.pg.observe().await.current_lsn.unwrap_or(0);
         let sync_members = self
             .elector
@@ -153,7 +222,7 @@ impl HaLoop {
         };
         info!(candidate = %target.name, "switchover: stopping PostgreSQL");
         self.member.phase = Phase::SwitchingOver;
-        self.arm_watchdog(&cfg);
+        self.arm_watchdog();
         if let Err(e) = self.pg.stop(StopMode::Fast).await {
             return Outcome::new(503, format!("cannot stop PostgreSQL: {e}"));
         }
@@ -179,7 +248,7 @@ impl HaLoop {
                 ),
             );
         }
-        let result = self.elector.hand_over(&target.name).await;
+        let result = self.elector.hand_over(&target.name, Some(checkpoint)).await;
         self.metrics.lease_write("handover", result.is_ok());
         match result {
             Ok(()) => {

@@ -11,12 +11,11 @@
 
 use std::time::{Duration, Instant};
 
-use pgpilot_crds::contract::SidecarConfig;
 use tokio::sync::watch;
 use tracing::{error, warn};
 
 use super::{HaError, HaLoop, Lineage, Phase};
-use crate::election::{Decision, Timings, lease::Elector};
+use crate::election::{Timings, fencing_deadline_of, lease::Elector};
 
 impl HaLoop {
     /// L5: stop accepting writes now.
@@ -28,17 +27,18 @@ impl HaLoop {
         Ok(())
     }
 
-    /// Arms the fencing watchdog with the renewal deadline while this member serves as primary (L5).
-    /// After a failsafe hold the deadline counts from now: every member confirmed this primary.
-    pub(super) fn arm_watchdog(&self, cfg: &SidecarConfig) {
-        let serving = self.member.phase == Phase::Primary && !cfg.paused;
-        let armed = match (self.elector.renewed_sent_at(), self.pg.pid()) {
-            (Some(sent), Some(pid)) if serving => {
-                let deadline = if self.mem.last_decision == Some(Decision::FailsafeHold) {
-                    Instant::now() + self.timings.renew_deadline
-                } else {
-                    sent + self.timings.renew_deadline
-                };
+    /// Arms the fencing watchdog with the fencing deadline whenever PostgreSQL serves as primary (L5):
+    /// the deadline `decide` fences by, from the last confirmed write (kept across a lost race) or the
+    /// last failsafe hold — paused or not.
+    pub(super) fn arm_watchdog(&self) {
+        let deadline = fencing_deadline_of(
+            self.elector.renewed_sent_at(),
+            self.elector.last_renewal(),
+            self.mem.failsafe_held_at,
+            &self.timings,
+        );
+        let armed = match (deadline, self.pg.pid()) {
+            (Some(deadline), Some(pid)) if self.member.phase == Phase::Primary => {
                 Some((deadline, pid))
             }
             _ => None,
@@ -61,20 +61,27 @@ pub(super) async fn renewing<T>(
     op: impl Future<Output = T>,
 ) -> Result<T, HaError> {
     let interval = timings.renew_interval();
-    let deadline = timings.renew_deadline;
     let mut op = std::pin::pin!(op);
     loop {
-        let Some(sent) = elector.renewed_sent_at() else {
+        let (Some(sent), Some(deadline)) = (
+            elector.renewed_sent_at(),
+            fencing_deadline_of(
+                elector.renewed_sent_at(),
+                elector.last_renewal(),
+                None,
+                timings,
+            ),
+        ) else {
             return Err(HaError::DeadlinePassed(what));
         };
-        let next = (sent + interval).min(sent + deadline);
+        let next = (sent + interval).min(deadline);
         tokio::select! {
             out = &mut op => return Ok(out),
             () = tokio::time::sleep_until(next.into()) => {
-                if sent.elapsed() >= deadline {
+                if Instant::now() >= deadline {
                     return Err(HaError::DeadlinePassed(what));
                 }
-                if let Err(e) = elector.renew().await {
+                if let Err(e) = elector.renew(None, None).await {
                     warn!(error = %e, during = what, "renewal failed");
                     // Retry within the retry period, bounded by the deadline check above.
                     tokio::time::sleep(Duration::from_millis(500)).await;

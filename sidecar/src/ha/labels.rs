@@ -75,10 +75,13 @@ impl HaLoop {
             field_manager: Some(SIDECAR_FIELD_MANAGER.into()),
             ..PatchParams::default()
         };
-        self.pods
-            .patch(pod, &params, &Patch::Merge(json!({ "metadata": metadata })))
-            .await
-            .map(|_| ())
-            .map_err(|source| HaError::Pod { source })
+        // Bounded: the loop must never wait on the apiserver past its own pace (a label patch stuck on
+        // a dead connection kept `-rw` empty for 27 s after a heal).
+        let patch = Patch::Merge(json!({ "metadata": metadata }));
+        let request = self.pods.patch(pod, &params, &patch);
+        match tokio::time::timeout(self.request_timeout, request).await {
+            Ok(result) => result.map(|_| ()).map_err(|source| HaError::Pod { source }),
+            Err(_) => Err(HaError::PodTimeout(self.request_timeout)),
+        }
     }
 }

@@ -38,6 +38,9 @@ pub enum Phase {
     Restarting,
     /// A switchover stopped PostgreSQL and waits for the candidate to take the Lease.
     SwitchingOver,
+    /// The data or the primary belongs to another database system than the cluster's: nothing is
+    /// cloned, rewound or wiped (issue 13 hole 4).
+    Refusing,
 }
 
 impl Phase {
@@ -54,6 +57,7 @@ impl Phase {
             Phase::Fenced => "fenced",
             Phase::Restarting => "restarting",
             Phase::SwitchingOver => "stopping for switchover",
+            Phase::Refusing => "refusing",
         }
     }
 }

@@ -32,7 +32,7 @@ use std::{
 
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
 use kube::Api;
-use pgpilot_crds::contract::{ROLE_PRIMARY, SidecarConfig};
+use pgpilot_crds::contract::{ROLE_PRIMARY, SidecarConfig, is_member};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, instrument, warn};
 
@@ -42,7 +42,7 @@ pub use self::{
 };
 use crate::{
     election::{
-        Decision, Observation, Peer, PgView, Policy, RoleMark, Timings, decide,
+        Decision, Observation, Peer, PgView, Policy, RoleMark, Timings, decide, failover_blocked,
         lease::{Elector, LeaseError},
     },
     metrics::Metrics,
@@ -60,6 +60,7 @@ pub struct HaLoop {
     pg: Postgres,
     peers: Peers,
     pods: Api<Pod>,
+    request_timeout: Duration,
     state: watch::Sender<MemberState>,
     commands: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
@@ -81,6 +82,22 @@ struct Memory {
     scheduled: Option<(Option<String>, Timestamp)>,
     history: Vec<HistoryEntry>,
     last_decision: Option<Decision>,
+    /// When this member last held by failsafe (L5).
+    failsafe_held_at: Option<Instant>,
+    /// The highest WAL position the holder reported in an epoch: `(epoch, position)`.
+    primary_wal_seen: Option<(u64, u64)>,
+    /// When the WAL receiver was last seen streaming.
+    streamed_at: Option<Instant>,
+    /// The database system identifier of the local data, once known (`pg_controldata`).
+    system_id: Option<String>,
+    /// Why this member refuses to act on its data (shown over REST; the operator reports it).
+    refusal: Option<String>,
+    /// A replica: why it could not take over now (shown over REST; the operator's `FailoverBlocked`).
+    failover_blocked: Option<String>,
+    /// Primary: when each standby last replied (hole 3).
+    replies: sync::ReplyWatch,
+    /// Primary: synchronous standbys not yet recorded and the position each must reach (hole 2).
+    catching_up: std::collections::BTreeMap<String, u64>,
 }
 
 /// What [`HaLoop::new`] needs.
@@ -92,6 +109,8 @@ pub struct Parts {
     pub pg: Postgres,
     pub peers: Peers,
     pub pods: Api<Pod>,
+    /// Bound on each pod patch (the Lease client bounds its own requests).
+    pub request_timeout: Duration,
     pub state: watch::Sender<MemberState>,
     pub commands: mpsc::Receiver<Command>,
     pub metrics: Arc<Metrics>,
@@ -114,6 +133,8 @@ pub enum HaError {
         #[source]
         source: kube::Error,
     },
+    #[error("pod patch timed out after {0:?}")]
+    PodTimeout(Duration),
     #[error("the renewal deadline passed during {0}: fenced")]
     DeadlinePassed(&'static str),
 }
@@ -124,6 +145,7 @@ impl HaError {
             HaError::Postgres { source } => source.category(),
             HaError::Lease { source } => source.category(),
             HaError::Pod { .. } => "PodPatch",
+            HaError::PodTimeout(_) => "PodPatchTimeout",
             HaError::DeadlinePassed(_) => "DeadlinePassed",
         }
     }
@@ -153,6 +175,7 @@ impl HaLoop {
             pg: p.pg,
             peers: p.peers,
             pods: p.pods,
+            request_timeout: p.request_timeout,
             state: p.state,
             commands: p.commands,
             metrics: p.metrics,
@@ -199,6 +222,7 @@ impl HaLoop {
                     if cd.state == "in production" || cd.is_clean_primary_shutdown() {
                         self.member.lineage = Lineage::FormerPrimary;
                     }
+                    self.mem.system_id = Some(cd.system_identifier.clone());
                     info!(member = %self.me, state = %cd.state, timeline = cd.timeline, lineage = ?self.member.lineage, "found a data directory");
                 }
                 Err(e) => warn!(error = %e, "pg_controldata failed"),
@@ -220,6 +244,7 @@ impl HaLoop {
     #[instrument(skip(self), fields(member = %self.me))]
     async fn iteration(&mut self) {
         let cfg = self.config.borrow().clone();
+        self.apply_timings(&cfg);
         let obs = self.observe(&cfg).await;
 
         // Once a scheduled switchover is due, it runs as if just requested.
@@ -231,7 +256,10 @@ impl HaLoop {
             info!(status = outcome.status, message = %outcome.message, "scheduled switchover");
         }
 
-        let decision = decide(&obs, Instant::now(), &self.timings);
+        let now = Instant::now();
+        let decision = decide(&obs, now, &self.timings);
+        self.mem.failover_blocked =
+            failover_blocked(&obs, now, &self.timings).map(|w| w.to_string());
         if self.mem.last_decision.as_ref() != Some(&decision) {
             let epoch = obs.lease.as_ref().map_or(0, |l| l.transitions);
             info!(decision = %decision, epoch, "decision");
@@ -242,9 +270,32 @@ impl HaLoop {
             warn!(error = %e, category = e.category(), decision = %decision, "action failed");
             self.metrics.error("ha", e.category());
         }
-        self.arm_watchdog(&cfg);
+        self.arm_watchdog();
         self.label_own_pod().await;
         self.publish(&cfg);
+    }
+
+    /// `spec.ha` changes apply live (issue 13 hole 7). Safe in any order: followers wait the longer of
+    /// their own and the recorded `leaseDuration`, and the holder's new `renewDeadline` counts only from
+    /// the write that records the `leaseDuration` paired with it (L6). Invalid timings are refused (the
+    /// CRD rejects them too) and the current ones stay.
+    fn apply_timings(&mut self, cfg: &SidecarConfig) {
+        match Timings::new(&cfg.ha) {
+            Ok(t) if t != self.timings => {
+                info!(lease_duration = ?t.lease_duration, renew_deadline = ?t.renew_deadline, retry_period = ?t.retry_period, "Lease timings changed");
+                self.timings = t;
+                self.elector.set_timings(t);
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "ignoring invalid Lease timings"),
+        }
+    }
+
+    /// The WAL position a holder's write records: the primary's write position, when it runs as one.
+    fn wal_stamp(&self) -> Option<u64> {
+        (self.member.phase == Phase::Primary)
+            .then_some(self.mem.last_pg.current_lsn)
+            .flatten()
     }
 
     /// Reads everything [`decide`] looks at: the local server (noting a crash), the peers' reports, the
@@ -256,7 +307,7 @@ impl HaLoop {
             self.member.stopped(Phase::Crashed);
         }
         self.mem.last_pg = pg_obs.clone();
-        let peer_states = self.peers.poll().await;
+        let peer_states = self.peers.poll(cfg.instances).await;
         let peers = &self.peers;
         let observed = self
             .elector
@@ -264,6 +315,28 @@ impl HaLoop {
             .await;
         let (lease, holder_pod) =
             observed.map_or((None, Default::default()), |(r, p)| (Some(r), p));
+        if pg_obs
+            .wal_receiver
+            .as_ref()
+            .is_some_and(|w| w.status == "streaming")
+        {
+            self.mem.streamed_at = Some(Instant::now());
+        }
+        // The holder's position as it reports it, kept for the epoch (L3's lag reference).
+        if let Some(record) = &lease
+            && let Some(position) = record
+                .holder()
+                .filter(|h| *h != self.me)
+                .and_then(|h| peer_states.iter().find(|p| p.name == h))
+                .and_then(|p| p.report.as_ref())
+                .filter(|r| r.role == ROLE_PRIMARY)
+                .and_then(|r| r.xlog.as_ref()?.location)
+        {
+            self.mem.primary_wal_seen = Some(match self.mem.primary_wal_seen {
+                Some((epoch, seen)) if epoch == record.transitions => (epoch, seen.max(position)),
+                _ => (record.transitions, position),
+            });
+        }
         let local = PgView {
             initialized: self.pg.is_initialized(),
             healthy: pg_obs.accepting,
@@ -277,14 +350,24 @@ impl HaLoop {
             .or(self.elector.record())
             .map(|l| l.transitions);
         let failsafe_confirmed = failsafe_confirmed(&peer_states, epoch);
+        let epoch_now = lease.as_ref().map(|l| l.transitions);
         let obs = Observation {
             me: self.me.clone(),
+            member: is_member(&self.pg.settings().cluster, &self.me, cfg.instances),
             lease,
             watch: self.elector.watch().clone(),
             holder_pod,
             local,
             peers: peer_states.iter().map(peer_view).collect(),
             renewed_sent_at: self.elector.renewed_sent_at(),
+            last_renewal: self.elector.last_renewal(),
+            failsafe_held_at: self.mem.failsafe_held_at,
+            primary_wal_seen: self
+                .mem
+                .primary_wal_seen
+                .filter(|(epoch, _)| Some(*epoch) == epoch_now)
+                .map(|(_, wal)| wal),
+            streamed_at: self.mem.streamed_at,
             failsafe_confirmed,
             policy: self.policy(cfg),
         };
@@ -297,7 +380,10 @@ impl HaLoop {
         match decision {
             Decision::Hold => self.lead(cfg).await,
             Decision::Renew => {
-                let result = self.elector.renew().await;
+                let result = self
+                    .elector
+                    .renew(self.wal_stamp(), self.mem.system_id.as_deref())
+                    .await;
                 self.metrics.lease_write("renew", result.is_ok());
                 result?;
                 self.lead(cfg).await
@@ -334,13 +420,20 @@ impl HaLoop {
             pg_hba: cfg.pg_hba.clone(),
             synchronous,
             member_slots: self.member_names(),
+            replication_timeout: Some(self.timings.renew_deadline),
         }
     }
 
-    /// Every member the pod list knows, this one included.
+    /// Every member, this one included: with `instances` known, all of `<cluster>-0 …`, present or not,
+    /// so a member's slot survives its short absence (issue 13 hole 10); otherwise the pods listed now.
     fn member_names(&self) -> Vec<String> {
         let mut names: BTreeSet<String> = self.mem.peers.iter().map(|p| p.name.clone()).collect();
         names.insert(self.me.clone());
+        if let Some(n) = self.config.borrow().instances {
+            let cluster = &self.pg.settings().cluster;
+            names = (0..n).map(|i| format!("{cluster}-{i}")).collect();
+            names.insert(self.me.clone());
+        }
         names.into_iter().collect()
     }
 
@@ -356,7 +449,8 @@ impl HaLoop {
             let _ = self.pg.stop(postgres::StopMode::Immediate).await;
         }
         if holder {
-            match self.elector.release(self.synchronous_mode()).await {
+            let end = self.pg.controldata().await.ok().map(|c| c.checkpoint_lsn);
+            match self.elector.release(self.synchronous_mode(), end).await {
                 Ok(()) => info!("released the Lease"),
                 Err(e) => {
                     warn!(error = %e, "cannot release the Lease; it expires by leaseDuration")

@@ -27,7 +27,10 @@ impl HaLoop {
         reason: AcquireReason,
         cfg: &SidecarConfig,
     ) -> Result<(), HaError> {
-        let result = self.elector.acquire().await;
+        let result = self
+            .elector
+            .acquire(self.wal_stamp(), self.mem.system_id.as_deref())
+            .await;
         self.metrics.lease_write("acquire", result.is_ok());
         if let Err(LeaseError::Conflict) = result {
             info!(reason = ?reason, "lost the race for the Lease");
@@ -46,7 +49,12 @@ impl HaLoop {
     /// Failsafe (L5): the apiserver does not answer but every member confirmed this primary; keep
     /// serving and keep trying to renew.
     pub(super) async fn failsafe_hold(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
-        let result = self.elector.renew().await;
+        // Every member confirmed this primary this loop: the fencing deadline counts from here.
+        self.mem.failsafe_held_at = Some(std::time::Instant::now());
+        let result = self
+            .elector
+            .renew(self.wal_stamp(), self.mem.system_id.as_deref())
+            .await;
         self.metrics.lease_write("renew", result.is_ok());
         match result {
             Ok(()) => self.lead(cfg).await,
@@ -63,6 +71,16 @@ impl HaLoop {
     pub(super) async fn lead(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
         if cfg.paused {
             return Ok(());
+        }
+        let cluster_id = self.elector.record().and_then(|r| r.system_id.clone());
+        if let Some(why) = super::replica::system_mismatch(
+            self.mem.system_id.as_deref(),
+            None,
+            cluster_id.as_deref(),
+        ) {
+            // Holding the Lease over another system's data: never serve it as the cluster's.
+            self.release().await?;
+            return self.refuse(why);
         }
         if !self.pg.is_initialized() {
             if self.member.phase != Phase::Bootstrapping {
@@ -117,7 +135,14 @@ impl HaLoop {
             Ok(Ok(())) => {
                 self.mem.sync_configured = None;
                 self.member.became_primary();
-                info!(member = %self.me, "PostgreSQL started as primary");
+                // Recorded on the Lease by the next renewal: from then on nobody bootstraps again.
+                self.mem.system_id = self
+                    .pg
+                    .controldata()
+                    .await
+                    .ok()
+                    .map(|c| c.system_identifier);
+                info!(member = %self.me, system_identifier = ?self.mem.system_id, "PostgreSQL started as primary");
                 Ok(())
             }
             Ok(Err(e)) => {
@@ -212,7 +237,8 @@ impl HaLoop {
     pub(super) async fn release(&mut self) -> Result<(), HaError> {
         self.member.stopped(Phase::Stopped);
         self.pg.stop(StopMode::Fast).await?;
-        let result = self.elector.release(self.synchronous_mode()).await;
+        let end = self.pg.controldata().await.ok().map(|c| c.checkpoint_lsn);
+        let result = self.elector.release(self.synchronous_mode(), end).await;
         self.metrics.lease_write("release", result.is_ok());
         result?;
         info!(member = %self.me, "released the Lease");

@@ -20,8 +20,14 @@ impl HaLoop {
             .and_then(|r| r.holder())
             .and_then(|h| self.mem.peers.iter().find(|p| p.name == h))
             .and_then(|p| p.report.as_ref()?.xlog.as_ref()?.location);
+        let streaming = pg
+            .wal_receiver
+            .as_ref()
+            .is_some_and(|w| w.status == "streaming");
         let lag = match (role, leader_position, pg.replayed_lsn.or(pg.received_lsn)) {
             (ROLE_REPLICA, Some(leader), Some(mine)) => Some(leader.saturating_sub(mine)),
+            // The primary's report missed this loop: the last measurement stands while streaming on.
+            (ROLE_REPLICA, None, Some(_)) if streaming => self.state.borrow().lag_bytes,
             _ => None,
         };
         let state = self.member.patroni_state(pg);
@@ -56,6 +62,9 @@ impl HaLoop {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_default();
+            s.failover_blocked = self.mem.failover_blocked.clone();
+            s.system_identifier = self.mem.system_id.clone();
+            s.refusal = self.mem.refusal.clone();
             s.peers = self.mem.peers.clone();
             s.history = self.mem.history.clone();
             s.scheduled_switchover =

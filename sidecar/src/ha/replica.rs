@@ -9,7 +9,7 @@
 //! [`Postgres::rejoin`]: crate::postgres::Postgres::rejoin
 
 use pgpilot_crds::contract::{PG_PORT, ROLE_PRIMARY, SidecarConfig};
-use tracing::{debug, info};
+use tracing::{debug, error, info};
 
 use super::{HaError, HaLoop, Lineage, Phase};
 use crate::postgres::{Change, Rejoined, Role, Upstream, slot_name};
@@ -26,6 +26,18 @@ impl HaLoop {
         }
         let leader_report = self.running_upstream(leader);
         let upstream = leader_report.as_ref().map(|(up, _)| up.clone());
+        let cluster_id = self.elector.record().and_then(|r| r.system_id.clone());
+        let upstream_id = leader
+            .and_then(|l| self.mem.peers.iter().find(|p| p.name == l))
+            .and_then(|p| p.report.as_ref()?.pgpilot.system_identifier.clone());
+        if let Some(why) = system_mismatch(
+            self.mem.system_id.as_deref(),
+            upstream_id.as_deref(),
+            cluster_id.as_deref(),
+        ) {
+            return self.refuse(why);
+        }
+        self.mem.refusal = None;
         if !self.pg.is_initialized() {
             let Some(up) = upstream else {
                 self.member.phase = Phase::WaitingForPrimary;
@@ -56,6 +68,7 @@ impl HaLoop {
             let how = self.pg.rejoin(&desired).await?;
             if how == Rejoined::Recloned {
                 self.metrics.error("rewind", "Recloned");
+                self.note_system_id().await;
             }
             info!(member = %self.me, upstream = %up.host, ?how, "rejoined the new primary's timeline");
             self.member = super::Member {
@@ -84,6 +97,26 @@ impl HaLoop {
             );
         }
         Ok(())
+    }
+
+    /// Refuses to touch the data (issue 13 hole 4): shown over REST, reported by the operator.
+    pub(super) fn refuse(&mut self, why: String) -> Result<(), HaError> {
+        if self.mem.refusal.as_ref() != Some(&why) {
+            error!(member = %self.me, reason = %why, "refusing to clone, rewind or wipe");
+        }
+        self.member.phase = Phase::Refusing;
+        self.mem.refusal = Some(why);
+        Ok(())
+    }
+
+    /// Reads the data directory's system identifier after it was (re)created.
+    pub(super) async fn note_system_id(&mut self) {
+        self.mem.system_id = self
+            .pg
+            .controldata()
+            .await
+            .ok()
+            .map(|c| c.system_identifier);
     }
 
     /// The holder's address and timeline, once its report says it runs as primary: only then does it
@@ -144,5 +177,51 @@ impl HaLoop {
         };
         info!(member = %self.me, "replica created and started");
         Ok(())
+    }
+}
+
+/// Why this member must not clone from, rewind onto or wipe its data for the primary (`None`: no
+/// reason): the identifiers of its own data, of the primary's (its REST report) and of the cluster (the
+/// Lease), where known, must agree. A Lease recreated empty, a restore from another cluster, or a wrong
+/// volume must never make a member replace the cluster's data with another system's.
+pub fn system_mismatch(
+    mine: Option<&str>,
+    upstream: Option<&str>,
+    cluster: Option<&str>,
+) -> Option<String> {
+    match (mine, upstream, cluster) {
+        (Some(m), _, Some(c)) if m != c => Some(format!(
+            "this member's data belongs to database system {m}, the cluster's is {c}"
+        )),
+        (_, Some(u), Some(c)) if u != c => Some(format!(
+            "the primary's data belongs to database system {u}, the cluster's is {c}"
+        )),
+        (Some(m), Some(u), _) if m != u => Some(format!(
+            "this member's data belongs to database system {m}, the primary's to {u}"
+        )),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_of_another_system_is_never_touched() {
+        assert_eq!(system_mismatch(Some("1"), Some("1"), Some("1")), None);
+        assert_eq!(system_mismatch(None, None, None), None);
+        assert_eq!(
+            system_mismatch(None, Some("1"), None),
+            None,
+            "nothing to compare"
+        );
+        assert!(system_mismatch(Some("2"), Some("1"), Some("1")).is_some());
+        assert!(
+            system_mismatch(None, Some("2"), Some("1")).is_some(),
+            "never clone a stranger"
+        );
+        assert!(system_mismatch(Some("2"), Some("1"), None).is_some());
+        assert!(system_mismatch(Some("2"), None, Some("1")).is_some());
     }
 }

@@ -16,15 +16,28 @@ impl Postgres {
     /// - nothing differs: [`Change::Unchanged`];
     /// - the server is stopped: files written, [`Change::Reloaded`] (the next start reads them);
     /// - running: `pg_reload_conf()`; [`Change::NeedsRestart`] lists the changed parameters of
-    ///   `postmaster` context (reported as `pending_restart` until a restart), or `standby.signal` when a
-    ///   running primary should become a replica (a demotion is a restart). A replica told to be primary is
-    ///   not changed here: that is [`Postgres::promote`].
+    ///   `postmaster` context (reported as `pending_restart` until a restart). A replica told to be
+    ///   primary is not changed here: that is [`Postgres::promote`].
+    /// - a running primary told to be a replica: [`Error::Refused`], nothing written (stop it first).
     /// - running primary: the slots of `desired.member_slots` are ensured ([`Postgres::ensure_slots`]).
     ///
     /// Safety: with [`Role::Primary`] the next start is writable — call it only while holding the Lease
     /// (DESIGN.md L4).
     #[instrument(skip(self, desired), fields(member = %self.settings.member))]
     pub async fn configure(&mut self, desired: &Desired) -> Result<Change> {
+        // A running primary is never given the replica role (issue 13 hole 1): `standby.signal` and an
+        // empty `synchronous_standby_names` would be reloaded into a server that stays writable. It is
+        // demoted by stopping it first.
+        let running_recovery = if self.is_running() {
+            Some(self.in_recovery().await.ok_or(Error::NotRunning)?)
+        } else {
+            None
+        };
+        if matches!(desired.role, Role::Replica { .. }) && running_recovery == Some(false) {
+            return Err(Error::Refused(
+                "a running primary is never reconfigured as a replica: it is stopped (demoted) first",
+            ));
+        }
         let rendered = render(&self.settings, desired, &self.creds);
         let data = self.settings.data_dir.clone();
         let conf_path = data.join("postgresql.conf");
@@ -53,22 +66,20 @@ impl Postgres {
             }
         }
 
-        if !self.is_running() {
+        let Some(in_recovery) = running_recovery else {
             let any = !changed.is_empty() || hba_changed || signal_changed;
             return Ok(if any {
                 Change::Reloaded
             } else {
                 Change::Unchanged
             });
-        }
-        let in_recovery = self.in_recovery().await.ok_or(Error::NotRunning)?;
-        let role_changed = rendered.standby_signal && !in_recovery;
+        };
         let contexts = if changed.is_empty() {
             Default::default()
         } else {
             self.parameter_contexts(&changed).await?
         };
-        let change = plan_change(&changed, hba_changed, role_changed, &contexts);
+        let change = plan_change(&changed, hba_changed, &contexts);
         if change != Change::Unchanged {
             self.reload().await?;
             info!(?change, changed = ?changed, hba_changed, "configuration applied");

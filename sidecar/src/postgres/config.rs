@@ -21,8 +21,24 @@ pub fn is_owned(name: &str) -> bool {
             "max_wal_senders",
             "max_replication_slots",
             "password_encryption",
+            "wal_sender_timeout",
+            "wal_receiver_timeout",
+            "wal_receiver_status_interval",
         ]
         .contains(&name)
+}
+
+/// A parameter the server's configuration grammar can hold as `name = 'value'` on one line: the name
+/// is an identifier (letters, digits, `_`, and `.` for extensions' `class.name`), the value has no
+/// control character. The operator validates the spec the same way; this keeps a bad entry from ever
+/// reaching `postgresql.conf` (issue 13 hole 12: a key with a newline could override pgpilot's own).
+pub fn is_valid_parameter(name: &str, value: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        && !value.chars().any(char::is_control)
 }
 
 /// Floors for the replication limits: enough for nine members plus a backup.
@@ -40,6 +56,8 @@ const DEFAULT_PARAMETERS: &[(&str, &str)] = &[
     // A replica retries its upstream after this long: PostgreSQL's 5 s default adds up to 5 s before
     // replicas stream from a newly promoted primary.
     ("wal_retrieve_retry_interval", "1s"),
+    // A slot of a member that is away keeps WAL for it, but never without bound (issue 13 hole 10).
+    ("max_slot_wal_keep_size", "1GB"),
 ];
 
 /// File contents for PGDATA.
@@ -75,8 +93,13 @@ pub fn render(settings: &PgSettings, desired: &Desired, creds: &Credentials) -> 
         .collect();
     p.insert("cluster_name".into(), settings.cluster.clone());
     for (k, v) in &desired.parameters {
-        if !is_owned(k) {
+        if is_owned(k) {
+            continue;
+        }
+        if is_valid_parameter(k, v) {
             p.insert(k.clone(), v.clone());
+        } else {
+            tracing::warn!(parameter = ?k, "ignoring a parameter that is not `name = value`");
         }
     }
     let spec = |name: &str| {
@@ -117,7 +140,18 @@ pub fn render(settings: &PgSettings, desired: &Desired, creds: &Credentials) -> 
         ("password_encryption", "scram-sha-256".into()),
         ("recovery_target_timeline", "latest".into()),
     ];
-    for (k, v) in owned {
+    // Replication timeouts follow the Lease timings (issue 13 hole 3): a dead standby connection is
+    // dropped after about `renewDeadline`, and standbys reply every second, so a standby that stops
+    // replying is noticed within a few seconds whatever the load.
+    let timeouts = desired.replication_timeout.map(|t| {
+        let ms = format!("{}ms", t.as_millis());
+        [
+            ("wal_sender_timeout", ms.clone()),
+            ("wal_receiver_timeout", ms),
+            ("wal_receiver_status_interval", "1s".to_owned()),
+        ]
+    });
+    for (k, v) in owned.into_iter().chain(timeouts.into_iter().flatten()) {
         p.insert(k.into(), v);
     }
     // Inert on a replica until it is promoted: the HA loop can set the standbys the new primary must wait
@@ -283,22 +317,18 @@ pub fn changed_parameters(
 
 /// The change a running server needs. `contexts` maps parameter names to `pg_settings.context`;
 /// a changed parameter with context `postmaster` needs a restart; unknown names (extensions' custom
-/// parameters) are treated as reloadable. `role_changed`: the file says a different role than the
-/// server runs (demotion needs a restart; promotion is [`super::Postgres::promote`]'s job).
+/// parameters) are treated as reloadable. A change of role never reaches here: a running primary
+/// refuses the replica role, and promotion is [`super::Postgres::promote`]'s job.
 pub fn plan_change(
     changed: &BTreeSet<String>,
     hba_changed: bool,
-    role_changed: bool,
     contexts: &BTreeMap<String, String>,
 ) -> Change {
-    let mut restart: Vec<String> = changed
+    let restart: Vec<String> = changed
         .iter()
         .filter(|n| contexts.get(*n).is_some_and(|c| c == "postmaster"))
         .cloned()
         .collect();
-    if role_changed {
-        restart.push("standby.signal".into());
-    }
     if !restart.is_empty() {
         Change::NeedsRestart(restart)
     } else if changed.is_empty() && !hba_changed {
@@ -351,6 +381,7 @@ mod tests {
             pg_hba: vec![],
             synchronous: None,
             member_slots: vec![],
+            replication_timeout: None,
         }
     }
 
@@ -370,6 +401,62 @@ mod tests {
         assert_eq!(p["synchronous_standby_names"], "");
         assert_eq!(p["recovery_target_timeline"], "latest");
         assert!(!p.contains_key("primary_conninfo"));
+    }
+
+    #[test]
+    fn a_parameter_key_or_value_cannot_inject_lines() {
+        // Issue 13 hole 12: a key with a newline (or a trailing space) would add its own line to
+        // postgresql.conf, overriding pgpilot's synchronous_standby_names.
+        let mut d = desired(Role::Primary);
+        d.synchronous = Some(SyncStandbys {
+            method: SyncMethod::First,
+            count: 1,
+            names: vec!["c-1".into()],
+        });
+        d.parameters
+            .insert("x = 1\nsynchronous_standby_names".into(), "".into());
+        d.parameters
+            .insert("synchronous_standby_names ".into(), "".into());
+        d.parameters
+            .insert("work_mem".into(), "4MB'\nfsync = 'off".into());
+        d.parameters
+            .insert("pg_stat_statements.max".into(), "1000".into());
+        let r = render(&settings(), &d, &creds());
+        assert_eq!(
+            parse_conf(&r.postgresql_conf)["synchronous_standby_names"],
+            "FIRST 1 (\"c-1\")"
+        );
+        assert!(
+            !r.postgresql_conf.contains("fsync"),
+            "{}",
+            r.postgresql_conf
+        );
+        assert_eq!(
+            r.parameters["pg_stat_statements.max"], "1000",
+            "extension parameters pass"
+        );
+        assert_eq!(
+            r.postgresql_conf
+                .lines()
+                .filter(|l| l.starts_with("synchronous_standby_names"))
+                .count(),
+            1
+        );
+    }
+
+    #[test]
+    fn replication_timeouts_follow_the_lease_timings() {
+        let mut d = desired(Role::Primary);
+        d.replication_timeout = Some(std::time::Duration::from_secs(10));
+        d.parameters
+            .insert("wal_sender_timeout".into(), "5min".into());
+        let p = render(&settings(), &d, &creds()).parameters;
+        assert_eq!(
+            p["wal_sender_timeout"], "10000ms",
+            "pgpilot's, not the spec's"
+        );
+        assert_eq!(p["wal_receiver_timeout"], "10000ms");
+        assert_eq!(p["wal_receiver_status_interval"], "1s");
     }
 
     #[test]
@@ -539,26 +626,19 @@ mod tests {
             ["added", "gone", "work_mem"]
         );
         let contexts = map(&[("work_mem", "user"), ("shared_buffers", "postmaster")]);
+        assert_eq!(plan_change(&changed, false, &contexts), Change::Reloaded);
         assert_eq!(
-            plan_change(&changed, false, false, &contexts),
-            Change::Reloaded
-        );
-        assert_eq!(
-            plan_change(&BTreeSet::new(), false, false, &contexts),
+            plan_change(&BTreeSet::new(), false, &contexts),
             Change::Unchanged
         );
         assert_eq!(
-            plan_change(&BTreeSet::new(), true, false, &contexts),
+            plan_change(&BTreeSet::new(), true, &contexts),
             Change::Reloaded
         );
         let sb = changed_parameters(&old, &map(&[("shared_buffers", "1GB")]));
         assert_eq!(
-            plan_change(&sb, false, false, &contexts),
+            plan_change(&sb, false, &contexts),
             Change::NeedsRestart(vec!["shared_buffers".into()])
-        );
-        assert_eq!(
-            plan_change(&BTreeSet::new(), false, true, &contexts),
-            Change::NeedsRestart(vec!["standby.signal".into()])
         );
     }
 }

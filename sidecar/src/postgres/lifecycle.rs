@@ -4,7 +4,7 @@
 
 use tracing::{info, instrument, warn};
 
-use super::{Desired, Error, Postgres, Result, Role, StopMode, Upstream};
+use super::{Desired, Error, Postgres, Result, Role, StopMode};
 
 /// How [`Postgres::rejoin`] made the member a replica again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,10 +44,13 @@ impl Postgres {
     }
 
     /// Makes a (former primary's or diverged replica's) data directory follow `desired`'s upstream:
-    /// stop (fast) if running, `pg_rewind`, configure, start. When the rewind fails for any reason but
-    /// an unreachable upstream — WAL back to the divergence recycled, a half-done earlier rewind, a
-    /// rewound copy that then fails to start — the directory is wiped and cloned again, so a member never
-    /// loops half-rewound. An unreachable upstream returns the error with the data untouched: retry later.
+    /// stop (fast) if running, `pg_rewind`, configure, start.
+    ///
+    /// The directory is wiped and cloned again only when `pg_rewind` itself ran and could not make it
+    /// follow: the rewind failed half-way (WAL back to the divergence recycled, a half-done earlier
+    /// rewind), or the rewound copy does not start — so a member never loops half-rewound. A failure
+    /// before `pg_rewind` touches anything (the upstream unreachable, not yet a primary, a transient SQL
+    /// error) returns the error with the data untouched: the caller retries later (issue 13 hole 13).
     #[instrument(skip(self, desired), fields(member = %self.settings.member))]
     pub async fn rejoin(&mut self, desired: &Desired) -> Result<Rejoined> {
         let Role::Replica { upstream, .. } = &desired.role else {
@@ -55,12 +58,18 @@ impl Postgres {
         };
         self.stop(StopMode::Fast).await?;
         if self.is_initialized() {
-            match self.rewind_and_start(upstream, desired).await {
-                Ok(()) => return Ok(Rejoined::Rewound),
-                Err(err @ Error::Unreachable { .. }) => return Err(err),
+            match self.rewind(upstream).await {
+                Ok(()) => match self.configure_and_start(desired).await {
+                    Ok(()) => return Ok(Rejoined::Rewound),
+                    Err(err) => {
+                        warn!(error = %err, category = err.category(), "the rewound copy does not start: re-cloning");
+                        self.stop(StopMode::Immediate).await?;
+                    }
+                },
+                // pg_rewind never ran: nothing was touched.
+                Err(err) if self.is_initialized() => return Err(err),
                 Err(err) => {
-                    warn!(error = %err, category = err.category(), "rewind failed: re-cloning");
-                    self.stop(StopMode::Immediate).await?;
+                    warn!(error = %err, category = err.category(), "pg_rewind failed: re-cloning");
                 }
             }
         }
@@ -69,8 +78,7 @@ impl Postgres {
         Ok(Rejoined::Recloned)
     }
 
-    async fn rewind_and_start(&mut self, upstream: &Upstream, desired: &Desired) -> Result<()> {
-        self.rewind(upstream).await?;
+    async fn configure_and_start(&mut self, desired: &Desired) -> Result<()> {
         self.configure(desired).await?;
         self.start().await
     }

@@ -218,6 +218,9 @@ pub struct Desired {
     pub synchronous: Option<SyncStandbys>,
     /// Members that should have a physical slot on the primary (see [`Postgres::ensure_slots`]).
     pub member_slots: Vec<String>,
+    /// `wal_sender_timeout` and `wal_receiver_timeout` (`None`: the server's defaults), with standbys
+    /// replying every second.
+    pub replication_timeout: Option<Duration>,
 }
 
 /// How to stop the server.
@@ -345,6 +348,8 @@ pub struct ReplicationRow {
     pub sent_lsn: Option<u64>,
     pub flush_lsn: Option<u64>,
     pub replay_lsn: Option<u64>,
+    /// `reply_time` as text: the standby's clock, compared for equality only.
+    pub reply_time: Option<String>,
 }
 
 /// The WAL receiver of a replica (`pg_stat_wal_receiver`).
@@ -408,6 +413,8 @@ pub struct ControlData {
     pub timeline: u32,
     pub checkpoint_lsn: u64,
     pub data_checksums: bool,
+    /// `Database system identifier`: the same on every member cloned from one `initdb`.
+    pub system_identifier: String,
 }
 
 impl ControlData {

@@ -152,8 +152,8 @@ impl Postgres {
 
     /// On the primary: a physical slot (reserving WAL at once) for every member in `members` except this
     /// one, and drops the slots of this cluster's members no longer listed. Only slots named like this
-    /// cluster's members (`<cluster>_…`) are dropped, never other slots; an active one is left for the
-    /// next call.
+    /// cluster's members (`<cluster>_<ordinal>`) are dropped, never other slots (a user's, a backup
+    /// tool's); an active one is left for the next call.
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn ensure_slots(&mut self, members: &[String]) -> Result<()> {
         let own = slot_name(&self.settings.member);
@@ -331,9 +331,14 @@ fn plan_slots(
         .filter(|w| !have.contains(w))
         .cloned()
         .collect();
+    // Only slots named like a member (`<cluster>_<ordinal>`) are pgpilot's to drop.
+    let member_slot = |n: &str| {
+        n.strip_prefix(prefix)
+            .is_some_and(|o| !o.is_empty() && o.bytes().all(|b| b.is_ascii_digit()))
+    };
     let drop = existing
         .iter()
-        .filter(|(n, active)| !*active && n.starts_with(prefix) && !wanted.contains(n))
+        .filter(|(n, active)| !*active && member_slot(n) && !wanted.contains(n))
         .map(|(n, _)| n.clone())
         .collect();
     (create, drop)
@@ -407,7 +412,7 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
         let rows = c
             .query(
                 "SELECT application_name, client_addr::text, state, sync_state,
-                        sent_lsn::text, flush_lsn::text, replay_lsn::text
+                        sent_lsn::text, flush_lsn::text, replay_lsn::text, reply_time::text
                    FROM pg_catalog.pg_stat_replication ORDER BY application_name",
                 &[],
             )
@@ -422,8 +427,19 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
                 sent_lsn: r.get::<_, Option<String>>(4).as_deref().and_then(parse_lsn),
                 flush_lsn: r.get::<_, Option<String>>(5).as_deref().and_then(parse_lsn),
                 replay_lsn: r.get::<_, Option<String>>(6).as_deref().and_then(parse_lsn),
+                reply_time: r.get(7),
             })
             .collect();
+        // Read after the rows: it bounds every commit a standby the rows show `sync` could have missed
+        // (acknowledged before the configuration naming it took effect), so a new synchronous standby
+        // is recorded only once it has flushed this far (issue 13 hole 2).
+        obs.current_lsn = c
+            .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+            .await?
+            .get::<_, Option<String>>(0)
+            .as_deref()
+            .and_then(parse_lsn)
+            .or(obs.current_lsn);
     }
     Ok(obs)
 }
@@ -469,6 +485,20 @@ mod tests {
         assert_eq!(timeline_of_walfile("000000020000000000000003"), Some(2));
         assert_eq!(timeline_of_walfile("0000001A0000000000000003"), Some(26));
         assert_eq!(timeline_of_walfile("short"), None);
+    }
+
+    #[test]
+    fn slots_the_user_made_are_never_dropped_even_with_the_cluster_prefix() {
+        // Issue 13 hole 10: only slots named like a member (`<cluster>_<ordinal>`) are pgpilot's.
+        let wanted: BTreeSet<String> = ["db_1".to_owned()].into();
+        let existing = vec![
+            ("db_backup".to_owned(), false),
+            ("db_9".to_owned(), false),
+            ("db_1".to_owned(), false),
+        ];
+        let (create, drop) = plan_slots(&wanted, &existing, "db_");
+        assert!(create.is_empty());
+        assert_eq!(drop, ["db_9"]);
     }
 
     #[test]

@@ -443,6 +443,7 @@ fn parse_controldata(text: &str) -> Option<ControlData> {
         timeline: field("Latest checkpoint's TimeLineID")?.parse().ok()?,
         checkpoint_lsn: super::sql::parse_lsn(field("Latest checkpoint location")?)?,
         data_checksums: field("Data page checksum version")?.parse::<u32>().ok()? > 0,
+        system_identifier: field("Database system identifier")?.to_owned(),
     })
 }
 
@@ -453,6 +454,7 @@ mod tests {
     #[test]
     fn controldata_fields() {
         let text = "pg_control version number:            1300\n\
+                    Database system identifier:           7412345678901234567\n\
                     Database cluster state:               shut down in recovery\n\
                     Latest checkpoint location:           0/5000060\n\
                     Latest checkpoint's REDO location:    0/5000028\n\
@@ -463,6 +465,7 @@ mod tests {
         assert_eq!(c.timeline, 3);
         assert_eq!(c.checkpoint_lsn, 0x500_0060);
         assert!(c.data_checksums);
+        assert_eq!(c.system_identifier, "7412345678901234567");
         assert!(!c.is_clean_primary_shutdown());
         assert_eq!(parse_controldata("garbage"), None);
     }

@@ -201,7 +201,7 @@ pub fn health(path: &str, s: &MemberState, q: &HealthQuery) -> bool {
         "/health" => s.running,
         // The API answering is the sidecar being alive: if the HA loop ends, the process exits.
         "/liveness" => true,
-        "/readiness" => s.is_primary() || s.is_replica(),
+        "/readiness" => s.is_primary() || s.is_ready_replica(),
         _ => false,
     }
 }

@@ -5,7 +5,7 @@ use std::{path::PathBuf, sync::Arc};
 
 use base64::Engine;
 use pgpilot_crds::contract::{
-    MemberReport, MemberTags, ROLE_PRIMARY, ROLE_REPLICA, ReplicationMode, Xlog,
+    MemberReport, MemberTags, ROLE_PRIMARY, ROLE_REPLICA, ReplicationMode, SidecarConfig, Xlog,
 };
 use tokio::sync::{mpsc, watch};
 
@@ -550,4 +550,27 @@ async fn a_missing_ha_loop_answers_503() {
     let Harness { ctx, actions, _dir } = h;
     drop(actions);
     assert_eq!(handle(&ctx, post("/restart", "")).await.status, 503);
+}
+
+#[tokio::test]
+async fn a_replica_is_ready_only_while_it_streams_within_the_lag_limit() {
+    // Issue 13 hole 10: `-ro` routes to Ready replicas, so a replica that stopped streaming or fell
+    // behind must not be Ready (arbitrarily stale reads).
+    let limit = SidecarConfig::default()
+        .replication
+        .maximum_lag_on_failover_bytes;
+    let h = harness(replica_state(0));
+    assert_eq!(status(&h, get("/readiness")).await, 200);
+    let mut s = replica_state(0);
+    s.lag_bytes = Some(limit + 1);
+    let h = harness(s);
+    assert_eq!(status(&h, get("/readiness")).await, 503, "too far behind");
+    let mut s = replica_state(0);
+    s.replication_state = None;
+    let h = harness(s);
+    assert_eq!(status(&h, get("/readiness")).await, 503, "not streaming");
+    let mut s = replica_state(0);
+    s.lag_bytes = None;
+    let h = harness(s);
+    assert_eq!(status(&h, get("/readiness")).await, 503, "lag unknown");
 }
