@@ -20,11 +20,11 @@ pub const LABEL_INSTANCE: &str = "pgpilot.io/instance";
 /// Label on every pod, set by its sidecar: [`ROLE_PRIMARY`] or [`ROLE_REPLICA`]. Services select on it.
 pub const LABEL_ROLE: &str = "pgpilot.io/role";
 /// Annotation on a pod, set by its sidecar with the role label: the Lease epoch (`leaseTransitions`) the
-/// role was taken under (DESIGN.md L7), so a stale primary's label can be recognised.
+/// role was taken under (docs/design.md L7), so a stale primary's label can be recognised.
 pub const ANNOTATION_EPOCH: &str = "pgpilot.io/epoch";
 /// Annotation on the Lease, written by the holder only when it changes: comma-separated names of the
 /// members PostgreSQL currently treats as synchronous. In `sync`/`strictSync` mode only these (or the
-/// holder) may acquire the Lease (DESIGN.md L3).
+/// holder) may acquire the Lease (docs/design.md L3).
 pub const ANNOTATION_SYNC_MEMBERS: &str = "pgpilot.io/sync-members";
 /// Annotation on the Lease, written by a primary handing the Lease over in a switchover: the member it
 /// named as holder, which confirms with its own conditional write (clearing this) before promoting.
@@ -159,7 +159,7 @@ impl Default for HaTimings {
 }
 
 impl HaTimings {
-    /// DESIGN.md L6: `leaseDuration > renewDeadline > 1.2 · retryPeriod`. The CRD enforces the same rule.
+    /// docs/design.md L6: `leaseDuration > renewDeadline > 1.2 · retryPeriod`. The CRD enforces the same rule.
     pub fn is_valid(&self) -> bool {
         self.lease_duration_seconds > self.renew_deadline_seconds
             && u64::from(self.renew_deadline_seconds) * 10

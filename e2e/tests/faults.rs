@@ -881,7 +881,7 @@ scenario_tests! {
     cut_replica_sync, cut_replica_async, "cut-replica", cut_replica, Setup::default();
     apiserver_stop_sync, apiserver_stop_async, "apiserver-stop", apiserver_stop, Setup::default();
     apiserver_stop_failsafe_sync, apiserver_stop_failsafe_async, "apiserver-stop-failsafe", apiserver_stop,
-        // Every member still confirms the primary over REST: it must keep serving (DESIGN.md L5).
+        // Every member still confirms the primary over REST: it must keep serving (docs/design.md L5).
         Setup { failsafe: true, max_write_gap: Some(Duration::from_secs(RENEW)), ..Setup::default() };
     delete_primary_pod_sync, delete_primary_pod_async, "delete-primary-pod", delete_primary_pod,
         Setup { lossless: true, ..Setup::default() };

@@ -3,7 +3,7 @@
 //! Reads only. The pod cache gives pod IPs (REST and replication go to the pod IP, not to DNS), the
 //! PostgreSQL container's status for L8, and the role labels for L7/L9. `poll` asks every peer's
 //! `GET /patroni` concurrently with a short timeout; a peer that does not answer in time is "unreachable"
-//! for this loop and cannot object to an election (DESIGN.md L3).
+//! for this loop and cannot object to an election (docs/design.md L3).
 
 use std::{
     sync::{

@@ -2,7 +2,7 @@
 //!
 //! The HA loop is the only writer of [`MemberState`]; it publishes a new snapshot on a
 //! `tokio::sync::watch` channel after every loop. REST handlers and metrics read the latest snapshot and
-//! never call Kubernetes or PostgreSQL themselves (DESIGN.md: GETs answer from in-memory state).
+//! never call Kubernetes or PostgreSQL themselves (docs/design.md: GETs answer from in-memory state).
 //! Mutating REST calls become a [`Command`] on an mpsc channel with a oneshot for the answer; the HA loop
 //! takes them between two loops, so no action ever runs concurrently with the loop's own.
 

@@ -1,4 +1,4 @@
-//! The Lease IO shell: read the cluster's Lease and write it *only* conditionally (DESIGN.md L1).
+//! The Lease IO shell: read the cluster's Lease and write it *only* conditionally (docs/design.md L1).
 //!
 //! Every write is a `replace` carrying the `metadata.resourceVersion` of the object just read, so the
 //! apiserver refuses it with 409 when anyone wrote in between; that surfaces as

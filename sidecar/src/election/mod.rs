@@ -3,7 +3,7 @@
 //! - This module is pure: [`decide`] maps an [`Observation`] (the Lease record as last read, this
 //!   member's PostgreSQL, its peers as they answered over REST, the holder's pod as the kubelet reports
 //!   it), the current instant and the [`Timings`] to one [`Decision`]. It reads no clock and does no IO,
-//!   so every rule of DESIGN.md (L1–L9) is unit-tested below with injected instants.
+//!   so every rule of docs/design.md (L1–L9) is unit-tested below with injected instants.
 //! - [`LeaseWatch`] is the only memory the rules need across loops: since when the record has been
 //!   unchanged on the local monotonic clock (L2) and the holder's container at that moment (L8).
 //! - [`lease`] is the IO shell: conditional reads/writes of the Lease object (L1).
@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use pgpilot_crds::contract::HaTimings;
 
-/// The three Lease timings as durations, checked against DESIGN.md L6 when built.
+/// The three Lease timings as durations, checked against docs/design.md L6 when built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Timings {
     /// How long a record must stay unchanged before anyone else may take over (L2).
@@ -40,7 +40,7 @@ pub struct Timings {
 #[derive(Debug, thiserror::Error)]
 pub enum TimingsError {
     #[error(
-        "leaseDuration ({lease}s) > renewDeadline ({renew}s) > 1.2 x retryPeriod ({retry}s) does not hold (DESIGN.md L6)"
+        "leaseDuration ({lease}s) > renewDeadline ({renew}s) > 1.2 x retryPeriod ({retry}s) does not hold (docs/design.md L6)"
     )]
     Invalid { lease: u32, renew: u32, retry: u32 },
 }
@@ -63,7 +63,7 @@ impl Timings {
     }
 
     /// How often the holder writes a successful renewal: `leaseDuration − renewDeadline`, at least one
-    /// retry period (5 s with the defaults, so 12 writes a minute — DESIGN.md's steady-state budget, L9).
+    /// retry period (5 s with the defaults, so 12 writes a minute — docs/design.md's steady-state budget, L9).
     /// Safety does not depend on it: L5 fences at `renewDeadline` after the last successful renewal was
     /// sent, and failed renewals are retried every retry period until then, so with the defaults a holder
     /// gets three attempts (at 5, 7 and 9 s) before it fences at 10 s, while others wait 15 s (L2).

@@ -1,4 +1,4 @@
-//! `decide()` branch by branch, one group per rule of DESIGN.md. Time is injected: `t(s)` is `s` seconds
+//! `decide()` branch by branch, one group per rule of docs/design.md. Time is injected: `t(s)` is `s` seconds
 //! after a fixed origin; nothing sleeps.
 
 use std::{

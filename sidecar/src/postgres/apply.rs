@@ -22,7 +22,7 @@ impl Postgres {
     /// - running primary: the slots of `desired.member_slots` are ensured ([`Postgres::ensure_slots`]).
     ///
     /// Safety: with [`Role::Primary`] the next start is writable — call it only while holding the Lease
-    /// (DESIGN.md L4).
+    /// (docs/design.md L4).
     #[instrument(skip(self, desired), fields(member = %self.settings.member))]
     pub async fn configure(&mut self, desired: &Desired) -> Result<Change> {
         // A running primary is never given the replica role (issue 13 hole 1): `standby.signal` and an

@@ -17,7 +17,7 @@ pub enum Rejoined {
 
 impl Postgres {
     /// A brand-new cluster: `initdb`, configuration for `desired` (must be [`Role::Primary`]; the caller
-    /// holds the Lease, DESIGN.md L4), start, roles and database, slots.
+    /// holds the Lease, docs/design.md L4), start, roles and database, slots.
     #[instrument(skip(self, desired), fields(member = %self.settings.member))]
     pub async fn bootstrap_primary(&mut self, desired: &Desired) -> Result<()> {
         debug_assert!(matches!(desired.role, Role::Primary));

@@ -23,7 +23,7 @@
 //! | SIGTERM / release | [`Postgres::stop`] (`Fast`), then release the Lease (L4) |
 //! | spec parameters changed | [`Postgres::configure`]; [`Change::NeedsRestart`] = `pendingRestart` |
 //!
-//! Safety-relevant behaviour (DESIGN.md L4/L5): nothing in this module makes a server writable on its own.
+//! Safety-relevant behaviour (docs/design.md L4/L5): nothing in this module makes a server writable on its own.
 //! A data directory becomes a primary only through [`Postgres::promote`] or by the caller rendering
 //! [`Role::Primary`] (no `standby.signal`) before [`Postgres::start`]; [`Postgres::fence`] stops accepting
 //! writes at once.

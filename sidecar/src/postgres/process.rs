@@ -166,7 +166,7 @@ impl Postgres {
         })
     }
 
-    /// Stops accepting writes now (DESIGN.md L5): an immediate shutdown. SIGQUIT makes the postmaster
+    /// Stops accepting writes now (docs/design.md L5): an immediate shutdown. SIGQUIT makes the postmaster
     /// terminate every backend at once — no transaction commits after the signal is delivered, including
     /// those waiting for a synchronous standby, and new connections are refused — then exit without a
     /// checkpoint. Chosen over `default_transaction_read_only` (a session can override it) and over

@@ -96,7 +96,7 @@ impl Postgres {
     }
 
     /// Ends recovery with `pg_promote` and waits (up to [`PROMOTE_TIMEOUT`]) until the server accepts
-    /// writes on a new timeline. Call only while holding the Lease (DESIGN.md L4); the server removes
+    /// writes on a new timeline. Call only while holding the Lease (docs/design.md L4); the server removes
     /// `standby.signal` itself. Afterwards render [`super::Role::Primary`] with [`Postgres::configure`] so
     /// `synchronous_standby_names` and the slots follow.
     ///
