@@ -190,7 +190,7 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let must_apply = needs_apply(memo.as_ref(), fingerprint, started)
         || apply::any_missing(&ctx.client, &c, &children).await?;
     let applied = if must_apply {
-        apply::apply(&ctx.client, &c, children).await?
+        apply::apply(&ctx.client, &c, &children).await?
     } else {
         apply::Applied::default()
     };

@@ -42,6 +42,91 @@ pub struct Children {
     pub statefulset: StatefulSet,
 }
 
+/// One child of a [`Children`] bundle, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub enum Child<'a> {
+    ServiceAccount(&'a ServiceAccount),
+    Role(&'a Role),
+    RoleBinding(&'a RoleBinding),
+    ConfigMap(&'a ConfigMap),
+    Lease(&'a Lease),
+    Service(&'a Service),
+    Pdb(&'a PodDisruptionBudget),
+    StatefulSet(&'a StatefulSet),
+}
+
+impl Children {
+    /// Every child in dependency order: RBAC → ConfigMap → Lease → Services → PDB → StatefulSet last, so a
+    /// pod never starts before what it mounts and reads exists. The one place the bundle is taken apart,
+    /// without `..`: a new field does not compile until it has its place here, and the apply, the
+    /// fingerprint and the "is a child missing" check all walk this list.
+    pub fn in_apply_order(&self) -> Vec<Child<'_>> {
+        let Self {
+            service_account,
+            role,
+            role_binding,
+            config_map,
+            lease,
+            services,
+            pdb,
+            statefulset,
+        } = self;
+        let mut order = vec![
+            Child::ServiceAccount(service_account),
+            Child::Role(role),
+            Child::RoleBinding(role_binding),
+            Child::ConfigMap(config_map),
+            Child::Lease(lease),
+        ];
+        order.extend(services.iter().map(Child::Service));
+        order.push(Child::Pdb(pdb));
+        order.push(Child::StatefulSet(statefulset));
+        order
+    }
+}
+
+impl Child<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ServiceAccount(_) => "ServiceAccount",
+            Self::Role(_) => "Role",
+            Self::RoleBinding(_) => "RoleBinding",
+            Self::ConfigMap(_) => "ConfigMap",
+            Self::Lease(_) => "Lease",
+            Self::Service(_) => "Service",
+            Self::Pdb(_) => "PodDisruptionBudget",
+            Self::StatefulSet(_) => "StatefulSet",
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Self::ServiceAccount(o) => &o.metadata,
+            Self::Role(o) => &o.metadata,
+            Self::RoleBinding(o) => &o.metadata,
+            Self::ConfigMap(o) => &o.metadata,
+            Self::Lease(o) => &o.metadata,
+            Self::Service(o) => &o.metadata,
+            Self::Pdb(o) => &o.metadata,
+            Self::StatefulSet(o) => &o.metadata,
+        }
+    }
+
+    /// The object as JSON, for [`crate::apply::fingerprint`].
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            Self::ServiceAccount(o) => serde_json::to_vec(o),
+            Self::Role(o) => serde_json::to_vec(o),
+            Self::RoleBinding(o) => serde_json::to_vec(o),
+            Self::ConfigMap(o) => serde_json::to_vec(o),
+            Self::Lease(o) => serde_json::to_vec(o),
+            Self::Service(o) => serde_json::to_vec(o),
+            Self::Pdb(o) => serde_json::to_vec(o),
+            Self::StatefulSet(o) => serde_json::to_vec(o),
+        }
+    }
+}
+
 /// Builds every child applied by server-side apply.
 pub fn build_children(c: &ValidatedCluster) -> Result<Children, serde_json::Error> {
     Ok(Children {
@@ -139,27 +224,8 @@ mod tests {
     fn every_child_is_owned_by_the_cluster_and_labelled() {
         let c = three();
         let ch = build_children(&c).unwrap();
-        let Children {
-            service_account,
-            role,
-            role_binding,
-            config_map,
-            lease,
-            services,
-            pdb,
-            statefulset,
-        } = ch;
-        let mut metas = vec![
-            service_account.metadata,
-            role.metadata,
-            role_binding.metadata,
-            config_map.metadata,
-            lease.metadata,
-            pdb.metadata,
-            statefulset.metadata,
-        ];
-        metas.extend(services.into_iter().map(|s| s.metadata));
-        for m in metas {
+        for child in ch.in_apply_order() {
+            let m = child.meta().clone();
             let owners = m.owner_references.unwrap();
             assert_eq!(owners.len(), 1, "{:?}", m.name);
             assert_eq!(owners[0].name, "pg");
@@ -167,6 +233,32 @@ mod tests {
             assert_eq!(m.namespace.as_deref(), Some("db"));
             assert_eq!(m.labels.unwrap()[LABEL_CLUSTER], "pg");
         }
+    }
+
+    #[test]
+    fn children_are_applied_in_dependency_order() {
+        let ch = build_children(&three()).unwrap();
+        let order: Vec<String> = ch
+            .in_apply_order()
+            .iter()
+            .map(|c| format!("{} {}", c.kind(), c.meta().name.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "ServiceAccount pg-sidecar",
+                "Role pg-sidecar",
+                "RoleBinding pg-sidecar",
+                "ConfigMap pg-config",
+                "Lease pg-leader",
+                "Service pg-pods",
+                "Service pg-rw",
+                "Service pg-ro",
+                "Service pg-r",
+                "PodDisruptionBudget pg",
+                "StatefulSet pg",
+            ]
+        );
     }
 
     #[test]
