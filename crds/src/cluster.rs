@@ -557,6 +557,66 @@ pub mod condition {
     pub const PAUSED: &str = "Paused";
 }
 
+/// Values of `status.conditions[].reason`, grouped by the condition that uses them. They are kept here,
+/// beside the condition types and phases, because they are the same API: users match on them
+/// (`kubectl wait`, alerts) and the e2e tests assert them, neither of which should depend on the
+/// operator's crate.
+pub mod reason {
+    // Ready
+    pub const ALL_MEMBERS_READY: &str = "AllMembersReady";
+    pub const MEMBERS_NOT_READY: &str = "MembersNotReady";
+    pub const NO_PRIMARY: &str = "NoPrimary";
+    pub const CREATING: &str = "Creating";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    // Progressing
+    pub const SCALING: &str = "Scaling";
+    pub const UPDATE_PENDING: &str = "UpdatePending";
+    pub const STABLE: &str = "Stable";
+    // Degraded
+    pub const HEALTHY: &str = "Healthy";
+    // FailoverBlocked
+    pub const PAUSED: &str = "Paused";
+    pub const SINGLE_INSTANCE: &str = "SingleInstance";
+    pub const NO_FAILOVER_CANDIDATE: &str = "NoFailoverCandidate";
+    pub const FAILOVER_POSSIBLE: &str = "FailoverPossible";
+    // SwitchoverInProgress
+    pub const NO_SWITCHOVER_REQUESTED: &str = "NoSwitchoverRequested";
+    pub const SCHEDULED: &str = "Scheduled";
+    pub const WAITING_FOR_PRIMARY: &str = "WaitingForPrimary";
+    pub const ALREADY_PRIMARY: &str = "AlreadyPrimary";
+    pub const REQUESTED: &str = "Requested";
+    pub const COMPLETED: &str = "Completed";
+    pub const NOT_COMPLETED: &str = "NotCompleted";
+    pub const REQUEST_FAILED: &str = "RequestFailed";
+    // Paused (and PAUSED above)
+    pub const NOT_PAUSED: &str = "NotPaused";
+}
+
+/// Values of `status.lastFailover.reason`.
+pub mod failover_reason {
+    pub const SWITCHOVER: &str = "Switchover";
+    pub const FAILOVER: &str = "Failover";
+}
+
+/// Reasons of the Events the operator publishes on a cluster (`kubectl describe pgc`). A failed reconcile
+/// is announced with its error's category instead (`ApplyStatefulSetFailed`, `ReadLeaseFailed`, ...).
+pub mod event {
+    pub const CREATED: &str = "Created";
+    pub const SCALED: &str = "Scaled";
+    pub const PRIMARY_ELECTED: &str = "PrimaryElected";
+    pub const FAILOVER_OBSERVED: &str = "FailoverObserved";
+    pub const SWITCHOVER_REQUESTED: &str = "SwitchoverRequested";
+    pub const SWITCHOVER_COMPLETED: &str = "SwitchoverCompleted";
+    pub const SWITCHOVER_FAILED: &str = "SwitchoverFailed";
+    pub const CLUSTER_READY: &str = "ClusterReady";
+    pub const CLUSTER_NOT_READY: &str = "ClusterNotReady";
+    pub const PAUSED: &str = "Paused";
+    pub const RESUMED: &str = "Resumed";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SECRETS_CREATED: &str = "SecretsCreated";
+    pub const SECRETS_RECREATED: &str = "SecretsRecreated";
+}
+
 /// Values of `status.phase`.
 pub mod phase {
     pub const PENDING: &str = "Pending";

@@ -24,15 +24,20 @@ use kube::{
         watcher,
     },
 };
-use pgpilot_crds::{PostgresCluster, cluster::condition, contract::LABEL_CLUSTER};
+use pgpilot_crds::{
+    PostgresCluster,
+    cluster::{condition, reason},
+    contract::{LABEL_CLUSTER, error_chain},
+};
 use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 
 use crate::{
     apply, build,
+    conditions::find_condition,
     events::{self, Transition},
     metrics::Metrics,
-    status::{self, find_condition},
+    status,
     switchover::{self, SwitchoverOutcome},
     validate::validate,
 };
@@ -168,7 +173,7 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
             warn!(reason = %message, "invalid spec");
             let next = status::invalid(&prev, cluster.metadata.generation, message.clone(), now);
             let announced = find_condition(&prev, condition::READY)
-                .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message);
+                .is_some_and(|c| c.reason == reason::INVALID_SPEC && c.message == message);
             status::write(&api, &cluster.name_any(), &prev, &next).await?;
             if !announced {
                 events::publish(
@@ -293,17 +298,6 @@ fn next_look(outcome: &SwitchoverOutcome, now: Timestamp) -> Duration {
 pub fn error_policy(cluster: Arc<PostgresCluster>, error: &Error, _ctx: Arc<Context>) -> Action {
     warn!(cluster = %cluster.name_any(), reason = %error.category(), error = %error_chain(error), "reconcile failed");
     Action::requeue(RETRY)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
 }
 
 /// Runs the controller until shutdown. `namespace` limits it to one namespace; `None` watches all.
