@@ -12,6 +12,7 @@ pub mod conditions;
 pub mod controller;
 pub mod events;
 pub mod leader;
+pub mod memo;
 pub mod metrics;
 pub mod status;
 pub mod switchover;
