@@ -225,18 +225,68 @@ async fn bad_input_is_rejected_with_a_message_the_user_understands() -> Result<(
             "{tags: {db-1: {noFailover: true}}}",
             "tags keys must be member names",
         ),
+        // Configuration injection (issue 13, hole 12): nothing reaches postgresql.conf or pg_hba.conf as
+        // more than the one setting or line it claims to be.
+        (
+            r#"{postgresql: {parameters: {"synchronous_standby_names ": "*"}}}"#,
+            "postgresql.parameters keys must be PostgreSQL parameter names",
+        ),
+        (
+            r#"{postgresql: {parameters: {"x\nsynchronous_standby_names": "*"}}}"#,
+            "postgresql.parameters keys must be PostgreSQL parameter names",
+        ),
+        (
+            "{postgresql: {parameters: {SYNCHRONOUS_STANDBY_NAMES: '*'}}}",
+            "postgresql.parameters may not set parameters pgpilot manages itself",
+        ),
+        (
+            r#"{postgresql: {parameters: {work_mem: "8MB\nsynchronous_standby_names = ''"}}}"#,
+            "postgresql.parameters values may not contain control characters",
+        ),
+        (
+            r#"{postgresql: {parameters: {work_mem: "8MB\r"}}}"#,
+            "postgresql.parameters values may not contain control characters",
+        ),
+        (
+            "{instances: 3, replication: {mode: sync}, postgresql: {parameters: {synchronous_commit: 'off'}}}",
+            "postgresql.parameters.synchronous_commit must be on, remote_write or remote_apply",
+        ),
+        (
+            "{instances: 3, replication: {mode: strictSync}, postgresql: {parameters: {Synchronous_Commit: local}}}",
+            "postgresql.parameters.synchronous_commit must be on, remote_write or remote_apply",
+        ),
+        (
+            "{postgresql: {pgHba: ['host all all 0.0.0.0/0 trust']}}",
+            "postgresql.pgHba host lines may not use the trust method",
+        ),
+        (
+            r#"{postgresql: {pgHba: ["host all all 10.0.0.0/8 scram-sha-256\nhost all all 0.0.0.0/0 trust"]}}"#,
+            "postgresql.pgHba entries must be single lines without control characters",
+        ),
+        (
+            r#"{postgresql: {pgHba: ["host all all 10.0.0.0/8 scram-sha-256 \\"]}}"#,
+            "postgresql.pgHba entries may not end with a backslash",
+        ),
+        (
+            "{postgresql: {pgHba: ['include_dir /tmp']}}",
+            "postgresql.pgHba may not include other files",
+        ),
     ];
+    // Every case is tried before failing, so one run shows each rule that does not hold.
+    let mut wrong = Vec::new();
     for (spec, message) in cases {
         let out = dry_run(spec)?;
-        ensure!(!out.success, "accepted: {spec}");
-        ensure!(
-            out.stderr.contains(message),
-            "{spec}: expected {message:?} in {:?}",
-            out.stderr
-        );
+        if out.success {
+            wrong.push(format!("accepted: {spec}"));
+        } else if !out.stderr.contains(message) {
+            wrong.push(format!("{spec}: expected {message:?} in {:?}", out.stderr));
+        }
     }
+    ensure!(wrong.is_empty(), "{}", wrong.join("\n"));
     let good = dry_run(
-        "{instances: 3, switchover: {targetInstance: pg-2}, tags: {pg-1: {noFailover: true}}, replication: {mode: sync, syncReplicas: 2, maximumLagOnFailover: 1048576}}",
+        "{instances: 3, switchover: {targetInstance: pg-2}, tags: {pg-1: {noFailover: true}}, replication: {mode: sync, syncReplicas: 2, maximumLagOnFailover: 1048576}, \
+         postgresql: {parameters: {synchronous_commit: remote_apply, TimeZone: UTC, pg_stat_statements.max: '5000', work_mem: 8MB}, \
+         pgHba: ['host all all 10.0.0.0/8 scram-sha-256', 'local all all trust', 'host all all 10.0.0.0/8 scram-sha-256 # trust nobody']}}",
     )?;
     ensure!(good.success, "a valid spec was rejected: {}", good.stderr);
 
