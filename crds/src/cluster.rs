@@ -540,6 +540,12 @@ pub struct PostgresClusterStatus {
     /// The election epoch: the Lease's `leaseTransitions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// The database system identifier of the cluster's data (`pg_control_system()`), as the member that
+    /// ran `initdb` recorded it on the Lease. Kept when the Lease is lost, and put back on a Lease the
+    /// operator recreates, so that no member takes a new Lease for a cluster without data and bootstraps
+    /// over the existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
     /// Members that exist (pods), for the scale subresource.
     #[serde(default)]
     pub instances: i32,

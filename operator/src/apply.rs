@@ -3,7 +3,8 @@
 //! Reads the built [`Children`] and the [`ValidatedCluster`]; server-side applies every child under the one
 //! field manager [`FIELD_MANAGER`] with `force`, in dependency order: RBAC → Secrets/ConfigMap → Lease →
 //! Services → PDB → StatefulSet last, so a pod never starts before what it mounts and reads exists.
-//! Secrets are the exception: created when absent, never applied, never overwritten, never logged.
+//! Two exceptions are created when absent and never written again: the Secrets (never overwritten, never
+//! logged) and the Lease, whose record belongs to the sidecars once it exists.
 //! Returns what the status step needs to know about the change ([`Applied`]).
 
 use std::{
@@ -115,6 +116,36 @@ where
     Ok(applied)
 }
 
+/// Creates `obj` unless it exists: for the children whose content is someone else's once they exist
+/// (the Lease: see [`crate::build::build_lease`]).
+async fn create_if_absent<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, obj).await {
+        Ok(_) => {
+            info!(kind = %K::kind(&()), %name, "created");
+            Ok(())
+        }
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(source) => Err(Error::Apply {
+            kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        }),
+    }
+}
+
 /// Creates each of the cluster's Secrets that does not exist yet, with a fresh random password.
 async fn ensure_secrets(client: &Client, c: &ValidatedCluster) -> Result<Vec<&'static str>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &c.namespace);
@@ -205,7 +236,7 @@ async fn apply_child(client: &Client, ns: &str, child: Child<'_>) -> Result<(), 
         Child::Role(o) => ssa(client, ns, o).await.map(drop),
         Child::RoleBinding(o) => ssa(client, ns, o).await.map(drop),
         Child::ConfigMap(o) => ssa(client, ns, o).await.map(drop),
-        Child::Lease(o) => ssa(client, ns, o).await.map(drop),
+        Child::Lease(o) => create_if_absent(client, ns, o).await,
         Child::Service(o) => ssa(client, ns, o).await.map(drop),
         Child::Pdb(o) => ssa(client, ns, o).await.map(drop),
         Child::StatefulSet(o) => ssa(client, ns, o).await.map(drop),

@@ -119,7 +119,8 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         Ok(c) => c,
         Err(invalid) => return reject_invalid_spec(ctx, cluster, &api, &prev, &invalid, now).await,
     };
-    let children = build::build_children(&c).map_err(Error::Build)?;
+    let children =
+        build::build_children(&c, prev.system_identifier.as_deref()).map_err(Error::Build)?;
     let mut memo = apply_step(ctx, cluster, &c, &children, &prev).await?;
     let observed = status::observe(&ctx.client, &ctx.http, &c).await?;
     let (outcome, mut transitions) = switchover_step(ctx, &c, &prev, &observed, now).await;

@@ -187,6 +187,10 @@ pub fn compute(
         last_primary,
         timeline: timeline.or(prev.timeline),
         epoch: obs.epoch(),
+        system_identifier: obs
+            .system_identifier()
+            .map(str::to_owned)
+            .or_else(|| prev.system_identifier.clone()),
         instances: n.existing,
         ready_instances: n.ready,
         selector: Some(format!("{LABEL_CLUSTER}={}", c.name)),
@@ -448,5 +452,43 @@ mod tests {
         );
         assert!(r.message.contains("got 12"));
         assert_eq!(r.observed_generation, Some(2));
+    }
+
+    /// Issue 13, hole 4: the status remembers the data's system identifier across the loss of the Lease.
+    #[test]
+    fn the_system_identifier_is_read_from_the_lease_and_kept_without_it() {
+        let c = cluster();
+        let mut obs = healthy();
+        let (none, _) = compute(
+            &c,
+            &PostgresClusterStatus::default(),
+            &obs,
+            &SwitchoverOutcome::None,
+            t(0),
+        );
+        assert_eq!(none.system_identifier, None);
+        obs.lease.as_mut().unwrap().metadata.annotations = Some(BTreeMap::from([(
+            pgpilot_crds::contract::ANNOTATION_SYSTEM_ID.to_owned(),
+            "7412345678901234567".to_owned(),
+        )]));
+        let (known, _) = compute(&c, &none, &obs, &SwitchoverOutcome::None, t(10));
+        assert_eq!(
+            known.system_identifier.as_deref(),
+            Some("7412345678901234567")
+        );
+        obs.lease = None;
+        let (kept, _) = compute(&c, &known, &obs, &SwitchoverOutcome::None, t(20));
+        assert_eq!(
+            kept.system_identifier.as_deref(),
+            Some("7412345678901234567"),
+            "the Lease is gone, the identifier stays"
+        );
+        obs.lease = Some(lease(None, 0));
+        let (recreated, _) = compute(&c, &kept, &obs, &SwitchoverOutcome::None, t(30));
+        assert_eq!(
+            recreated.system_identifier.as_deref(),
+            Some("7412345678901234567"),
+            "a Lease without the annotation does not erase it"
+        );
     }
 }

@@ -61,6 +61,19 @@ impl Observed {
         labelled.then(|| holder.to_owned())
     }
 
+    /// The cluster's database system identifier, as recorded on the Lease by the member that ran
+    /// `initdb` (issue 13, hole 4).
+    pub fn system_identifier(&self) -> Option<&str> {
+        self.lease
+            .as_ref()?
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(contract::ANNOTATION_SYSTEM_ID)
+            .map(String::as_str)
+            .filter(|id| !id.is_empty())
+    }
+
     pub fn epoch(&self) -> Option<i64> {
         self.lease
             .as_ref()?
