@@ -641,6 +641,8 @@ pub mod reason {
     pub const SINGLE_INSTANCE: &str = "SingleInstance";
     pub const NO_FAILOVER_CANDIDATE: &str = "NoFailoverCandidate";
     pub const FAILOVER_POSSIBLE: &str = "FailoverPossible";
+    /// Every replica that answered says why it may not take over now (its sidecar's `failover_blocked`).
+    pub const NO_ELIGIBLE_REPLICA: &str = "NoEligibleReplica";
     // SwitchoverInProgress
     pub const NO_SWITCHOVER_REQUESTED: &str = "NoSwitchoverRequested";
     pub const SCHEDULED: &str = "Scheduled";
@@ -677,6 +679,8 @@ pub mod event {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     pub const SECRETS_CREATED: &str = "SecretsCreated";
     pub const SECRETS_RECREATED: &str = "SecretsRecreated";
+    pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
+    pub const FAILOVER_POSSIBLE: &str = "FailoverPossible";
 }
 
 /// Values of `status.phase`.

@@ -54,6 +54,12 @@ pub enum Transition {
     SecretsRecreated {
         kinds: Vec<&'static str>,
     },
+    /// `FailoverBlocked` became true because no replica may take over (`message` names them and why).
+    FailoverBlocked {
+        message: String,
+    },
+    /// `FailoverBlocked` was true for that reason and a replica may take over again.
+    FailoverPossible,
     /// A reconcile failed; `reason` is the error's category. Announced once per change of category.
     ReconcileFailed {
         reason: String,
@@ -126,6 +132,14 @@ impl Transition {
                 EventType::Normal,
                 event::SECRETS_CREATED,
                 format!("generated credentials: {}", kinds.join(", ")),
+            ),
+            Self::FailoverBlocked { message } => {
+                (EventType::Warning, event::FAILOVER_BLOCKED, message.clone())
+            }
+            Self::FailoverPossible => (
+                EventType::Normal,
+                event::FAILOVER_POSSIBLE,
+                "a replica may take over again".to_owned(),
             ),
             Self::ReconcileFailed { reason, message } => (
                 EventType::Warning,

@@ -4,12 +4,15 @@
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use pgpilot_crds::{
     PostgresClusterStatus,
-    cluster::{FailoverRecord, failover_reason, reason},
+    cluster::{FailoverRecord, condition, failover_reason, reason},
     contract::MemberTags,
 };
 
-use super::Derived;
-use crate::{events::Transition, switchover::SwitchoverOutcome, validate::ValidatedCluster};
+use super::{Derived, Observed};
+use crate::{
+    conditions::find_condition, events::Transition, switchover::SwitchoverOutcome,
+    validate::ValidatedCluster,
+};
 
 /// The `lastFailover` after this reconcile and the Event of a change of primary, if any. A change is named
 /// after the member it came from even across a spell without a primary, and is a switchover when it went
@@ -55,8 +58,18 @@ pub(super) fn change_of_primary(
     (Some(record), Some(event))
 }
 
-/// `FailoverBlocked`: whether no automatic failover can happen, and why.
-pub(super) fn blocked(c: &ValidatedCluster) -> Derived {
+/// `FailoverBlocked`: whether no automatic failover can happen, and why. First what the spec says
+/// (paused, one member, `noFailover` tags), then what the replicas say: once the cluster has had a
+/// primary, when every member other than the primary whose sidecar answered reports why it may not take
+/// over now (`failover_blocked`: lag beyond the limit, not a recorded synchronous standby, ...), the
+/// condition names each with its reason. Members that did not answer are not counted either way; with
+/// none answering the replicas say nothing. The elections themselves decide per member (DESIGN.md L3);
+/// this only makes a cluster that cannot fail over visible before it needs to.
+pub(super) fn blocked(
+    c: &ValidatedCluster,
+    obs: &Observed,
+    prev: &PostgresClusterStatus,
+) -> Derived {
     if c.spec.paused {
         return (true, reason::PAUSED, "spec.paused is set".into());
     }
@@ -78,11 +91,55 @@ pub(super) fn blocked(c: &ValidatedCluster) -> Derived {
             "at most one member may be promoted (noFailover tags)".into(),
         );
     }
+    let primary = obs.primary();
+    if primary.is_some() || prev.last_primary.is_some() {
+        let replicas: Vec<(&str, Option<&str>)> = obs
+            .reports
+            .iter()
+            .filter(|(name, _)| Some(name.as_str()) != primary.as_deref())
+            .map(|(name, r)| {
+                let why = r.pgpilot.failover_blocked.as_deref();
+                (name.as_str(), why.filter(|w| !w.is_empty()))
+            })
+            .collect();
+        let reasons: Vec<String> = replicas
+            .iter()
+            .filter_map(|(name, why)| Some(format!("{name}: {}", (*why)?)))
+            .collect();
+        if !replicas.is_empty() && reasons.len() == replicas.len() {
+            return (
+                true,
+                reason::NO_ELIGIBLE_REPLICA,
+                format!("no replica may take over: {}", reasons.join("; ")),
+            );
+        }
+    }
     (
         false,
         reason::FAILOVER_POSSIBLE,
         "replicas can take over".into(),
     )
+}
+
+/// The Event of `FailoverBlocked` after [`blocked`] derived `now`: when no replica may take over any
+/// more, and when one may again. The spec's own reasons (paused, one member, tags) are not announced
+/// here: they change only with the spec, and pausing has its own Event.
+pub(super) fn blocked_transition(
+    prev: &PostgresClusterStatus,
+    now: &Derived,
+) -> Option<Transition> {
+    let was = find_condition(prev, condition::FAILOVER_BLOCKED).map(|c| c.reason.as_str());
+    let (_, why, message) = now;
+    match (was, *why) {
+        (Some(reason::NO_ELIGIBLE_REPLICA), reason::NO_ELIGIBLE_REPLICA) => None,
+        (_, reason::NO_ELIGIBLE_REPLICA) => Some(Transition::FailoverBlocked {
+            message: message.clone(),
+        }),
+        (Some(reason::NO_ELIGIBLE_REPLICA), reason::FAILOVER_POSSIBLE) => {
+            Some(Transition::FailoverPossible)
+        }
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -92,7 +149,7 @@ mod tests {
     use super::*;
     use crate::status::{
         compute,
-        fixtures::{cluster, healthy, lease, pod, t},
+        fixtures::{cluster, cond, healthy, lease, pod, report, t},
     };
 
     #[test]
@@ -150,6 +207,8 @@ mod tests {
     #[test]
     fn failover_blocked_reasons() {
         let mut c = cluster();
+        let (obs, prev) = (healthy(), PostgresClusterStatus::default());
+        let blocked = |c: &ValidatedCluster| blocked(c, &obs, &prev);
         assert!(!blocked(&c).0);
         c.spec.paused = true;
         assert_eq!(blocked(&c).1, "Paused");
@@ -163,5 +222,99 @@ mod tests {
         assert_eq!(blocked(&c).1, "NoFailoverCandidate");
         c.spec.instances = 1;
         assert_eq!(blocked(&c).1, "SingleInstance");
+    }
+
+    /// `pg-1` answers with `why`, `pg-2` with `pg2` (`None`: it does not answer at all).
+    fn replicas_say(why: Option<&str>, pg2: Option<Option<&str>>) -> Observed {
+        let mut obs = healthy();
+        let mut r1 = report("replica", 2, 0x1_0000_0000, Some(96));
+        r1.pgpilot.failover_blocked = why.map(Into::into);
+        obs.reports.insert("pg-1".into(), r1);
+        if let Some(w) = pg2 {
+            let mut r2 = report("replica", 2, 0x1_0000_0000, Some(96));
+            r2.pgpilot.failover_blocked = w.map(Into::into);
+            obs.reports.insert("pg-2".into(), r2);
+        }
+        obs
+    }
+
+    /// Issue 13, hole 5: a cluster whose replicas all refuse to take over says so before the primary fails.
+    #[test]
+    fn failover_is_blocked_when_every_answering_replica_says_why() {
+        let c = cluster();
+        let fresh = PostgresClusterStatus::default();
+        let (running, _) = compute(&c, &fresh, &healthy(), &SwitchoverOutcome::None, t(0));
+        assert_eq!(cond(&running, "FailoverBlocked").status, "False");
+
+        // pg-1 is too far behind and pg-2 does not answer: nobody who answered may take over.
+        let lagging = replicas_say(Some("lag 5242880 B beyond maximumLagOnFailover"), None);
+        let (s, events) = compute(&c, &running, &lagging, &SwitchoverOutcome::None, t(10));
+        let b = cond(&s, "FailoverBlocked");
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_str()),
+            ("True", "NoEligibleReplica")
+        );
+        assert_eq!(
+            b.message,
+            "no replica may take over: pg-1: lag 5242880 B beyond maximumLagOnFailover"
+        );
+        assert_eq!(b.last_transition_time, Time(t(10)));
+        assert!(
+            events.contains(&Transition::FailoverBlocked {
+                message: b.message.clone()
+            }),
+            "{events:?}"
+        );
+        let (again, events) = compute(&c, &s, &lagging, &SwitchoverOutcome::None, t(20));
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Transition::FailoverBlocked { .. })),
+            "one Event per transition: {events:?}"
+        );
+
+        // Both answer, both blocked: both are named.
+        let both = replicas_say(
+            Some("lag 5242880 B beyond maximumLagOnFailover"),
+            Some(Some("not a recorded synchronous standby")),
+        );
+        let (s2, _) = compute(&c, &again, &both, &SwitchoverOutcome::None, t(30));
+        assert_eq!(
+            cond(&s2, "FailoverBlocked").message,
+            "no replica may take over: pg-1: lag 5242880 B beyond maximumLagOnFailover; \
+             pg-2: not a recorded synchronous standby"
+        );
+
+        // One replica may: not blocked, and that is announced.
+        let one_may = replicas_say(Some("lag"), Some(None));
+        let (s3, events) = compute(&c, &s2, &one_may, &SwitchoverOutcome::None, t(40));
+        let b = cond(&s3, "FailoverBlocked");
+        assert_eq!(
+            (b.status.as_str(), b.reason.as_str()),
+            ("False", "FailoverPossible")
+        );
+        assert!(events.contains(&Transition::FailoverPossible), "{events:?}");
+    }
+
+    #[test]
+    fn silence_and_a_new_cluster_do_not_block_failover() {
+        let c = cluster();
+        let fresh = PostgresClusterStatus::default();
+        // No replica answered: nothing is known about them.
+        let mut silent = healthy();
+        silent.reports.remove("pg-1");
+        assert!(!blocked(&c, &silent, &fresh).0);
+        // Members still creating the cluster (never a primary) report reasons that are no news.
+        let mut creating = replicas_say(Some("no primary yet"), Some(Some("no primary yet")));
+        creating.lease = Some(lease(None, 0));
+        creating.reports.remove("pg-0");
+        assert!(!blocked(&c, &creating, &fresh).0);
+        // Once there was a primary, replicas that all refuse block failover even while there is none
+        // (pg-0, the primary, is gone).
+        let had = PostgresClusterStatus {
+            last_primary: Some("pg-0".into()),
+            ..fresh
+        };
+        assert_eq!(blocked(&c, &creating, &had).1, "NoEligibleReplica");
     }
 }

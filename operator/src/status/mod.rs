@@ -149,6 +149,7 @@ pub fn compute(
         n,
     );
 
+    let failover_blocked = failover::blocked(c, obs, prev);
     let ready = health::ready(phase, n, primary.as_deref());
     let ready_reason = ready.1;
     let mut conditions = prev.conditions.clone();
@@ -156,7 +157,7 @@ pub fn compute(
         (condition::READY, ready),
         (condition::PROGRESSING, health::progressing(phase, n, obs)),
         (condition::DEGRADED, health::degraded(phase, n)),
-        (condition::FAILOVER_BLOCKED, failover::blocked(c)),
+        (condition::FAILOVER_BLOCKED, failover_blocked.clone()),
         (condition::SWITCHOVER_IN_PROGRESS, switchover.condition()),
         (condition::PAUSED, health::paused(c)),
     ] {
@@ -180,6 +181,7 @@ pub fn compute(
         n,
         c.spec.paused,
     ));
+    events.extend(failover::blocked_transition(prev, &failover_blocked));
 
     let status = PostgresClusterStatus {
         phase: Some(phase.into()),
