@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::{HaTimings, MemberTags, ReplicationMode};
 
 /// PostgreSQL parameters that pgpilot sets itself; the CRD rejects them in `spec.postgresql.parameters`.
-pub const OWNED_PARAMETERS: [&str; 16] = [
+pub const OWNED_PARAMETERS: [&str; 19] = [
     "port",
     "listen_addresses",
     "unix_socket_directories",
@@ -38,6 +38,10 @@ pub const OWNED_PARAMETERS: [&str; 16] = [
     "synchronous_standby_names",
     "cluster_name",
     "wal_log_hints",
+    // Follow the Lease timings, so a dead standby is noticed in seconds (docs/design.md L3).
+    "wal_sender_timeout",
+    "wal_receiver_timeout",
+    "wal_receiver_status_interval",
 ];
 
 /// `'a', 'b', ...`: a CEL list's elements.
@@ -327,7 +331,7 @@ impl From<ReplicationModeSpec> for ReplicationMode {
     }
 }
 
-/// Lease timings of the election (DESIGN.md L6: leaseDuration > renewDeadline > 1.2 x retryPeriod).
+/// Lease timings of the election (docs/design.md L6: leaseDuration > renewDeadline > 1.2 x retryPeriod).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -636,6 +640,8 @@ pub mod reason {
     pub const STABLE: &str = "Stable";
     // Degraded
     pub const HEALTHY: &str = "Healthy";
+    /// A member refuses to act on its data: it, or the primary, belongs to another database system.
+    pub const MEMBER_REFUSING: &str = "MemberRefusing";
     // FailoverBlocked
     pub const PAUSED: &str = "Paused";
     pub const SINGLE_INSTANCE: &str = "SingleInstance";
@@ -681,6 +687,7 @@ pub mod event {
     pub const SECRETS_RECREATED: &str = "SecretsRecreated";
     pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
     pub const FAILOVER_POSSIBLE: &str = "FailoverPossible";
+    pub const MEMBER_REFUSING: &str = "MemberRefusing";
 }
 
 /// Values of `status.phase`.

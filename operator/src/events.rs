@@ -60,6 +60,11 @@ pub enum Transition {
     },
     /// `FailoverBlocked` was true for that reason and a replica may take over again.
     FailoverPossible,
+    /// A member refuses to clone, rewind or wipe: its data or the primary's belongs to another database
+    /// system than the cluster's.
+    MemberRefusing {
+        message: String,
+    },
     /// A reconcile failed; `reason` is the error's category. Announced once per change of category.
     ReconcileFailed {
         reason: String,
@@ -135,6 +140,9 @@ impl Transition {
             ),
             Self::FailoverBlocked { message } => {
                 (EventType::Warning, event::FAILOVER_BLOCKED, message.clone())
+            }
+            Self::MemberRefusing { message } => {
+                (EventType::Warning, event::MEMBER_REFUSING, message.clone())
             }
             Self::FailoverPossible => (
                 EventType::Normal,

@@ -14,7 +14,7 @@ use kube::{Resource, ResourceExt};
 use pgpilot_crds::{
     PostgresCluster, PostgresClusterSpec,
     cluster::{OWNED_PARAMETERS, ReplicationModeSpec, WAITING_SYNCHRONOUS_COMMIT},
-    contract::{BootstrapConfig, HaTimings, ReplicationConfig, SidecarConfig},
+    contract::{self, BootstrapConfig, HaTimings, ReplicationConfig, SidecarConfig},
 };
 
 /// A spec that passed validation, with everything the builders need resolved.
@@ -343,14 +343,9 @@ fn int_or_string(v: &IntOrString) -> String {
     }
 }
 
-/// The ordinal of `member` if it is `<cluster>-<ordinal>` (no leading zeros, below 100).
+/// The ordinal of `member` if it is `<cluster>-<ordinal>` (no leading zeros): `contract::member_ordinal`.
 pub fn member_ordinal(cluster: &str, member: &str) -> Option<i32> {
-    let ordinal = member.strip_prefix(cluster)?.strip_prefix('-')?;
-    let valid = !ordinal.is_empty()
-        && ordinal.len() <= 2
-        && ordinal.bytes().all(|b| b.is_ascii_digit())
-        && (ordinal == "0" || !ordinal.starts_with('0'));
-    if valid { ordinal.parse().ok() } else { None }
+    contract::member_ordinal(cluster, member).and_then(|o| i32::try_from(o).ok())
 }
 
 /// Parses a Kubernetes quantity that denotes a whole number of bytes (`1048576`, `1Mi`, `1.5Gi`, `10G`).

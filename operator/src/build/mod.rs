@@ -186,7 +186,7 @@ pub fn build_config_map(c: &ValidatedCluster) -> Result<ConfigMap, serde_json::E
 ///
 /// Created, never applied: from then on the sidecars own the record (holderIdentity, renewTime,
 /// acquireTime, leaseTransitions, leaseDurationSeconds and the `pgpilot.io/*` annotations), each write a
-/// replace conditional on the resourceVersion it read (DESIGN.md L1). The duration in the record is the
+/// replace conditional on the resourceVersion it read (docs/design.md L1). The duration in the record is the
 /// holder's own, which its peers expire it by; if the operator set it from the spec, a changed spec would
 /// tell the peers a duration the holder does not run with yet, and every operator write would make the
 /// holder's next renewal fail with a conflict. A spec change reaches the sidecars through the ConfigMap.

@@ -63,7 +63,7 @@ pub(super) fn change_of_primary(
 /// primary, when every member other than the primary whose sidecar answered reports why it may not take
 /// over now (`failover_blocked`: lag beyond the limit, not a recorded synchronous standby, ...), the
 /// condition names each with its reason. Members that did not answer are not counted either way; with
-/// none answering the replicas say nothing. The elections themselves decide per member (DESIGN.md L3);
+/// none answering the replicas say nothing. The elections themselves decide per member (docs/design.md L3);
 /// this only makes a cluster that cannot fail over visible before it needs to.
 pub(super) fn blocked(
     c: &ValidatedCluster,

@@ -88,8 +88,16 @@ pub(super) fn progressing(phase: &str, n: Counts, obs: &Observed) -> Derived {
     }
 }
 
-pub(super) fn degraded(phase: &str, n: Counts) -> Derived {
+/// `Degraded`. A member refusing to touch its data comes first: nothing heals that on its own.
+pub(super) fn degraded(phase: &str, n: Counts, refusals: &[(String, String)]) -> Derived {
     let Counts { ready, want, .. } = n;
+    if !refusals.is_empty() {
+        let list: Vec<String> = refusals
+            .iter()
+            .map(|(m, why)| format!("{m}: {why}"))
+            .collect();
+        return (true, reason::MEMBER_REFUSING, list.join("; "));
+    }
     match phase {
         phase::DEGRADED => (
             true,

@@ -32,7 +32,9 @@ pub use self::{
     observe::{Observed, REPORT_TIMEOUT, observe},
 };
 use crate::{
-    conditions::set_condition, events::Transition, switchover::SwitchoverOutcome,
+    conditions::{find_condition, set_condition},
+    events::Transition,
+    switchover::SwitchoverOutcome,
     validate::ValidatedCluster,
 };
 
@@ -77,7 +79,7 @@ pub fn eq_time_insensitive(a: &PostgresClusterStatus, b: &PostgresClusterStatus)
 
 /// Whether `next` differs from `prev` only in what moves with every transaction: the members' LSNs and
 /// lag. The operator writes such changes at most every [`crate::memo::VOLATILE_STATUS_EVERY`]
-/// (DESIGN.md L9 in spirit: live WAL positions are the REST API's job, not the apiserver's).
+/// (docs/design.md L9 in spirit: live WAL positions are the REST API's job, not the apiserver's).
 pub fn only_volatile_changes(prev: &PostgresClusterStatus, next: &PostgresClusterStatus) -> bool {
     let strip = |s: &PostgresClusterStatus| {
         let mut s = s.clone();
@@ -150,13 +152,19 @@ pub fn compute(
     );
 
     let failover_blocked = failover::blocked(c, obs, prev);
+    let refusals: Vec<(String, String)> = obs
+        .reports
+        .iter()
+        .filter_map(|(m, r)| Some((m.clone(), r.pgpilot.refusal.clone()?)))
+        .collect();
+    let degraded = health::degraded(phase, n, &refusals);
     let ready = health::ready(phase, n, primary.as_deref());
     let ready_reason = ready.1;
     let mut conditions = prev.conditions.clone();
     for (type_, (status, why, message)) in [
         (condition::READY, ready),
         (condition::PROGRESSING, health::progressing(phase, n, obs)),
-        (condition::DEGRADED, health::degraded(phase, n)),
+        (condition::DEGRADED, degraded.clone()),
         (condition::FAILOVER_BLOCKED, failover_blocked.clone()),
         (condition::SWITCHOVER_IN_PROGRESS, switchover.condition()),
         (condition::PAUSED, health::paused(c)),
@@ -182,6 +190,13 @@ pub fn compute(
         c.spec.paused,
     ));
     events.extend(failover::blocked_transition(prev, &failover_blocked));
+    let was_refusing = find_condition(prev, condition::DEGRADED)
+        .is_some_and(|c| c.reason == reason::MEMBER_REFUSING && c.message == degraded.2);
+    if degraded.1 == reason::MEMBER_REFUSING && !was_refusing {
+        events.push(Transition::MemberRefusing {
+            message: degraded.2.clone(),
+        });
+    }
 
     let status = PostgresClusterStatus {
         phase: Some(phase.into()),
@@ -272,6 +287,38 @@ mod tests {
             ready: 3,
             instances: 3
         }));
+    }
+
+    #[test]
+    fn a_member_refusing_its_data_degrades_the_cluster_and_is_announced_once() {
+        let mut obs = healthy();
+        let why = "this member's data belongs to database system 1, the cluster's is 2";
+        if let Some(r) = obs.reports.get_mut("pg-1") {
+            r.pgpilot.refusal = Some(why.into());
+        }
+        let (s, events) = compute(
+            &cluster(),
+            &PostgresClusterStatus::default(),
+            &obs,
+            &SwitchoverOutcome::None,
+            t(0),
+        );
+        let d = cond(&s, "Degraded");
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "MemberRefusing")
+        );
+        assert_eq!(d.message, format!("pg-1: {why}"));
+        assert!(events.contains(&Transition::MemberRefusing {
+            message: format!("pg-1: {why}")
+        }));
+        let (_, again) = compute(&cluster(), &s, &obs, &SwitchoverOutcome::None, t(10));
+        assert!(
+            !again
+                .iter()
+                .any(|e| matches!(e, Transition::MemberRefusing { .. })),
+            "Events on transitions only"
+        );
     }
 
     #[test]

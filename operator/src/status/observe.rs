@@ -127,6 +127,10 @@ pub async fn observe(
             source,
         })?
         .items;
+    // Members are the StatefulSet's pods with an ordinal below `instances` (docs/design.md L3): another
+    // pod carrying the cluster label neither counts as ready nor speaks for the cluster.
+    let instances = u32::try_from(c.spec.instances).ok();
+    pods.retain(|p| contract::is_member(&c.name, &p.name_any(), instances));
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let lease = Api::<Lease>::namespaced(client.clone(), ns)
         .get_opt(&contract::lease_name(&c.name))
