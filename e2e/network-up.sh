@@ -43,7 +43,8 @@ for ((i = 0; i < NODE_COUNT; i++)); do
     ip link add "$br" type bridge
     log "created bridge $br"
   fi
-  ip addr show dev "$br" | grep -q "inet $(node_ip "$i")/" || ip addr add "$(node_ip "$i")/24" dev "$br"
+  # A here-string, not a pipe: under pipefail `grep -q` exiting early fails `ip` with SIGPIPE.
+  grep -q "inet $(node_ip "$i")/" <<<"$(ip addr show dev "$br")" || ip addr add "$(node_ip "$i")/24" dev "$br"
   ip link set "$br" up
 done
 ip route replace "$SERVICE_CIDR" dev "$(node_bridge 0)" src "$APISERVER_ADVERTISE_IP"

@@ -106,7 +106,7 @@ render() {
 pod_netns() {
   local ns
   for ns in $(ip netns list | awk '{print $1}'); do
-    ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null | grep -q " $1/" && { echo "$ns"; return; }
+    grep -q " $1/" <<<"$(ip -n "$ns" -4 -o addr show dev eth0 2>/dev/null)" && { echo "$ns"; return; }
   done
   return 1
 }

@@ -181,7 +181,7 @@ test_pod_token_is_limited_by_rbac() {
 }
 
 test_logs_and_exec() {
-  kn logs web-0 | grep -qx "serving on 8080 as web-0" || fail "kubectl logs: $(kn logs web-0)"
+  grep -qx "serving on 8080 as web-0" <<<"$(kn logs web-0)" || fail "kubectl logs: $(kn logs web-0)"
   expect_eq "$(in_pod web-2 cat /etc/hostname)" web-2 "kubectl exec"
 }
 
