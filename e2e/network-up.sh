@@ -66,15 +66,19 @@ proxies=$(for ((i = 0; i < NODE_COUNT; i++)); do
   printf '{"name": "%s", "listen": "%s:%s", "upstream": "%s:%s", "enabled": true}\n' "$(apiserver_proxy "$i")" \
     "$(node_ip "$i")" "$APISERVER_PROXY_PORT" "$(node_ip "$i")" "$APISERVER_PORT"
 done | jq -s .)
-if [[ ! -f $STATE_DIR/toxiproxy.json || $(<"$STATE_DIR/toxiproxy.json") != "$proxies" ]]; then
-  printf '%s\n' "$proxies" >"$STATE_DIR/toxiproxy.json"
-  stop_daemon toxiproxy
-fi
-LOG_LEVEL=info start_daemon toxiproxy control-plane "$TOXIPROXY_BIN/toxiproxy-server" \
-  -host "${TOXIPROXY_API%:*}" -port "${TOXIPROXY_API##*:}" -config "$STATE_DIR/toxiproxy.json"
 proxies_up() {
   [[ $(curl -sf --max-time 2 "http://$TOXIPROXY_API/proxies" | jq '[.[] | select(.enabled)] | length') == "$NODE_COUNT" ]]
 }
+if [[ ! -f $STATE_DIR/toxiproxy.json || $(<"$STATE_DIR/toxiproxy.json") != "$proxies" ]]; then
+  printf '%s\n' "$proxies" >"$STATE_DIR/toxiproxy.json"
+  stop_daemon toxiproxy
+elif daemon_pid toxiproxy >/dev/null && ! proxies_up; then
+  # A wedged API (Shopify/toxiproxy#558: removing a latency toxic can hang every call): start it afresh.
+  log "Toxiproxy runs but its API does not answer: restarting it"
+  stop_daemon toxiproxy 5
+fi
+LOG_LEVEL=info start_daemon toxiproxy control-plane "$TOXIPROXY_BIN/toxiproxy-server" \
+  -host "${TOXIPROXY_API%:*}" -port "${TOXIPROXY_API##*:}" -config "$STATE_DIR/toxiproxy.json"
 wait_for "Toxiproxy and its $NODE_COUNT proxies" 30 proxies_up
 
 # A connection a pod opened before the steering rules existed bypasses its node's proxy for as long as it
