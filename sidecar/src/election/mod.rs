@@ -312,7 +312,13 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
     let primary = obs.local.primary;
 
     if let Some(sent) = obs.renewed_sent_at.filter(|_| confirmed_holder) {
-        let due = now.saturating_duration_since(sent) >= timings.renew_interval();
+        // Due at the interval; at once when `spec.ha` changed since the last write (L6: the new pair is
+        // in force only once written); and whenever the next loop would come after the deadline.
+        let due = now.saturating_duration_since(sent) >= timings.renew_interval()
+            || obs
+                .last_renewal
+                .is_some_and(|r| r.renew_deadline != timings.renew_deadline)
+            || fencing_deadline(obs, timings).is_some_and(|d| now + timings.retry_period >= d);
         // Failsafe takes over from the first due renewal the apiserver does not answer (the Lease was
         // unreadable this loop), well before the deadline: the watchdog fences at the deadline itself.
         let apiserver_gone = obs.lease.is_none() && (due || past_deadline);

@@ -599,6 +599,37 @@ fn l6_invalid_timings_are_refused_at_start() {
     assert_eq!(ok.retry_period, Duration::from_secs(2));
 }
 
+#[test]
+fn l6_a_changed_renew_deadline_is_written_before_the_old_one_runs_out() {
+    // spec.ha 15/10/2 -> 30/20/5 right after a renewal at t(0): the watchdog still fences at t(10) (the
+    // old renewDeadline counts until a write records the new pair), so the holder renews at once rather
+    // than at the new interval (t(10)), which left it fenced under load (seen on the local cluster).
+    let obs = holder_obs();
+    let longer = Timings::new(&HaTimings {
+        lease_duration_seconds: 30,
+        renew_deadline_seconds: 20,
+        retry_period_seconds: 5,
+    })
+    .unwrap();
+    assert_eq!(decide(&obs, t(1.0), &longer), Decision::Renew);
+    // Written: the new pair is in force and the new interval applies.
+    let mut renewed = obs.clone();
+    renewed.last_renewal = Some(Renewal {
+        sent_at: t(1.0),
+        renew_deadline: longer.renew_deadline,
+    });
+    renewed.renewed_sent_at = Some(t(1.0));
+    assert_eq!(decide(&renewed, t(6.0), &longer), Decision::Hold);
+    assert_eq!(decide(&renewed, t(11.0), &longer), Decision::Renew);
+    // Whatever the timings, the renewal is due while the next loop still comes before the deadline.
+    let slow_loop = Timings {
+        retry_period: Duration::from_secs(6),
+        ..timings()
+    };
+    assert_eq!(decide(&obs, t(4.1), &slow_loop), Decision::Renew);
+    assert_eq!(decide(&obs, t(3.9), &slow_loop), Decision::Hold);
+}
+
 // ---- L7: the epoch -------------------------------------------------------------------------------
 
 #[test]
