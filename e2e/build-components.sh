@@ -60,6 +60,17 @@ build_coredns() { CGO_ENABLED=0 go_install "github.com/coredns/coredns@$COREDNS_
 build_crictl() { CGO_ENABLED=0 go_install "sigs.k8s.io/cri-tools/cmd/crictl@$CRICTL_VERSION"; }
 build_helm() { CGO_ENABLED=0 go_install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; }
 build_local_path() { CGO_ENABLED=0 go_install "github.com/rancher/local-path-provisioner@$LOCAL_PATH_VERSION"; }
+# Its commands are named server and cli: installed under the names of upstream's releases, with the version
+# upstream's release build sets (else they report "git").
+build_toxiproxy() {
+  local cmd
+  for cmd in server cli; do
+    CGO_ENABLED=0 GOBIN="$out" go install -trimpath \
+      -ldflags "-s -w -X github.com/Shopify/toxiproxy/v2.Version=$TOXIPROXY_VERSION" \
+      "github.com/Shopify/toxiproxy/v2/cmd/$cmd@$TOXIPROXY_VERSION"
+    mv "$out/$cmd" "$out/toxiproxy-$cmd"
+  done
+}
 
 total=$SECONDS
 build kubernetes "$K8S_VERSION" build_k8s
@@ -70,6 +81,7 @@ build coredns "$COREDNS_VERSION" build_coredns
 build crictl "$CRICTL_VERSION" build_crictl
 build helm "$HELM_VERSION" build_helm
 build local-path-provisioner "$LOCAL_PATH_VERSION" build_local_path
+build toxiproxy "$TOXIPROXY_VERSION" build_toxiproxy
 
 ln -sfn "$BIN/kubernetes-$K8S_VERSION/kubectl" "$OUT_DIR/bin/kubectl"
 ln -sfn "$BIN/helm-$HELM_VERSION/helm" "$OUT_DIR/bin/helm"

@@ -25,6 +25,7 @@ for ((i = 0; i < NODE_COUNT; i++)); do
 done
 
 stop_daemon kube-proxy
+stop_daemon toxiproxy
 "$K8S_BIN/kube-proxy" --cleanup --proxy-mode nftables >/dev/null 2>&1 || true
 for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do stop_daemon "$name" 30; done
 

@@ -29,6 +29,7 @@ CONTAINERD_BIN="$CACHE_DIR/bin/containerd-$CONTAINERD_VERSION"
 RUNC_BIN="$CACHE_DIR/bin/runc-$RUNC_VERSION"
 COREDNS_BIN="$CACHE_DIR/bin/coredns-$COREDNS_VERSION"
 LOCAL_PATH_BIN="$CACHE_DIR/bin/local-path-provisioner-$LOCAL_PATH_VERSION"
+TOXIPROXY_BIN="$CACHE_DIR/bin/toxiproxy-$TOXIPROXY_VERSION"
 CNI_BIN_DIR=/usr/lib/cni
 
 # The cluster's layout. Every address is this environment's own: loopback, the node bridges and the pods
@@ -50,12 +51,17 @@ CGROUP_PARENT=pgpilot
 # pod network namespaces use whatever we configure.
 HOST_PATHS=(/var/lib/kubelet /var/log/containers /var/lib/cni /run/netns)
 NFT_TABLE=pgpilot                # inet table holding our guard rules and the fault hooks' rules
+# Every pod's apiserver traffic passes its node's Toxiproxy proxy (a plain relay until `e2e/fault
+# slow-apiserver` adds a toxic), listening on the node's bridge address; Toxiproxy's API is on loopback.
+APISERVER_PROXY_PORT=6444
+TOXIPROXY_API=127.0.0.1:8474
 
 node_name() { echo "node-$1"; }
 node_ip() { echo "10.244.$1.1"; }
 node_subnet() { echo "10.244.$1.0/24"; }
 node_bridge() { echo "pgp-br$1"; }
 node_dir() { echo "$STATE_DIR/nodes/node-$1"; }
+apiserver_proxy() { echo "apiserver-node-$1"; }   # node i's proxy, by its name in Toxiproxy
 kubelet_port() { echo $((10250 + 10 * $1)); }
 kubelet_healthz_port() { echo $((10248 + 10 * $1)); }
 containerd_socket() { echo "$(node_dir "$1")/containerd.sock"; }

@@ -20,7 +20,7 @@ cleanup() {
   local i node
   for ((i = 0; i < NODE_COUNT; i++)); do
     node=$(node_name "$i")
-    "$FAULT" heal "$node" >/dev/null 2>&1 || true
+    "$FAULT" heal "$node" >/dev/null 2>&1 || true # partition and slow-apiserver
     [[ $(cat "/sys/fs/cgroup/freezer/$CGROUP_PARENT/$node/freezer.state" 2>/dev/null) != FROZEN ]] ||
       "$FAULT" start "$node" >/dev/null 2>&1 || true
   done
@@ -78,6 +78,18 @@ fetch_in_netns() {
   ip netns exec "$ns" timeout 2 bash -c "$(http_get "$2" "$3")"
 }
 expect_eq() { [[ $1 == "$2" ]] || fail "$3: expected '$2', got '$1'"; }
+# at_least / below SECONDS LIMIT WHAT: compares two decimal numbers.
+at_least() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a >= b) }' || fail "$3: took ${1}s, expected at least ${2}s"; }
+below() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }' || fail "$3: took ${1}s, expected less than ${2}s"; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+
+# api_seconds POD: how long a new connection and one request to the apiserver through the `kubernetes`
+# Service take from POD's network namespace (the way its containers reach it).
+api_seconds() {
+  ip netns exec "$(pod_netns "$(pod_ip "$1")")" curl -s -o /dev/null -w '%{time_total}' --max-time 30 \
+    --cacert "$STATE_DIR/pki/ca.crt" "https://$KUBERNETES_SERVICE_IP/readyz"
+}
+toxics_of() { curl -sf "http://$TOXIPROXY_API/proxies/$(apiserver_proxy "$(node_index "$1")")/toxics" | jq length; }
 
 test_statefulset_spreads() {
   local placement
@@ -226,6 +238,99 @@ test_fault_partition_node() {
   eventually 20 pod_ready web-2 || fail "web-2 not Ready after heal"
 }
 
+test_fault_force_delete() {
+  local node ip uid
+  node=$(pod_node web-2); ip=$(pod_ip web-2); uid=$(kn get pod web-2 -o jsonpath='{.metadata.uid}')
+  "$FAULT" partition "$node"
+  "$FAULT" force-delete "$NAMESPACE/web-2"
+  # Gone from the apiserver at once, though its kubelet could not confirm anything (the StatefulSet may
+  # already have created its successor, under the same name).
+  old_pod_gone() { [[ $(kn get pod web-2 -o jsonpath='{.metadata.uid}' 2>/dev/null) != "$uid" ]]; }
+  eventually 3 old_pod_gone || fail "web-2 (uid $uid) still exists after force-delete"
+  expect_eq "$(curl -s --max-time 2 "http://$ip:8080/" | tail -n 1)" web-2 "the force-deleted pod's container, still running on $node"
+  "$FAULT" heal "$node"
+  eventually 90 pod_ready web-2 || fail "no Ready web-2 after heal"
+  old_container_gone() { ! curl -s --max-time 1 "http://$ip:8080/" >/dev/null || [[ $(pod_ip web-2) == "$ip" ]]; }
+  eventually 30 old_container_gone || fail "the force-deleted pod's container still serves at $ip after heal"
+}
+
+test_fault_lease_recreate() {
+  kn apply -f - >/dev/null <<EOF
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata:
+  name: lt-leader
+  labels: {app.kubernetes.io/instance: lt}
+  annotations: {pgpilot.io/state: kept-by-the-members}
+  ownerReferences:
+    - {apiVersion: v1, kind: ConfigMap, name: allowed, uid: $(kn get configmap allowed -o jsonpath='{.metadata.uid}')}
+spec:
+  holderIdentity: lt-0
+  leaseDurationSeconds: 15
+  leaseTransitions: 4
+  acquireTime: "2026-01-01T00:00:00.000000Z"
+  renewTime: "2026-01-01T00:00:10.000000Z"
+EOF
+  local uid lease
+  uid=$(kn get lease lt-leader -o jsonpath='{.metadata.uid}')
+  "$FAULT" lease-recreate "$NAMESPACE/lt"
+  lease=$(kn get lease lt-leader -o json)
+  [[ $(jq -r .metadata.uid <<<"$lease") != "$uid" ]] || fail "the Lease has its old uid: not recreated"
+  expect_eq "$(jq -c .spec <<<"$lease")" '{"leaseDurationSeconds":15,"leaseTransitions":0}' "spec of the recreated Lease"
+  expect_eq "$(jq -c '.metadata.annotations // {}' <<<"$lease")" '{}' "annotations of the recreated Lease"
+  expect_eq "$(jq -r '.metadata.labels["app.kubernetes.io/instance"]' <<<"$lease")" lt "its label"
+  expect_eq "$(jq -r '.metadata.ownerReferences[0].name' <<<"$lease")" allowed "its owner"
+}
+
+test_fault_slow_apiserver() {
+  local slow fast seconds
+  slow=$(pod_node web-1); fast=$(pod_node web-0)
+  seconds=$(api_seconds web-1); echo "web-1 ($slow) before: ${seconds}s"
+  below "$seconds" 1 "a request from web-1 before the fault"
+  "$FAULT" slow-apiserver "$slow" 1500
+  seconds=$(api_seconds web-1); echo "web-1 ($slow) slowed: ${seconds}s"
+  at_least "$seconds" 1.5 "a request from web-1 on $slow with responses 1500 ms late"
+  seconds=$(api_seconds web-0); echo "web-0 ($fast) meanwhile: ${seconds}s"
+  below "$seconds" 1 "a request from web-0 on $fast"
+  "$FAULT" slow-apiserver "$slow" 1500 | grep -q already || fail "the second slow-apiserver did not see the first"
+  expect_eq "$(toxics_of "$slow")" 1 "toxics after slow-apiserver twice"
+  "$FAULT" heal-apiserver "$slow"
+  expect_eq "$(toxics_of "$slow")" 0 "toxics after heal-apiserver"
+  seconds=$(api_seconds web-1); echo "web-1 ($slow) healed: ${seconds}s"
+  below "$seconds" 1 "a request from web-1 after heal"
+  "$FAULT" slow-apiserver "$slow" 1500 >/dev/null
+  "$FAULT" heal "$slow" >/dev/null
+  expect_eq "$(toxics_of "$slow")" 0 "toxics after heal <node>"
+}
+
+# The shape the HA scenarios need: on a connection a client already holds, a write sent while responses are
+# late reaches the apiserver and commits at once; its reply comes only after the delay (past a client's
+# timeout). An HTTP/1.1 keep-alive connection from web-1's network namespace, opened before the fault.
+test_fault_slow_apiserver_held_connection() {
+  local node pki="$STATE_DIR/pki" status sent elapsed body
+  node=$(pod_node web-1)
+  coproc TLS { exec ip netns exec "$(pod_netns "$(pod_ip web-1)")" openssl s_client -quiet -verify_return_error \
+    -connect "$KUBERNETES_SERVICE_IP:443" -CAfile "$pki/ca.crt" -cert "$pki/admin.crt" -key "$pki/admin.key" 2>/dev/null; }
+  printf 'GET /readyz HTTP/1.1\r\nHost: kubernetes\r\n\r\n' >&"${TLS[1]}"
+  read -r -t 5 status <&"${TLS[0]}" || fail "no answer on the connection before the fault"
+  expect_eq "${status%$'\r'}" "HTTP/1.1 200 OK" "the answer before the fault"
+  while read -r -t 0.5 _ <&"${TLS[0]}"; do :; done
+  "$FAULT" slow-apiserver "$node" 3000
+  body='{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "committed"}}'
+  sent=$(now_ms)
+  printf 'POST /api/v1/namespaces/%s/configmaps HTTP/1.1\r\nHost: kubernetes\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s' \
+    "$NAMESPACE" "${#body}" "$body" >&"${TLS[1]}"
+  ! read -r -t 1.5 status <&"${TLS[0]}" || fail "the reply came within 1.5 s: '$status'"
+  kn get configmap committed >/dev/null || fail "the write was not committed while its reply was held"
+  read -r -t 5 status <&"${TLS[0]}" || fail "no reply 6.5 s after the write"
+  elapsed=$(($(now_ms) - sent))
+  echo "reply after ${elapsed} ms: $status"
+  expect_eq "${status%$'\r'}" "HTTP/1.1 201 Created" "the late reply"
+  ((elapsed >= 3000)) || fail "the reply came after $elapsed ms, before the 3000 ms delay"
+  "$FAULT" heal-apiserver "$node"
+  kill "$TLS_PID" 2>/dev/null || true
+}
+
 test_fault_stop_node() {
   local node
   node=$(pod_node web-1)
@@ -277,7 +382,11 @@ run "fault kill: the container restarts, restartCount grows" test_fault_kill
 run "fault freeze/thaw: NotReady, then Ready" test_fault_freeze
 run "fault cut/heal: a pod unreachable, then reachable" test_fault_cut
 run "fault partition/heal: a node's pods cut off but running, then back" test_fault_partition_node
+run "fault force-delete on a partitioned node: the pod object goes at once, its container only after heal" test_fault_force_delete
 run "fault stop/start: the node goes NotReady, then Ready" test_fault_stop_node
+run "fault lease-recreate: a fresh Lease, no holder, transitions 0, labels and owner kept" test_fault_lease_recreate
+run "fault slow-apiserver/heal: only that node's pods wait, idempotent, heal restores" test_fault_slow_apiserver
+run "fault slow-apiserver on a held connection: the write commits, its reply is late" test_fault_slow_apiserver_held_connection
 run "fault apiserver-stop/start: /readyz fails, recovers, Services route at once" test_fault_apiserver
 
 echo "$passed passed, $failed failed"
