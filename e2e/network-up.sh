@@ -83,6 +83,6 @@ conntrack -L -p tcp --state ESTABLISHED --orig-src "$POD_CIDR" --reply-port-src 
   sed -n 's/^.* src=\([0-9.]*\) dst=\([0-9.]*\) sport=\([0-9]*\) dport=\([0-9]*\) src=.*/\1 \2 \3 \4/p' |
   while read -r src dst sport dport; do
     ns=$(pod_netns "$src") || continue # a host address: a kubelet's or a proxy's own connection
-    ip netns exec "$ns" ss -K dst "$dst" dport = ":$dport" sport = ":$sport" >/dev/null
+    ip netns exec "$ns" ss -K -t -4 dst "$dst" dport = ":$dport" sport = ":$sport" >/dev/null
     log "reset $src:$sport -> $dst:$dport (opened before its traffic went through the proxy)"
   done

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::contract::{HaTimings, MemberTags, ReplicationMode};
 
 /// PostgreSQL parameters that pgpilot sets itself; the CRD rejects them in `spec.postgresql.parameters`.
-pub const OWNED_PARAMETERS: [&str; 16] = [
+pub const OWNED_PARAMETERS: [&str; 19] = [
     "port",
     "listen_addresses",
     "unix_socket_directories",
@@ -38,21 +38,54 @@ pub const OWNED_PARAMETERS: [&str; 16] = [
     "synchronous_standby_names",
     "cluster_name",
     "wal_log_hints",
+    // Follow the Lease timings, so a dead standby is noticed in seconds (docs/design.md L3).
+    "wal_sender_timeout",
+    "wal_receiver_timeout",
+    "wal_receiver_status_interval",
 ];
 
-/// The CEL rule rejecting [`OWNED_PARAMETERS`], built from the one list so the two cannot disagree.
-fn owned_parameters_rule() -> kube::core::Rule {
-    let list = OWNED_PARAMETERS
+/// `'a', 'b', ...`: a CEL list's elements.
+fn cel_list(items: &[&str]) -> String {
+    items
         .iter()
         .map(|p| format!("'{p}'"))
         .collect::<Vec<_>>()
-        .join(", ");
-    kube::core::Rule::new(format!("self.all(k, !(k in [{list}]))")).message(
+        .join(", ")
+}
+
+/// The CEL rule rejecting [`OWNED_PARAMETERS`], built from the one list so the two cannot disagree.
+/// PostgreSQL's parameter names are case-insensitive, so is the rule.
+fn owned_parameters_rule() -> kube::core::Rule {
+    let list = cel_list(&OWNED_PARAMETERS);
+    kube::core::Rule::new(format!("self.all(k, !(k.lowerAscii() in [{list}]))")).message(
         kube::core::Message::Message(format!(
             "postgresql.parameters may not set parameters pgpilot manages itself: {}",
             OWNED_PARAMETERS.join(", ")
         )),
     )
+}
+
+/// A PostgreSQL parameter name as `postgresql.conf` reads it (`guc-file.l`): an identifier, or two joined
+/// by one `.` for an extension's parameter (`pg_stat_statements.max`). ASCII only.
+pub const PARAMETER_NAME_PATTERN: &str = "^[A-Za-z_][A-Za-z0-9_]*([.][A-Za-z_][A-Za-z0-9_]*)?$";
+
+/// The values of `synchronous_commit` that wait for the synchronous standbys (`on` and its boolean
+/// spellings, `remote_write`, `remote_apply`); `off` and `local` acknowledge commits no standby has, so
+/// the sync modes reject them.
+pub const WAITING_SYNCHRONOUS_COMMIT: [&str; 6] =
+    ["on", "true", "yes", "1", "remote_write", "remote_apply"];
+
+fn synchronous_commit_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "self.replication.mode == 'async' || self.postgresql.parameters.all(k, \
+         k.lowerAscii() != 'synchronous_commit' || self.postgresql.parameters[k].lowerAscii() in [{}])",
+        cel_list(&WAITING_SYNCHRONOUS_COMMIT)
+    ))
+    .message(
+        "postgresql.parameters.synchronous_commit must be on, remote_write or remote_apply in the sync and \
+         strictSync modes (off and local acknowledge commits that no standby has)",
+    )
+    .field_path(".postgresql.parameters")
 }
 
 /// A highly-available PostgreSQL cluster: one primary and streaming replicas, elected through a Lease by
@@ -99,7 +132,8 @@ fn owned_parameters_rule() -> kube::core::Rule {
         "self.replication.mode == 'async' || self.replication.syncReplicas < self.instances"
     )
     .message("replication.syncReplicas must be less than instances (the primary cannot be its own synchronous standby)")
-    .field_path(".replication.syncReplicas")
+    .field_path(".replication.syncReplicas"),
+    validation = synchronous_commit_rule()
 )]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresClusterSpec {
@@ -201,14 +235,40 @@ impl Default for StorageSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresqlSpec {
-    /// `postgresql.conf` parameters (values as strings). Parameters pgpilot manages itself are rejected.
+    /// `postgresql.conf` parameters (values as strings, without control characters). Keys are PostgreSQL
+    /// parameter names (`work_mem`, `pg_stat_statements.max`); parameters pgpilot manages itself are
+    /// rejected, and so is `synchronous_commit` = `off` or `local` in the sync modes.
     #[serde(default)]
-    #[x_kube(validation = owned_parameters_rule())]
-    #[schemars(extend("maxProperties" = 256))]
+    #[x_kube(
+        validation = owned_parameters_rule(),
+        validation = kube::core::Rule::new(format!("self.all(k, k.matches('{PARAMETER_NAME_PATTERN}'))"))
+            .message("postgresql.parameters keys must be PostgreSQL parameter names: letters, digits and _, \
+                      optionally two such names joined by one . (pg_stat_statements.max)"),
+        validation = kube::core::Rule::new("self.all(k, !self[k].matches('[[:cntrl:]]'))")
+            .message("postgresql.parameters values may not contain control characters (newline, carriage return, NUL ...)")
+    )]
+    #[schemars(extend(
+        "maxProperties" = 256,
+        "additionalProperties" = {"type": "string", "maxLength": 4096}
+    ))]
     pub parameters: BTreeMap<String, String>,
-    /// Extra `pg_hba.conf` lines, placed before pgpilot's own rules.
+    /// Extra `pg_hba.conf` lines, placed before pgpilot's own rules: one line each, no `trust` on `host*`
+    /// lines, no `include` directives.
     #[serde(default)]
-    #[schemars(length(max = 128))]
+    #[schemars(length(max = 128), inner(length(max = 1024)))]
+    #[x_kube(
+        validation = kube::core::Rule::new("self.all(l, !l.matches('[\\\\x00-\\\\x08\\\\x0a-\\\\x1f\\\\x7f]'))")
+            .message("postgresql.pgHba entries must be single lines without control characters (tabs are allowed)"),
+        validation = kube::core::Rule::new("self.all(l, !l.trim().endsWith('\\\\'))")
+            .message("postgresql.pgHba entries may not end with a backslash (it would continue the entry on pgpilot's own next line)"),
+        validation = kube::core::Rule::new(
+            "self.all(l, !(l.split('#')[0].lowerAscii().matches('^[[:space:]]*host') \
+             && l.split('#')[0].lowerAscii().matches('(^|[[:space:]])trust([[:space:]]|$)')))"
+        )
+        .message("postgresql.pgHba host lines may not use the trust method (it would let anyone who reaches the pod in without a password)"),
+        validation = kube::core::Rule::new("self.all(l, !l.lowerAscii().matches('^[[:space:]]*include(_if_exists|_dir)?([[:space:]]|$)'))")
+            .message("postgresql.pgHba may not include other files (include, include_if_exists, include_dir)")
+    )]
     pub pg_hba: Vec<String>,
 }
 
@@ -271,7 +331,7 @@ impl From<ReplicationModeSpec> for ReplicationMode {
     }
 }
 
-/// Lease timings of the election (DESIGN.md L6: leaseDuration > renewDeadline > 1.2 x retryPeriod).
+/// Lease timings of the election (docs/design.md L6: leaseDuration > renewDeadline > 1.2 x retryPeriod).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
@@ -484,6 +544,12 @@ pub struct PostgresClusterStatus {
     /// The election epoch: the Lease's `leaseTransitions`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub epoch: Option<i64>,
+    /// The database system identifier of the cluster's data (`pg_control_system()`), as the member that
+    /// ran `initdb` recorded it on the Lease. Kept when the Lease is lost, and put back on a Lease the
+    /// operator recreates, so that no member takes a new Lease for a cluster without data and bootstraps
+    /// over the existing one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_identifier: Option<String>,
     /// Members that exist (pods), for the scale subresource.
     #[serde(default)]
     pub instances: i32,
@@ -555,6 +621,73 @@ pub mod condition {
     pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
     pub const SWITCHOVER_IN_PROGRESS: &str = "SwitchoverInProgress";
     pub const PAUSED: &str = "Paused";
+}
+
+/// Values of `status.conditions[].reason`, grouped by the condition that uses them. They are kept here,
+/// beside the condition types and phases, because they are the same API: users match on them
+/// (`kubectl wait`, alerts) and the e2e tests assert them, neither of which should depend on the
+/// operator's crate.
+pub mod reason {
+    // Ready
+    pub const ALL_MEMBERS_READY: &str = "AllMembersReady";
+    pub const MEMBERS_NOT_READY: &str = "MembersNotReady";
+    pub const NO_PRIMARY: &str = "NoPrimary";
+    pub const CREATING: &str = "Creating";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    // Progressing
+    pub const SCALING: &str = "Scaling";
+    pub const UPDATE_PENDING: &str = "UpdatePending";
+    pub const STABLE: &str = "Stable";
+    // Degraded
+    pub const HEALTHY: &str = "Healthy";
+    /// A member refuses to act on its data: it, or the primary, belongs to another database system.
+    pub const MEMBER_REFUSING: &str = "MemberRefusing";
+    // FailoverBlocked
+    pub const PAUSED: &str = "Paused";
+    pub const SINGLE_INSTANCE: &str = "SingleInstance";
+    pub const NO_FAILOVER_CANDIDATE: &str = "NoFailoverCandidate";
+    pub const FAILOVER_POSSIBLE: &str = "FailoverPossible";
+    /// Every replica that answered says why it may not take over now (its sidecar's `failover_blocked`).
+    pub const NO_ELIGIBLE_REPLICA: &str = "NoEligibleReplica";
+    // SwitchoverInProgress
+    pub const NO_SWITCHOVER_REQUESTED: &str = "NoSwitchoverRequested";
+    pub const SCHEDULED: &str = "Scheduled";
+    pub const WAITING_FOR_PRIMARY: &str = "WaitingForPrimary";
+    pub const ALREADY_PRIMARY: &str = "AlreadyPrimary";
+    pub const REQUESTED: &str = "Requested";
+    pub const COMPLETED: &str = "Completed";
+    pub const NOT_COMPLETED: &str = "NotCompleted";
+    pub const REQUEST_FAILED: &str = "RequestFailed";
+    // Paused (and PAUSED above)
+    pub const NOT_PAUSED: &str = "NotPaused";
+}
+
+/// Values of `status.lastFailover.reason`.
+pub mod failover_reason {
+    pub const SWITCHOVER: &str = "Switchover";
+    pub const FAILOVER: &str = "Failover";
+}
+
+/// Reasons of the Events the operator publishes on a cluster (`kubectl describe pgc`). A failed reconcile
+/// is announced with its error's category instead (`ApplyStatefulSetFailed`, `ReadLeaseFailed`, ...).
+pub mod event {
+    pub const CREATED: &str = "Created";
+    pub const SCALED: &str = "Scaled";
+    pub const PRIMARY_ELECTED: &str = "PrimaryElected";
+    pub const FAILOVER_OBSERVED: &str = "FailoverObserved";
+    pub const SWITCHOVER_REQUESTED: &str = "SwitchoverRequested";
+    pub const SWITCHOVER_COMPLETED: &str = "SwitchoverCompleted";
+    pub const SWITCHOVER_FAILED: &str = "SwitchoverFailed";
+    pub const CLUSTER_READY: &str = "ClusterReady";
+    pub const CLUSTER_NOT_READY: &str = "ClusterNotReady";
+    pub const PAUSED: &str = "Paused";
+    pub const RESUMED: &str = "Resumed";
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    pub const SECRETS_CREATED: &str = "SecretsCreated";
+    pub const SECRETS_RECREATED: &str = "SecretsRecreated";
+    pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
+    pub const FAILOVER_POSSIBLE: &str = "FailoverPossible";
+    pub const MEMBER_REFUSING: &str = "MemberRefusing";
 }
 
 /// Values of `status.phase`.

@@ -98,10 +98,14 @@ pub fn service_account_name(cluster: &str) -> String {
 /// The StatefulSet ordinal of pod `pod` of cluster `cluster` (`<cluster>-<ordinal>`), if it is one.
 pub fn member_ordinal(cluster: &str, pod: &str) -> Option<u32> {
     let ordinal = pod.strip_prefix(cluster)?.strip_prefix('-')?;
-    if ordinal.is_empty() || (ordinal.len() > 1 && ordinal.starts_with('0')) {
-        return None;
+    let canonical = !ordinal.is_empty()
+        && ordinal.bytes().all(|b| b.is_ascii_digit())
+        && (ordinal == "0" || !ordinal.starts_with('0'));
+    if canonical {
+        ordinal.parse().ok()
+    } else {
+        None
     }
-    ordinal.parse().ok()
 }
 
 /// Whether `pod` is a member of a cluster of `instances` members: the StatefulSet's pods with an
@@ -332,6 +336,8 @@ mod tests {
         assert_eq!(member_ordinal("pg", "pg-02"), None);
         assert_eq!(member_ordinal("pg", "pgx-2"), None);
         assert_eq!(member_ordinal("pg", "pg-"), None);
+        assert_eq!(member_ordinal("pg", "pg-+1"), None);
+        assert_eq!(member_ordinal("pg-a", "pg-a-1"), Some(1));
         assert!(is_member("pg", "pg-1", Some(2)));
         assert!(!is_member("pg", "pg-2", Some(2)));
         assert!(is_member("pg", "pg-7", None));

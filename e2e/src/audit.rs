@@ -138,7 +138,7 @@ fn completed_write(line: &str) -> Option<AuditWrite> {
     }
     let at = e["requestReceivedTimestamp"]
         .as_str()?
-        .parse::<jiff::Timestamp>()
+        .parse::<k8s_openapi::jiff::Timestamp>()
         .ok()?;
     let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_owned();
     Some(AuditWrite {
@@ -178,7 +178,7 @@ mod tests {
             w,
             AuditWrite {
                 at_us: "2026-11-26T09:00:00.000001Z"
-                    .parse::<jiff::Timestamp>()
+                    .parse::<k8s_openapi::jiff::Timestamp>()
                     .unwrap()
                     .as_microsecond(),
                 verb: "update".into(),

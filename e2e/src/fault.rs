@@ -73,8 +73,13 @@ pub fn acted_at(output: &str) -> Option<Micros> {
     output
         .lines()
         .filter(|l| l.contains(" fault: "))
-        .filter_map(|l| l.split_whitespace().next()?.parse::<jiff::Timestamp>().ok())
-        .map(jiff::Timestamp::as_microsecond)
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .parse::<k8s_openapi::jiff::Timestamp>()
+                .ok()
+        })
+        .map(k8s_openapi::jiff::Timestamp::as_microsecond)
         .next_back()
 }
 

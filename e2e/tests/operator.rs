@@ -21,7 +21,10 @@ use kube::{
     Api, Client, Resource, ResourceExt,
     api::{DeleteParams, PostParams},
 };
-use pgpilot_crds::{PostgresCluster, contract::SidecarConfig};
+use pgpilot_crds::{
+    PostgresCluster,
+    contract::{ANNOTATION_SYSTEM_ID, SidecarConfig},
+};
 use pgpilot_e2e::{TestNamespace, client, install_crd, repo_dir, wait_for};
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -225,18 +228,68 @@ async fn bad_input_is_rejected_with_a_message_the_user_understands() -> Result<(
             "{tags: {db-1: {noFailover: true}}}",
             "tags keys must be member names",
         ),
+        // Configuration injection (issue 13, hole 12): nothing reaches postgresql.conf or pg_hba.conf as
+        // more than the one setting or line it claims to be.
+        (
+            r#"{postgresql: {parameters: {"synchronous_standby_names ": "*"}}}"#,
+            "postgresql.parameters keys must be PostgreSQL parameter names",
+        ),
+        (
+            r#"{postgresql: {parameters: {"x\nsynchronous_standby_names": "*"}}}"#,
+            "postgresql.parameters keys must be PostgreSQL parameter names",
+        ),
+        (
+            "{postgresql: {parameters: {SYNCHRONOUS_STANDBY_NAMES: '*'}}}",
+            "postgresql.parameters may not set parameters pgpilot manages itself",
+        ),
+        (
+            r#"{postgresql: {parameters: {work_mem: "8MB\nsynchronous_standby_names = ''"}}}"#,
+            "postgresql.parameters values may not contain control characters",
+        ),
+        (
+            r#"{postgresql: {parameters: {work_mem: "8MB\r"}}}"#,
+            "postgresql.parameters values may not contain control characters",
+        ),
+        (
+            "{instances: 3, replication: {mode: sync}, postgresql: {parameters: {synchronous_commit: 'off'}}}",
+            "postgresql.parameters.synchronous_commit must be on, remote_write or remote_apply",
+        ),
+        (
+            "{instances: 3, replication: {mode: strictSync}, postgresql: {parameters: {Synchronous_Commit: local}}}",
+            "postgresql.parameters.synchronous_commit must be on, remote_write or remote_apply",
+        ),
+        (
+            "{postgresql: {pgHba: ['host all all 0.0.0.0/0 trust']}}",
+            "postgresql.pgHba host lines may not use the trust method",
+        ),
+        (
+            r#"{postgresql: {pgHba: ["host all all 10.0.0.0/8 scram-sha-256\nhost all all 0.0.0.0/0 trust"]}}"#,
+            "postgresql.pgHba entries must be single lines without control characters",
+        ),
+        (
+            r#"{postgresql: {pgHba: ["host all all 10.0.0.0/8 scram-sha-256 \\"]}}"#,
+            "postgresql.pgHba entries may not end with a backslash",
+        ),
+        (
+            "{postgresql: {pgHba: ['include_dir /tmp']}}",
+            "postgresql.pgHba may not include other files",
+        ),
     ];
+    // Every case is tried before failing, so one run shows each rule that does not hold.
+    let mut wrong = Vec::new();
     for (spec, message) in cases {
         let out = dry_run(spec)?;
-        ensure!(!out.success, "accepted: {spec}");
-        ensure!(
-            out.stderr.contains(message),
-            "{spec}: expected {message:?} in {:?}",
-            out.stderr
-        );
+        if out.success {
+            wrong.push(format!("accepted: {spec}"));
+        } else if !out.stderr.contains(message) {
+            wrong.push(format!("{spec}: expected {message:?} in {:?}", out.stderr));
+        }
     }
+    ensure!(wrong.is_empty(), "{}", wrong.join("\n"));
     let good = dry_run(
-        "{instances: 3, switchover: {targetInstance: pg-2}, tags: {pg-1: {noFailover: true}}, replication: {mode: sync, syncReplicas: 2, maximumLagOnFailover: 1048576}}",
+        "{instances: 3, switchover: {targetInstance: pg-2}, tags: {pg-1: {noFailover: true}}, replication: {mode: sync, syncReplicas: 2, maximumLagOnFailover: 1048576}, \
+         postgresql: {parameters: {synchronous_commit: remote_apply, TimeZone: UTC, pg_stat_statements.max: '5000', work_mem: 8MB}, \
+         pgHba: ['host all all 10.0.0.0/8 scram-sha-256', 'local all all trust', 'host all all 10.0.0.0/8 scram-sha-256 # trust nobody']}}",
     )?;
     ensure!(good.success, "a valid spec was rejected: {}", good.stderr);
 
@@ -494,8 +547,10 @@ async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected()
     )
     .await?;
 
-    // The sidecars' Lease writes survive the operator's: a holder written under the sidecar's field
-    // manager stays when the operator applies a new lease duration. A cluster whose PostgreSQL image does
+    // The Lease is the sidecars' once it exists (issue 13, hole 7): what they write under their own
+    // field manager (holder, transitions, their own leaseDurationSeconds, annotations) survives a change
+    // of spec.ha, which reaches them through the ConfigMap; the operator does not write the Lease at all,
+    // so it never makes the holder's next conditional renewal fail. A cluster whose PostgreSQL image does
     // not exist has no sidecar running, so nothing else writes its Lease during the check.
     let held = "apiVersion: pgpilot.io/v1alpha1\nkind: PostgresCluster\nmetadata: {name: held}\nspec: {image: localhost/pgpilot-none:never}\n";
     ns.kubectl_output(&["apply", "-f", "-"], Some(held))?.ok()?;
@@ -504,14 +559,21 @@ async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected()
         Ok(leases.get_opt("held-leader").await?)
     })
     .await?;
+    const SYSTEM_ID: &str = "7412345678901234567";
     let spec = claimed.spec.get_or_insert_default();
     spec.holder_identity = Some("held-0".into());
     spec.lease_transitions = Some(7);
+    spec.lease_duration_seconds = Some(15);
+    claimed
+        .metadata
+        .annotations
+        .get_or_insert_default()
+        .insert(ANNOTATION_SYSTEM_ID.into(), SYSTEM_ID.into());
     let sidecar = PostParams {
         field_manager: Some("pgpilot-sidecar".into()),
         ..PostParams::default()
     };
-    leases.replace("held-leader", &sidecar, &claimed).await?;
+    let written = leases.replace("held-leader", &sidecar, &claimed).await?;
     ns.kubectl(&[
         "patch",
         "pgc",
@@ -520,17 +582,70 @@ async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected()
         "-p",
         r#"{"spec":{"ha":{"leaseDurationSeconds":20}}}"#,
     ])?;
-    let after = wait_for("lease duration 20", 30 * SECOND, SECOND / 2, || async {
-        let l = leases.get("held-leader").await?;
-        Ok(l.spec
-            .clone()
-            .filter(|s| s.lease_duration_seconds == Some(20)))
+    let clusters: Api<PostgresCluster> = Api::namespaced(client.clone(), &n);
+    // The status of generation 2 is written after that generation's children were applied.
+    let held_status = wait_for(
+        "held: status of generation 2 with the system identifier",
+        30 * SECOND,
+        SECOND / 2,
+        || async {
+            Ok(clusters.get("held").await?.status.filter(|s| {
+                s.observed_generation == Some(2)
+                    && s.system_identifier.as_deref() == Some(SYSTEM_ID)
+            }))
+        },
+    )
+    .await?;
+    let cm: ConfigMap = get(&client, &n, "held-config")
+        .await?
+        .context("held configmap")?;
+    let config: SidecarConfig = serde_json::from_str(&cm.data.unwrap_or_default()["config.json"])?;
+    ensure!(
+        config.ha.lease_duration_seconds == 20,
+        "the new duration reaches the sidecars: {config:?} (status {held_status:?})"
+    );
+    let after = leases.get("held-leader").await?;
+    ensure!(
+        after.metadata.resource_version == written.metadata.resource_version,
+        "the operator wrote the Lease: {:?} -> {:?}",
+        written.metadata,
+        after.metadata
+    );
+    let after_spec = after.spec.clone().unwrap_or_default();
+    ensure!(
+        after_spec.holder_identity.as_deref() == Some("held-0")
+            && after_spec.lease_transitions == Some(7)
+            && after_spec.lease_duration_seconds == Some(15),
+        "the operator overwrote the election record: {after_spec:?}"
+    );
+
+    // A deleted Lease is created again (issue 13, hole 4) with the system identifier the status kept,
+    // so a member with an empty data directory cannot take it for a cluster never initialised.
+    leases
+        .delete("held-leader", &DeleteParams::default())
+        .await?;
+    let recreated = wait_for("held-leader recreated", 60 * SECOND, SECOND / 2, || async {
+        Ok(leases
+            .get_opt("held-leader")
+            .await?
+            .filter(|l| l.metadata.uid != after.metadata.uid))
     })
     .await?;
+    let annotations = recreated.metadata.annotations.clone().unwrap_or_default();
     ensure!(
-        after.holder_identity.as_deref() == Some("held-0") && after.lease_transitions == Some(7),
-        "the operator reset the election: {after:?}"
+        annotations.get(ANNOTATION_SYSTEM_ID).map(String::as_str) == Some(SYSTEM_ID),
+        "the recreated Lease lacks the system identifier: {:?}",
+        recreated.metadata
     );
+    ensure!(
+        recreated
+            .spec
+            .as_ref()
+            .is_none_or(|s| s.holder_identity.is_none()),
+        "the recreated Lease has no holder: {:?}",
+        recreated.spec
+    );
+    owned_by(&recreated.metadata, &clusters.get("held").await?)?;
     ns.kubectl(&["delete", "pgc", "held"])?;
 
     // Secrets are generated once: a reconcile after a spec change leaves the password alone.

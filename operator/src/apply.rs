@@ -3,7 +3,8 @@
 //! Reads the built [`Children`] and the [`ValidatedCluster`]; server-side applies every child under the one
 //! field manager [`FIELD_MANAGER`] with `force`, in dependency order: RBAC → Secrets/ConfigMap → Lease →
 //! Services → PDB → StatefulSet last, so a pod never starts before what it mounts and reads exists.
-//! Secrets are the exception: created when absent, never applied, never overwritten, never logged.
+//! Two exceptions are created when absent and never written again: the Secrets (never overwritten, never
+//! logged) and the Lease, whose record belongs to the sidecars once it exists.
 //! Returns what the status step needs to know about the change ([`Applied`]).
 
 use std::{
@@ -30,7 +31,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use tracing::{debug, info};
 
 use crate::{
-    build::{Children, secrets, services},
+    build::{Child, Children, secrets, services},
     validate::ValidatedCluster,
 };
 
@@ -115,6 +116,36 @@ where
     Ok(applied)
 }
 
+/// Creates `obj` unless it exists: for the children whose content is someone else's once they exist
+/// (the Lease: see [`crate::build::build_lease`]).
+async fn create_if_absent<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
+    let name = obj.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), ns);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, obj).await {
+        Ok(_) => {
+            info!(kind = %K::kind(&()), %name, "created");
+            Ok(())
+        }
+        Err(e) if is_status(&e, 409) => Ok(()),
+        Err(source) => Err(Error::Apply {
+            kind: K::kind(&()).into_owned(),
+            name,
+            source,
+        }),
+    }
+}
+
 /// Creates each of the cluster's Secrets that does not exist yet, with a fresh random password.
 async fn ensure_secrets(client: &Client, c: &ValidatedCluster) -> Result<Vec<&'static str>, Error> {
     let api: Api<Secret> = Api::namespaced(client.clone(), &c.namespace);
@@ -159,28 +190,9 @@ async fn ensure_secrets(client: &Client, c: &ValidatedCluster) -> Result<Vec<&'s
 /// operator owns, so the reconcile can skip the apply (server-side apply of an unchanged object is still
 /// an API write request).
 pub fn fingerprint(children: &Children) -> Result<u64, serde_json::Error> {
-    let Children {
-        service_account,
-        role,
-        role_binding,
-        config_map,
-        lease,
-        services,
-        pdb,
-        statefulset,
-    } = children;
     let mut hasher = DefaultHasher::new();
-    for json in [
-        serde_json::to_vec(service_account)?,
-        serde_json::to_vec(role)?,
-        serde_json::to_vec(role_binding)?,
-        serde_json::to_vec(config_map)?,
-        serde_json::to_vec(lease)?,
-        serde_json::to_vec(services)?,
-        serde_json::to_vec(pdb)?,
-        serde_json::to_vec(statefulset)?,
-    ] {
-        json.hash(&mut hasher);
+    for child in children.in_apply_order() {
+        child.to_json()?.hash(&mut hasher);
     }
     Ok(hasher.finish())
 }
@@ -204,85 +216,88 @@ where
     Ok(found.is_some())
 }
 
+async fn child_exists(client: &Client, ns: &str, child: Child<'_>) -> Result<bool, Error> {
+    let name = child.meta().name.clone().unwrap_or_default();
+    match child {
+        Child::ServiceAccount(_) => exists::<ServiceAccount>(client, ns, &name).await,
+        Child::Role(_) => exists::<Role>(client, ns, &name).await,
+        Child::RoleBinding(_) => exists::<RoleBinding>(client, ns, &name).await,
+        Child::ConfigMap(_) => exists::<ConfigMap>(client, ns, &name).await,
+        Child::Lease(_) => exists::<Lease>(client, ns, &name).await,
+        Child::Service(_) => exists::<Service>(client, ns, &name).await,
+        Child::Pdb(_) => exists::<PodDisruptionBudget>(client, ns, &name).await,
+        Child::StatefulSet(_) => exists::<StatefulSet>(client, ns, &name).await,
+    }
+}
+
+async fn apply_child(client: &Client, ns: &str, child: Child<'_>) -> Result<(), Error> {
+    match child {
+        Child::ServiceAccount(o) => ssa(client, ns, o).await.map(drop),
+        Child::Role(o) => ssa(client, ns, o).await.map(drop),
+        Child::RoleBinding(o) => ssa(client, ns, o).await.map(drop),
+        Child::ConfigMap(o) => ssa(client, ns, o).await.map(drop),
+        Child::Lease(o) => create_if_absent(client, ns, o).await,
+        Child::Service(o) => ssa(client, ns, o).await.map(drop),
+        Child::Pdb(o) => ssa(client, ns, o).await.map(drop),
+        Child::StatefulSet(o) => ssa(client, ns, o).await.map(drop),
+    }
+}
+
 /// Whether a child or a Secret of the cluster is missing (deleted by someone): reads only.
 pub async fn any_missing(
     client: &Client,
     c: &ValidatedCluster,
     children: &Children,
 ) -> Result<bool, Error> {
-    let Children {
-        service_account,
-        role,
-        role_binding,
-        config_map,
-        lease,
-        services,
-        pdb,
-        statefulset,
-    } = children;
     let ns = c.namespace.as_str();
-    let mut present = exists::<ServiceAccount>(client, ns, &service_account.name_any()).await?
-        && exists::<Role>(client, ns, &role.name_any()).await?
-        && exists::<RoleBinding>(client, ns, &role_binding.name_any()).await?
-        && exists::<ConfigMap>(client, ns, &config_map.name_any()).await?
-        && exists::<Lease>(client, ns, &lease.name_any()).await?
-        && exists::<PodDisruptionBudget>(client, ns, &pdb.name_any()).await?
-        && exists::<StatefulSet>(client, ns, &statefulset.name_any()).await?;
-    for svc in services {
-        present = present && exists::<Service>(client, ns, &svc.name_any()).await?;
+    for child in children.in_apply_order() {
+        if !child_exists(client, ns, child).await? {
+            return Ok(true);
+        }
     }
     for kind in SECRET_KINDS {
-        present =
-            present && exists::<Secret>(client, ns, &contract::secret_name(&c.name, kind)).await?;
+        if !exists::<Secret>(client, ns, &contract::secret_name(&c.name, kind)).await? {
+            return Ok(true);
+        }
     }
-    Ok(!present)
+    Ok(false)
 }
 
-/// Applies every child; the bundle is destructured without `..` so a new child cannot be skipped silently.
+/// Applies every child in [`Children::in_apply_order`], with what must happen between them: the
+/// Secrets created before the ConfigMap, the disabled client Services deleted once the enabled ones are
+/// applied, the StatefulSet's replicas read just before it is applied.
 pub async fn apply(
     client: &Client,
     c: &ValidatedCluster,
-    children: Children,
+    children: &Children,
 ) -> Result<Applied, Error> {
-    let Children {
-        service_account,
-        role,
-        role_binding,
-        config_map,
-        lease,
-        services,
-        pdb,
-        statefulset,
-    } = children;
     let ns = c.namespace.as_str();
-
-    ssa(client, ns, &service_account).await?;
-    ssa(client, ns, &role).await?;
-    ssa(client, ns, &role_binding).await?;
-    let created_secrets = ensure_secrets(client, c).await?;
-    ssa(client, ns, &config_map).await?;
-    ssa(client, ns, &lease).await?;
-    for svc in &services {
-        ssa(client, ns, svc).await?;
+    let mut applied = Applied::default();
+    for child in children.in_apply_order() {
+        match child {
+            Child::ConfigMap(_) => applied.created_secrets = ensure_secrets(client, c).await?,
+            Child::Pdb(_) => delete_disabled_services(client, c).await?,
+            Child::StatefulSet(_) => {
+                applied.previous_replicas = statefulset_replicas(client, c).await?
+            }
+            _ => {}
+        }
+        apply_child(client, ns, child).await?;
     }
-    delete_disabled_services(client, c).await?;
-    ssa(client, ns, &pdb).await?;
+    Ok(applied)
+}
 
-    let sts_api: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    let previous_replicas = sts_api
+/// `spec.replicas` of the cluster's StatefulSet; `None` when there is none yet.
+async fn statefulset_replicas(client: &Client, c: &ValidatedCluster) -> Result<Option<i32>, Error> {
+    let sts = Api::<StatefulSet>::namespaced(client.clone(), &c.namespace)
         .get_opt(&c.name)
         .await
         .map_err(|source| Error::Read {
             kind: "StatefulSet".into(),
             name: c.name.clone(),
             source,
-        })?
-        .and_then(|s| s.spec.replicas);
-    ssa(client, ns, &statefulset).await?;
-    Ok(Applied {
-        previous_replicas,
-        created_secrets,
-    })
+        })?;
+    Ok(sts.and_then(|s| s.spec.replicas))
 }
 
 /// Server-side apply never deletes: a client Service the spec no longer asks for is deleted here, and only

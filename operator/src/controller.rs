@@ -5,7 +5,7 @@
 //! (no requeue loop). A valid cluster is looked at again every [`RESYNC`], because the sidecars change
 //! member state (roles, lag, timelines) that no watched object shows.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::api::{
@@ -24,45 +24,30 @@ use kube::{
         watcher,
     },
 };
-use pgpilot_crds::{PostgresCluster, cluster::condition, contract::LABEL_CLUSTER};
+use pgpilot_crds::{
+    PostgresCluster, PostgresClusterStatus,
+    cluster::{condition, reason},
+    contract::{LABEL_CLUSTER, error_chain},
+};
 use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 
 use crate::{
-    apply, build,
+    apply,
+    build::{self, Children},
+    conditions::find_condition,
     events::{self, Transition},
+    memo::{AnnouncedFailures, Memo, Memos, cluster_key, needs_apply},
     metrics::Metrics,
-    status::{self, find_condition},
+    status,
     switchover::{self, SwitchoverOutcome},
-    validate::validate,
+    validate::{InvalidSpec, ValidatedCluster, validate},
 };
 
 /// How often a valid cluster is reconciled without any watched change.
 pub const RESYNC: Duration = Duration::from_secs(10);
 /// Back-off after a failed reconcile.
 pub const RETRY: Duration = Duration::from_secs(5);
-/// Unchanged children are applied again this often, to undo edits by others (a deleted child is
-/// re-created at the next reconcile).
-pub const REAPPLY_EVERY: Duration = Duration::from_secs(300);
-/// Status changes that are only WAL positions are written at most this often.
-pub const VOLATILE_STATUS_EVERY: Duration = Duration::from_secs(60);
-
-/// What the operator remembers about one cluster between reconciles (lost on restart, which only costs
-/// one more apply and status write).
-#[derive(Clone, Copy, Debug)]
-pub struct Memo {
-    pub fingerprint: u64,
-    pub applied_at: Instant,
-    pub status_written_at: Option<Instant>,
-}
-
-/// Whether the built children must be applied: they changed, or it is time to re-assert them.
-pub fn needs_apply(memo: Option<&Memo>, fingerprint: u64, now: Instant) -> bool {
-    memo.is_none_or(|m| {
-        m.fingerprint != fingerprint || now.duration_since(m.applied_at) >= REAPPLY_EVERY
-    })
-}
-
 pub struct Context {
     pub client: Client,
     pub http: reqwest::Client,
@@ -70,10 +55,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// The sidecar image given to the init container.
     pub sidecar_image: String,
-    /// By `<namespace>/<name>`.
-    pub memos: std::sync::Mutex<HashMap<String, Memo>>,
-    /// The failure category last announced per cluster, so a failure repeating every retry is one Event.
-    pub failures: std::sync::Mutex<HashMap<String, String>>,
+    pub memos: Memos,
+    pub failures: AnnouncedFailures,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,97 +87,113 @@ impl Error {
 pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let result = reconcile_steps(&cluster, &ctx).await;
-    ctx.metrics.observe(
-        started.elapsed(),
-        result.as_ref().err().map(Error::category),
-    );
-    let key = format!(
-        "{}/{}",
-        cluster.namespace().unwrap_or_default(),
-        cluster.name_any()
-    );
-    let failure = result
-        .as_ref()
-        .err()
-        .map(|e| (e.category(), error_chain(e)));
-    let announce = ctx
+    let category = result.as_ref().err().map(Error::category);
+    ctx.metrics.observe(started.elapsed(), category.clone());
+    let unannounced = ctx
         .failures
-        .lock()
-        .ok()
-        .and_then(|mut seen| match &failure {
-            Some((category, _)) if seen.get(&key) != Some(category) => {
-                seen.insert(key, category.clone());
-                failure.clone()
-            }
-            Some(_) => None,
-            None => {
-                seen.remove(&key);
-                None
-            }
-        });
-    if let Some((reason, message)) = announce {
-        events::publish(
-            &ctx.recorder,
-            &cluster,
-            &[Transition::ReconcileFailed { reason, message }],
-        )
-        .await;
+        .record(&cluster_key(&cluster), category.as_deref());
+    if let Err(e) = &result
+        && unannounced
+    {
+        let failed = Transition::ReconcileFailed {
+            reason: e.category(),
+            message: error_chain(e),
+        };
+        events::publish(&ctx.recorder, &cluster, &[failed]).await;
     }
     result
 }
 
+/// The steps: validate (pure) → build (pure) → apply (SSA) → observe → switchover → compute the status
+/// (pure) → update it → announce its transitions.
 async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
-    let ns = cluster.namespace().unwrap_or_default();
-    let api: Api<PostgresCluster> = Api::namespaced(ctx.client.clone(), &ns);
-    // The status as last written, not as cached: a reconcile triggered right after the previous one's status
-    // patch can run before the watch delivers it, and would then misjudge transitions (a requested
-    // switchover seen as a failover).
-    let prev = api
-        .get_status(&cluster.name_any())
-        .await
-        .map_err(Error::ReadStatus)?
-        .status
-        .unwrap_or_default();
+    let api: Api<PostgresCluster> =
+        Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
+    let prev = last_written_status(&api, cluster).await?;
     // Being deleted: the garbage collector removes the children; applying them again would fight it.
     if cluster.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-
     let c = match validate(cluster, &ctx.sidecar_image) {
         Ok(c) => c,
-        Err(invalid) => {
-            let message = invalid.to_string();
-            warn!(reason = %message, "invalid spec");
-            let next = status::invalid(&prev, cluster.metadata.generation, message.clone(), now);
-            let announced = find_condition(&prev, condition::READY)
-                .is_some_and(|c| c.reason == "InvalidSpec" && c.message == message);
-            status::write(&api, &cluster.name_any(), &prev, &next).await?;
-            if !announced {
-                events::publish(
-                    &ctx.recorder,
-                    cluster,
-                    &[Transition::InvalidSpec { message }],
-                )
-                .await;
-            }
-            return Ok(Action::await_change());
-        }
+        Err(invalid) => return reject_invalid_spec(ctx, cluster, &api, &prev, &invalid, now).await,
     };
+    let children =
+        build::build_children(&c, prev.system_identifier.as_deref()).map_err(Error::Build)?;
+    let mut memo = apply_step(ctx, cluster, &c, &children, &prev).await?;
+    let observed = status::observe(&ctx.client, &ctx.http, &c).await?;
+    let (outcome, mut transitions) = switchover_step(ctx, &c, &prev, &observed, now).await;
+    let (next, more) = status::compute(&c, &prev, &observed, &outcome, now);
+    transitions.extend(more);
+    update_status(&api, &c, &prev, &next, &mut memo).await?;
+    events::publish(&ctx.recorder, cluster, &transitions).await;
+    ctx.memos.put(cluster_key(cluster), memo);
+    Ok(Action::requeue(next_look(&outcome, now)))
+}
 
-    let children = build::build_children(&c).map_err(Error::Build)?;
-    let key = format!("{}/{}", c.namespace, c.name);
-    let memo = ctx.memos.lock().ok().and_then(|m| m.get(&key).copied());
-    let fingerprint = apply::fingerprint(&children).map_err(Error::Build)?;
+/// The status as last written, not as cached: a reconcile triggered right after the previous one's status
+/// patch can run before the watch delivers it, and would then misjudge transitions (a requested
+/// switchover seen as a failover).
+async fn last_written_status(
+    api: &Api<PostgresCluster>,
+    cluster: &PostgresCluster,
+) -> Result<PostgresClusterStatus, Error> {
+    Ok(api
+        .get_status(&cluster.name_any())
+        .await
+        .map_err(Error::ReadStatus)?
+        .status
+        .unwrap_or_default())
+}
+
+/// An invalid spec: `Ready=False` with the reason, a Warning Event when the reason is new, and no
+/// requeue: the next look is at the next change of the spec.
+async fn reject_invalid_spec(
+    ctx: &Context,
+    cluster: &PostgresCluster,
+    api: &Api<PostgresCluster>,
+    prev: &PostgresClusterStatus,
+    invalid: &InvalidSpec,
+    now: Timestamp,
+) -> Result<Action, Error> {
+    let message = invalid.to_string();
+    warn!(reason = %message, "invalid spec");
+    let next = status::invalid(prev, cluster.metadata.generation, message.clone(), now);
+    let announced = find_condition(prev, condition::READY)
+        .is_some_and(|c| c.reason == reason::INVALID_SPEC && c.message == message);
+    status::write(api, &cluster.name_any(), prev, &next).await?;
+    if !announced {
+        events::publish(
+            &ctx.recorder,
+            cluster,
+            &[Transition::InvalidSpec { message }],
+        )
+        .await;
+    }
+    Ok(Action::await_change())
+}
+
+/// Applies the children when they changed, when it is time to re-assert them, or when one is missing;
+/// announces what the apply changed at once (a later step failing must not lose it). Returns the memo
+/// to keep for the cluster.
+async fn apply_step(
+    ctx: &Context,
+    cluster: &PostgresCluster,
+    c: &ValidatedCluster,
+    children: &Children,
+    prev: &PostgresClusterStatus,
+) -> Result<Memo, Error> {
+    let previous = ctx.memos.get(&cluster_key(cluster));
+    let fingerprint = apply::fingerprint(children).map_err(Error::Build)?;
     let started = Instant::now();
-    let must_apply = needs_apply(memo.as_ref(), fingerprint, started)
-        || apply::any_missing(&ctx.client, &c, &children).await?;
+    let must_apply = needs_apply(previous.as_ref(), fingerprint, started)
+        || apply::any_missing(&ctx.client, c, children).await?;
     let applied = if must_apply {
-        apply::apply(&ctx.client, &c, children).await?
+        apply::apply(&ctx.client, c, children).await?
     } else {
         apply::Applied::default()
     };
-    // Announced at once: a later step failing must not lose what the apply changed.
     events::publish(
         &ctx.recorder,
         cluster,
@@ -205,40 +204,41 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         ),
     )
     .await;
-    let mut memo = Memo {
+    Ok(Memo::after_apply(
+        previous,
         fingerprint,
-        applied_at: if must_apply {
-            started
-        } else {
-            memo.map_or(started, |m| m.applied_at)
-        },
-        status_written_at: memo.and_then(|m| m.status_written_at),
-    };
-    let observed = status::observe(&ctx.client, &ctx.http, &c).await?;
+        must_apply,
+        started,
+    ))
+}
 
+/// Plans the switchover in the spec against the observed primary and carries it out.
+async fn switchover_step(
+    ctx: &Context,
+    c: &ValidatedCluster,
+    prev: &PostgresClusterStatus,
+    observed: &status::Observed,
+    now: Timestamp,
+) -> (SwitchoverOutcome, Vec<Transition>) {
     let primary = observed.primary();
-    let plan = switchover::plan(&c, &prev, primary.as_deref(), now);
+    let plan = switchover::plan(c, prev, primary.as_deref(), now);
     let primary_ip = primary
         .as_deref()
         .and_then(|p| observed.pod(p))
         .and_then(|p| p.status.as_ref()?.pod_ip.clone());
-    let (outcome, mut transitions) = switchover::run(
-        &ctx.client,
-        &ctx.http,
-        &c,
-        plan,
-        primary_ip.as_deref(),
-        &prev,
-    )
-    .await;
+    switchover::run(&ctx.client, &ctx.http, c, plan, primary_ip.as_deref(), prev).await
+}
 
-    let (next, more) = status::compute(&c, &prev, &observed, &outcome, now);
-    transitions.extend(more);
-    let volatile_recently_written = status::only_volatile_changes(&prev, &next)
-        && memo
-            .status_written_at
-            .is_some_and(|t| t.elapsed() < VOLATILE_STATUS_EVERY);
-    if !volatile_recently_written && status::write(&api, &c.name, &prev, &next).await? {
+/// Writes the new status unless it equals the stored one, or changes only WAL positions and the status
+/// was written recently; notes the write in the memo.
+async fn update_status(
+    api: &Api<PostgresCluster>,
+    c: &ValidatedCluster,
+    prev: &PostgresClusterStatus,
+    next: &PostgresClusterStatus,
+    memo: &mut Memo,
+) -> Result<(), Error> {
+    if !memo.defers(prev, next) && status::write(api, &c.name, prev, next).await? {
         memo.status_written_at = Some(Instant::now());
         info!(
             phase = next.phase.as_deref().unwrap_or_default(),
@@ -247,12 +247,7 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
             "status updated"
         );
     }
-    events::publish(&ctx.recorder, cluster, &transitions).await;
-    if let Ok(mut memos) = ctx.memos.lock() {
-        memos.insert(key, memo);
-    }
-
-    Ok(Action::requeue(next_look(&outcome, now)))
+    Ok(())
 }
 
 /// What an apply changed that is worth an Event: a scale, and Secrets generated (expected on the first
@@ -295,17 +290,6 @@ pub fn error_policy(cluster: Arc<PostgresCluster>, error: &Error, _ctx: Arc<Cont
     Action::requeue(RETRY)
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 /// Runs the controller until shutdown. `namespace` limits it to one namespace; `None` watches all.
 pub async fn run(
     client: Client,
@@ -335,8 +319,8 @@ pub async fn run(
         recorder: Recorder::new(client.clone(), reporter),
         metrics,
         sidecar_image,
-        memos: std::sync::Mutex::new(HashMap::new()),
-        failures: std::sync::Mutex::new(HashMap::new()),
+        memos: Memos::default(),
+        failures: AnnouncedFailures::default(),
     });
     Controller::new(
         api::<PostgresCluster>(&client, ns),
@@ -366,20 +350,6 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn unchanged_children_are_applied_again_only_every_few_minutes() {
-        let t0 = Instant::now();
-        let memo = Memo {
-            fingerprint: 7,
-            applied_at: t0,
-            status_written_at: None,
-        };
-        assert!(needs_apply(None, 7, t0), "first sight");
-        assert!(needs_apply(Some(&memo), 8, t0), "the children changed");
-        assert!(!needs_apply(Some(&memo), 7, t0 + Duration::from_secs(10)));
-        assert!(needs_apply(Some(&memo), 7, t0 + REAPPLY_EVERY));
-    }
 
     #[test]
     fn apply_announces_scales_and_generated_secrets() {

@@ -4,7 +4,7 @@ use kube::{
     Resource,
     runtime::events::{Event, EventType, Recorder},
 };
-use pgpilot_crds::PostgresCluster;
+use pgpilot_crds::{PostgresCluster, cluster::event};
 use tracing::warn;
 
 /// Something that changed and is worth a line in `kubectl describe pgc`.
@@ -54,6 +54,17 @@ pub enum Transition {
     SecretsRecreated {
         kinds: Vec<&'static str>,
     },
+    /// `FailoverBlocked` became true because no replica may take over (`message` names them and why).
+    FailoverBlocked {
+        message: String,
+    },
+    /// `FailoverBlocked` was true for that reason and a replica may take over again.
+    FailoverPossible,
+    /// A member refuses to clone, rewind or wipe: its data or the primary's belongs to another database
+    /// system than the cluster's.
+    MemberRefusing {
+        message: String,
+    },
     /// A reconcile failed; `reason` is the error's category. Announced once per change of category.
     ReconcileFailed {
         reason: String,
@@ -66,64 +77,77 @@ impl Transition {
         let (type_, reason, note) = match self {
             Self::Created => (
                 EventType::Normal,
-                "Created",
+                event::CREATED,
                 "created the cluster's objects".to_owned(),
             ),
             Self::Scaled { from, to } => (
                 EventType::Normal,
-                "Scaled",
+                event::SCALED,
                 format!("scaled from {from} to {to} instances"),
             ),
             Self::PrimaryElected { member } => (
                 EventType::Normal,
-                "PrimaryElected",
+                event::PRIMARY_ELECTED,
                 format!("{member} is the primary"),
             ),
             Self::FailoverObserved { from, to } => (
                 EventType::Warning,
-                "FailoverObserved",
+                event::FAILOVER_OBSERVED,
                 format!("primary changed from {from} to {to}"),
             ),
             Self::SwitchoverRequested { from, to } => (
                 EventType::Normal,
-                "SwitchoverRequested",
+                event::SWITCHOVER_REQUESTED,
                 format!("asked {from} to hand over to {to}"),
             ),
             Self::SwitchoverCompleted { from, to } => (
                 EventType::Normal,
-                "SwitchoverCompleted",
+                event::SWITCHOVER_COMPLETED,
                 format!("switched over from {from} to {to}"),
             ),
             Self::SwitchoverFailed { to, error } => (
                 EventType::Warning,
-                "SwitchoverFailed",
+                event::SWITCHOVER_FAILED,
                 format!("switchover to {to}: {error}"),
             ),
             Self::Ready { ready, instances } => (
                 EventType::Normal,
-                "ClusterReady",
+                event::CLUSTER_READY,
                 format!("{ready}/{instances} members ready"),
             ),
             Self::NotReady { reason } => (
                 EventType::Warning,
-                "ClusterNotReady",
+                event::CLUSTER_NOT_READY,
                 format!("not ready: {reason}"),
             ),
             Self::Paused { paused: true } => (
                 EventType::Normal,
-                "Paused",
+                event::PAUSED,
                 "automatic failover paused".to_owned(),
             ),
             Self::Paused { paused: false } => (
                 EventType::Normal,
-                "Resumed",
+                event::RESUMED,
                 "automatic failover resumed".to_owned(),
             ),
-            Self::InvalidSpec { message } => (EventType::Warning, "InvalidSpec", message.clone()),
+            Self::InvalidSpec { message } => {
+                (EventType::Warning, event::INVALID_SPEC, message.clone())
+            }
             Self::SecretsCreated { kinds } => (
                 EventType::Normal,
-                "SecretsCreated",
+                event::SECRETS_CREATED,
                 format!("generated credentials: {}", kinds.join(", ")),
+            ),
+            Self::FailoverBlocked { message } => {
+                (EventType::Warning, event::FAILOVER_BLOCKED, message.clone())
+            }
+            Self::MemberRefusing { message } => {
+                (EventType::Warning, event::MEMBER_REFUSING, message.clone())
+            }
+            Self::FailoverPossible => (
+                EventType::Normal,
+                event::FAILOVER_POSSIBLE,
+                "a replica may take over again".to_owned(),
             ),
             Self::ReconcileFailed { reason, message } => (
                 EventType::Warning,
@@ -132,7 +156,7 @@ impl Transition {
             ),
             Self::SecretsRecreated { kinds } => (
                 EventType::Warning,
-                "SecretsRecreated",
+                event::SECRETS_RECREATED,
                 format!(
                     "Secrets {} were missing and got new random passwords, which PostgreSQL does not know yet",
                     kinds.join(", ")

@@ -3,12 +3,16 @@
 //!
 //! The reconcile ([`controller`]) is a short driver over steps, each in its own module:
 //! [`validate`] (pure) → [`build`] (pure) → [`apply`] (server-side apply) → [`switchover`] → [`status`].
+//! [`conditions`] and [`events`] are shared by the steps; the condition types and reasons and the Event
+//! reasons are `const`s in `pgpilot_crds::cluster`.
 
 pub mod apply;
 pub mod build;
+pub mod conditions;
 pub mod controller;
 pub mod events;
 pub mod leader;
+pub mod memo;
 pub mod metrics;
 pub mod status;
 pub mod switchover;

@@ -15,28 +15,24 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{Api, Client};
 use pgpilot_crds::{
     PostgresClusterStatus,
-    cluster::condition,
-    contract::{self, REST_PORT},
+    cluster::{condition, reason},
+    contract::{self, REST_PORT, error_chain},
 };
 use serde_json::json;
 use tracing::info;
 
-use crate::{events::Transition, status::find_condition, validate::ValidatedCluster};
+use crate::{conditions::find_condition, events::Transition, validate::ValidatedCluster};
 
 /// How long a requested switchover may take before the operator gives up waiting for it.
 pub const COMPLETION_TIMEOUT: Duration = Duration::from_secs(120);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-const REASON_REQUESTED: &str = "Requested";
-const REASON_COMPLETED: &str = "Completed";
-const REASON_ALREADY_PRIMARY: &str = "AlreadyPrimary";
-const REASON_NOT_COMPLETED: &str = "NotCompleted";
 /// Reasons after which the same generation is never asked again.
 const SETTLED: [&str; 4] = [
-    REASON_REQUESTED,
-    REASON_COMPLETED,
-    REASON_ALREADY_PRIMARY,
-    REASON_NOT_COMPLETED,
+    reason::REQUESTED,
+    reason::COMPLETED,
+    reason::ALREADY_PRIMARY,
+    reason::NOT_COMPLETED,
 ];
 
 /// Where the switchover stands after this reconcile; becomes the `SwitchoverInProgress` condition.
@@ -76,35 +72,35 @@ impl SwitchoverOutcome {
         match self {
             Self::None => (
                 false,
-                "NoSwitchoverRequested",
+                reason::NO_SWITCHOVER_REQUESTED,
                 "spec.switchover is not set".into(),
             ),
             Self::Scheduled { target, at } => (
                 false,
-                "Scheduled",
+                reason::SCHEDULED,
                 format!("switchover to {target} scheduled at {at}"),
             ),
             Self::WaitingForPrimary { target } => (
                 false,
-                "WaitingForPrimary",
+                reason::WAITING_FOR_PRIMARY,
                 format!("switchover to {target} waits for a primary"),
             ),
             Self::AlreadyPrimary { target } => (
                 false,
-                REASON_ALREADY_PRIMARY,
+                reason::ALREADY_PRIMARY,
                 format!("{target} is already the primary"),
             ),
             Self::InProgress { from, target } => (
                 true,
-                REASON_REQUESTED,
+                reason::REQUESTED,
                 format!("asked {from} to hand over to {target}"),
             ),
             Self::Completed { target } => {
-                (false, REASON_COMPLETED, format!("{target} is the primary"))
+                (false, reason::COMPLETED, format!("{target} is the primary"))
             }
             Self::NotCompleted { target } => (
                 false,
-                REASON_NOT_COMPLETED,
+                reason::NOT_COMPLETED,
                 format!(
                     "{target} did not become primary within {} s; change spec.switchover to try again",
                     COMPLETION_TIMEOUT.as_secs()
@@ -112,7 +108,7 @@ impl SwitchoverOutcome {
             ),
             Self::RequestFailed { target, error } => (
                 false,
-                "RequestFailed",
+                reason::REQUEST_FAILED,
                 format!("switchover to {target} failed, retrying: {error}"),
             ),
         }
@@ -147,10 +143,10 @@ pub fn plan(
     });
     if let Some(cond) = previous {
         let outcome = match cond.reason.as_str() {
-            REASON_REQUESTED if primary == Some(target.as_str()) => {
+            reason::REQUESTED if primary == Some(target.as_str()) => {
                 SwitchoverOutcome::Completed { target }
             }
-            REASON_REQUESTED => {
+            reason::REQUESTED => {
                 let asked = cond.last_transition_time.0;
                 let waited = now.duration_since(asked).unsigned_abs();
                 if waited > COMPLETION_TIMEOUT {
@@ -160,8 +156,8 @@ pub fn plan(
                     SwitchoverOutcome::InProgress { from, target }
                 }
             }
-            REASON_COMPLETED => SwitchoverOutcome::Completed { target },
-            REASON_ALREADY_PRIMARY => SwitchoverOutcome::AlreadyPrimary { target },
+            reason::COMPLETED => SwitchoverOutcome::Completed { target },
+            reason::ALREADY_PRIMARY => SwitchoverOutcome::AlreadyPrimary { target },
             _ => SwitchoverOutcome::NotCompleted { target },
         };
         return Plan::Settled(outcome);
@@ -249,17 +245,6 @@ async fn request(
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = e.source();
-    while let Some(inner) = source {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    s
-}
-
 /// Carries out the plan; returns the outcome and the transitions to announce.
 pub async fn run(
     client: &Client,
@@ -272,7 +257,7 @@ pub async fn run(
     match plan {
         Plan::Settled(outcome) => {
             let was_requested = find_condition(prev, condition::SWITCHOVER_IN_PROGRESS)
-                .is_some_and(|cond| cond.reason == REASON_REQUESTED);
+                .is_some_and(|cond| cond.reason == reason::REQUESTED);
             let events = match &outcome {
                 SwitchoverOutcome::NotCompleted { target } if was_requested => {
                     vec![Transition::SwitchoverFailed {
@@ -297,7 +282,7 @@ pub async fn run(
                 Err(e) => {
                     let error = error_chain(&e);
                     let already_failed = find_condition(prev, condition::SWITCHOVER_IN_PROGRESS)
-                        .is_some_and(|cond| cond.reason == "RequestFailed");
+                        .is_some_and(|cond| cond.reason == reason::REQUEST_FAILED);
                     let events = if already_failed {
                         Vec::new()
                     } else {
@@ -319,7 +304,7 @@ mod tests {
     use pgpilot_crds::cluster::SwitchoverSpec;
 
     use super::*;
-    use crate::{status::set_condition, testutil::example, validate::validate};
+    use crate::{conditions::set_condition, testutil::example, validate::validate};
 
     fn t(secs: i64) -> Timestamp {
         Timestamp::from_second(1_800_000_000 + secs).unwrap()
@@ -334,17 +319,17 @@ mod tests {
         c
     }
 
-    fn status_with(reason: &str, generation: i64, since: Timestamp) -> PostgresClusterStatus {
+    fn status_with(why: &str, generation: i64, since: Timestamp) -> PostgresClusterStatus {
         let mut s = PostgresClusterStatus {
             last_primary: Some("pg-0".into()),
             ..Default::default()
         };
-        let status = reason == REASON_REQUESTED;
+        let status = why == reason::REQUESTED;
         set_condition(
             &mut s.conditions,
             condition::SWITCHOVER_IN_PROGRESS,
             status,
-            reason,
+            why,
             String::new(),
             Some(generation),
             since,
@@ -374,7 +359,7 @@ mod tests {
                 target: "pg-2".into()
             }
         );
-        let requested = status_with(REASON_REQUESTED, 1, t(0));
+        let requested = status_with(reason::REQUESTED, 1, t(0));
         assert_eq!(
             plan(&c, &requested, Some("pg-0"), t(5)),
             Plan::Settled(SwitchoverOutcome::InProgress {
@@ -395,7 +380,7 @@ mod tests {
                 target: "pg-2".into()
             })
         );
-        let done = status_with(REASON_COMPLETED, 1, t(6));
+        let done = status_with(reason::COMPLETED, 1, t(6));
         assert_eq!(
             plan(&c, &done, Some("pg-1"), t(300)),
             Plan::Settled(SwitchoverOutcome::Completed {
@@ -409,7 +394,7 @@ mod tests {
     fn a_new_generation_asks_again() {
         let mut c = cluster(Some("pg-2"), None);
         c.generation = Some(2);
-        let done = status_with(REASON_COMPLETED, 1, t(0));
+        let done = status_with(reason::COMPLETED, 1, t(0));
         assert_eq!(
             plan(&c, &done, Some("pg-1"), t(10)),
             Plan::Request {
@@ -450,7 +435,7 @@ mod tests {
                 target: "pg-1".into()
             })
         );
-        let failed = status_with("RequestFailed", 1, t(0));
+        let failed = status_with(reason::REQUEST_FAILED, 1, t(0));
         assert_eq!(
             plan(&c, &failed, Some("pg-0"), t(5)),
             Plan::Request {

@@ -5,14 +5,16 @@
 //! the same input at the apiserver; this repeats them because an object stored under an older CRD, or a
 //! rule CEL cannot express, must still end as `Ready=False` with a reason and never as half-applied children.
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::{
     api::resource::Quantity, apis::meta::v1::OwnerReference, util::intstr::IntOrString,
 };
 use kube::{Resource, ResourceExt};
 use pgpilot_crds::{
     PostgresCluster, PostgresClusterSpec,
-    cluster::{OWNED_PARAMETERS, ReplicationModeSpec},
-    contract::{BootstrapConfig, HaTimings, ReplicationConfig, SidecarConfig},
+    cluster::{OWNED_PARAMETERS, ReplicationModeSpec, WAITING_SYNCHRONOUS_COMMIT},
+    contract::{self, BootstrapConfig, HaTimings, ReplicationConfig, SidecarConfig},
 };
 
 /// A spec that passed validation, with everything the builders need resolved.
@@ -62,8 +64,52 @@ pub enum InvalidSpec {
     MaximumLag(String),
     #[error("postgresql.parameters may not set {0:?}: pgpilot manages it")]
     OwnedParameter(String),
+    #[error(
+        "postgresql.parameters key {0:?} is not a PostgreSQL parameter name (letters, digits and _, optionally two such names joined by one . as in pg_stat_statements.max)"
+    )]
+    ParameterName(String),
+    #[error(
+        "postgresql.parameters {0:?} and {1:?} name the same parameter (PostgreSQL's names are case-insensitive)"
+    )]
+    DuplicateParameter(String, String),
+    #[error(
+        "postgresql.parameters.{0} contains a control character (newline, carriage return, NUL ...)"
+    )]
+    ParameterValue(String),
+    #[error(
+        "postgresql.parameters.synchronous_commit {value:?} acknowledges commits no standby has: in {mode} mode it must be on, remote_write or remote_apply"
+    )]
+    SynchronousCommit { value: String, mode: &'static str },
+    #[error("postgresql.pgHba entry {line:?} {problem}")]
+    PgHba { line: String, problem: HbaProblem },
     #[error("tags key {0:?} is not a member name (<cluster name>-<ordinal>)")]
     TagKey(String),
+}
+
+/// What is wrong with a `pgHba` entry.
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub enum HbaProblem {
+    ControlCharacter,
+    Continuation,
+    Trust,
+    Include,
+}
+
+impl std::fmt::Display for HbaProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::ControlCharacter => {
+                "contains a control character: each entry must be one line (tabs are allowed)"
+            }
+            Self::Continuation => {
+                "ends with a backslash, which continues on the next line (pgpilot's own rule)"
+            }
+            Self::Trust => {
+                "uses trust: host lines may not use the trust method (anyone who reaches the pod would get in without a password)"
+            }
+            Self::Include => "may not include other files (include, include_if_exists, include_dir)",
+        })
+    }
 }
 
 /// Validates `cluster` and resolves what the builders need.
@@ -118,14 +164,8 @@ pub fn validate(
     .ok_or_else(|| {
         InvalidSpec::MaximumLag(int_or_string(&spec.replication.maximum_lag_on_failover))
     })?;
-    if let Some(p) = spec
-        .postgresql
-        .parameters
-        .keys()
-        .find(|k| OWNED_PARAMETERS.contains(&k.as_str()))
-    {
-        return Err(InvalidSpec::OwnedParameter(p.clone()));
-    }
+    check_parameters(spec, sync_mode)?;
+    check_pg_hba(&spec.postgresql.pg_hba)?;
     let tags = spec.tags.clone().unwrap_or_default();
     if let Some(k) = tags.keys().find(|k| member_ordinal(&name, k).is_none()) {
         return Err(InvalidSpec::TagKey(k.clone()));
@@ -161,6 +201,118 @@ pub fn validate(
     })
 }
 
+/// What reaches `postgresql.conf` is one `name = 'value'` line per parameter, and never one of pgpilot's
+/// own (issue 13, hole 12): the CRD's CEL rules say the same, but an object stored before them must fail
+/// here, and case-insensitive duplicates are beyond what CEL can check cheaply.
+fn check_parameters(
+    spec: &PostgresClusterSpec,
+    sync_mode: Option<&'static str>,
+) -> Result<(), InvalidSpec> {
+    let mut seen: BTreeMap<String, &String> = BTreeMap::new();
+    for (name, value) in &spec.postgresql.parameters {
+        if !is_parameter_name(name) {
+            return Err(InvalidSpec::ParameterName(name.clone()));
+        }
+        let lower = name.to_ascii_lowercase();
+        if OWNED_PARAMETERS.contains(&lower.as_str()) {
+            return Err(InvalidSpec::OwnedParameter(name.clone()));
+        }
+        if value.chars().any(|c| c.is_ascii_control()) {
+            return Err(InvalidSpec::ParameterValue(name.clone()));
+        }
+        if let Some(mode) = sync_mode
+            && lower == "synchronous_commit"
+            && !WAITING_SYNCHRONOUS_COMMIT.contains(&value.to_ascii_lowercase().as_str())
+        {
+            return Err(InvalidSpec::SynchronousCommit {
+                value: value.clone(),
+                mode,
+            });
+        }
+        if let Some(first) = seen.insert(lower, name) {
+            return Err(InvalidSpec::DuplicateParameter(first.clone(), name.clone()));
+        }
+    }
+    Ok(())
+}
+
+/// [`pgpilot_crds::cluster::PARAMETER_NAME_PATTERN`]: an identifier, or two joined by one `.`.
+fn is_parameter_name(name: &str) -> bool {
+    let identifier = |part: &str| {
+        let mut chars = part.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    match name.split_once('.') {
+        Some((class, rest)) => identifier(class) && identifier(rest),
+        None => identifier(name),
+    }
+}
+
+/// Each `pgHba` entry is one line of `pg_hba.conf` that cannot open the server without a password.
+fn check_pg_hba(lines: &[String]) -> Result<(), InvalidSpec> {
+    for line in lines {
+        let problem = if line.chars().any(|c| c.is_ascii_control() && c != '\t') {
+            Some(HbaProblem::ControlCharacter)
+        } else if line.trim().ends_with('\\') {
+            Some(HbaProblem::Continuation)
+        } else {
+            let words = hba_words(line);
+            let first = words.first().map(|(w, _)| w.to_ascii_lowercase());
+            match first.as_deref() {
+                Some("include" | "include_if_exists" | "include_dir") => Some(HbaProblem::Include),
+                Some(t)
+                    if t.starts_with("host")
+                        && words
+                            .iter()
+                            .any(|(w, quoted)| !quoted && w.eq_ignore_ascii_case("trust")) =>
+                {
+                    Some(HbaProblem::Trust)
+                }
+                _ => None,
+            }
+        };
+        if let Some(problem) = problem {
+            return Err(InvalidSpec::PgHba {
+                line: line.clone(),
+                problem,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The words of a `pg_hba.conf` line as PostgreSQL splits them: whitespace separates, `"` quotes
+/// (a quoted `"trust"` is a name, not the keyword), `#` outside quotes starts a comment. Each word comes
+/// with whether any of it was quoted.
+fn hba_words(line: &str) -> Vec<(String, bool)> {
+    let mut words = Vec::new();
+    let mut word = String::new();
+    let (mut quoted, mut in_quotes) = (false, false);
+    for c in line.chars() {
+        match c {
+            '"' => {
+                in_quotes = !in_quotes;
+                quoted = true;
+            }
+            '#' if !in_quotes => break,
+            c if c.is_whitespace() && !in_quotes => {
+                if !word.is_empty() || quoted {
+                    words.push((std::mem::take(&mut word), quoted));
+                }
+                quoted = false;
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() || quoted {
+        words.push((word, quoted));
+    }
+    words
+}
+
 fn ha_timings(spec: &PostgresClusterSpec) -> Result<HaTimings, InvalidSpec> {
     let (lease, renew, retry) = (
         spec.ha.lease_duration_seconds,
@@ -191,14 +343,9 @@ fn int_or_string(v: &IntOrString) -> String {
     }
 }
 
-/// The ordinal of `member` if it is `<cluster>-<ordinal>` (no leading zeros, below 100).
+/// The ordinal of `member` if it is `<cluster>-<ordinal>` (no leading zeros): `contract::member_ordinal`.
 pub fn member_ordinal(cluster: &str, member: &str) -> Option<i32> {
-    let ordinal = member.strip_prefix(cluster)?.strip_prefix('-')?;
-    let valid = !ordinal.is_empty()
-        && ordinal.len() <= 2
-        && ordinal.bytes().all(|b| b.is_ascii_digit())
-        && (ordinal == "0" || !ordinal.starts_with('0'));
-    if valid { ordinal.parse().ok() } else { None }
+    contract::member_ordinal(cluster, member).and_then(|o| i32::try_from(o).ok())
 }
 
 /// Parses a Kubernetes quantity that denotes a whole number of bytes (`1048576`, `1Mi`, `1.5Gi`, `10G`).
@@ -362,6 +509,106 @@ tags: {pg-2: {noFailover: true, failoverPriority: 3}}
         ];
         for (spec, want) in cases {
             assert_eq!(check(spec).unwrap_err(), want, "spec {spec}");
+        }
+    }
+
+    /// Issue 13, hole 12: nothing in `postgresql` may reach the configuration files as more than the one
+    /// setting or `pg_hba.conf` line it claims to be, or weaken commits in the sync modes.
+    #[test]
+    fn configuration_cannot_be_injected() {
+        let cases = [
+            (
+                r#"postgresql: {parameters: {"synchronous_standby_names ": "*"}}"#,
+                "is not a PostgreSQL parameter name",
+            ),
+            (
+                r#"postgresql: {parameters: {"x\nsynchronous_standby_names": "*"}}"#,
+                "is not a PostgreSQL parameter name",
+            ),
+            (
+                r#"postgresql: {parameters: {"work_mem = 1MB": "8MB"}}"#,
+                "is not a PostgreSQL parameter name",
+            ),
+            (
+                r#"postgresql: {parameters: {SYNCHRONOUS_STANDBY_NAMES: "*"}}"#,
+                "pgpilot manages it",
+            ),
+            (
+                r#"postgresql: {parameters: {work_mem: "8MB", WORK_MEM: "16MB"}}"#,
+                "name the same parameter",
+            ),
+            (
+                r#"postgresql: {parameters: {work_mem: "8MB\nsynchronous_standby_names = ''"}}"#,
+                "control character",
+            ),
+            (
+                r#"postgresql: {parameters: {work_mem: "8MB\r"}}"#,
+                "control character",
+            ),
+            (
+                r#"postgresql: {parameters: {work_mem: "8MB\0"}}"#,
+                "control character",
+            ),
+            (
+                r#"{instances: 3, replication: {mode: sync}, postgresql: {parameters: {synchronous_commit: "off"}}}"#,
+                "synchronous_commit",
+            ),
+            (
+                r#"{instances: 3, replication: {mode: strictSync}, postgresql: {parameters: {synchronous_commit: local}}}"#,
+                "synchronous_commit",
+            ),
+            (
+                r#"{instances: 3, replication: {mode: sync}, postgresql: {parameters: {Synchronous_Commit: "OFF"}}}"#,
+                "synchronous_commit",
+            ),
+            (
+                r#"{instances: 3, replication: {mode: sync}, postgresql: {parameters: {synchronous_commit: "false"}}}"#,
+                "synchronous_commit",
+            ),
+            (
+                r#"postgresql: {pgHba: ["host all all 0.0.0.0/0 trust"]}"#,
+                "may not use the trust method",
+            ),
+            (
+                r#"postgresql: {pgHba: ["hostssl all all 10.0.0.1 255.255.255.255 trust"]}"#,
+                "may not use the trust method",
+            ),
+            (
+                r#"postgresql: {pgHba: ["host all all 10.0.0.0/8 scram-sha-256\nhost all all 0.0.0.0/0 trust"]}"#,
+                "control character",
+            ),
+            (
+                r#"postgresql: {pgHba: ["host all all 10.0.0.0/8 scram-sha-256 \\"]}"#,
+                "continues on the next line",
+            ),
+            (
+                r#"postgresql: {pgHba: ["include_dir /tmp"]}"#,
+                "may not include other files",
+            ),
+        ];
+        let accepted: Vec<&str> = cases
+            .iter()
+            .filter(|(spec, _)| check(spec).is_ok())
+            .map(|(spec, _)| *spec)
+            .collect();
+        assert!(accepted.is_empty(), "accepted: {accepted:#?}");
+        for (spec, want) in cases {
+            let message = check(spec).unwrap_err().to_string();
+            assert!(message.contains(want), "{spec}: {message:?} lacks {want:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_configuration_is_accepted() {
+        for spec in [
+            r#"postgresql: {parameters: {work_mem: "8MB", "pg_stat_statements.max": "5000", TimeZone: UTC, search_path: '"$user", public'}}"#,
+            r#"{instances: 3, replication: {mode: sync}, postgresql: {parameters: {synchronous_commit: remote_apply}}}"#,
+            r#"postgresql: {parameters: {synchronous_commit: "off"}}"#,
+            r##"postgresql: {pgHba: ["host all all 10.0.0.0/8 scram-sha-256", "local all all trust", "hostssl \"trust\" all all cert", "host all all 10.0.0.0/8 scram-sha-256 # trust nobody", "# a comment"]}"##,
+        ] {
+            if let Err(e) = check(spec) {
+                panic!("{spec}: {e}");
+            }
         }
     }
 

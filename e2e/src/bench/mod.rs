@@ -148,7 +148,7 @@ pub const METRICS: [(&str, &str, &str); 10] = [
 pub fn say(what: impl AsRef<str>) {
     eprintln!(
         "{} bench: {}",
-        jiff::Timestamp::now().strftime("%H:%M:%S"),
+        k8s_openapi::jiff::Timestamp::now().strftime("%H:%M:%S"),
         what.as_ref()
     );
 }

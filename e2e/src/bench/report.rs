@@ -160,7 +160,7 @@ pub fn write_results(args: &Args, results: &BTreeMap<&'static str, Series>) -> R
         })
         .collect();
     let doc = json!({
-        "generated_at": jiff::Timestamp::now().to_string(),
+        "generated_at": k8s_openapi::jiff::Timestamp::now().to_string(),
         "reps": args.reps,
         "metrics": METRICS.iter().map(|(k, unit, label)| json!({"key": k, "unit": unit, "label": label})).collect::<Vec<_>>(),
         "systems": systems,

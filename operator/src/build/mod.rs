@@ -28,7 +28,7 @@ use pgpilot_crds::contract::{self, CONFIG_KEY, LABEL_CLUSTER, LABEL_MANAGED_BY, 
 
 use crate::validate::ValidatedCluster;
 
-/// Everything applied with server-side apply, in the order [`crate::apply`] applies it.
+/// Every child but the Secrets, in the order [`crate::apply`] applies it (the Lease only created).
 #[derive(Clone, Debug)]
 pub struct Children {
     pub service_account: ServiceAccount,
@@ -42,14 +42,103 @@ pub struct Children {
     pub statefulset: StatefulSet,
 }
 
-/// Builds every child applied by server-side apply.
-pub fn build_children(c: &ValidatedCluster) -> Result<Children, serde_json::Error> {
+/// One child of a [`Children`] bundle, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub enum Child<'a> {
+    ServiceAccount(&'a ServiceAccount),
+    Role(&'a Role),
+    RoleBinding(&'a RoleBinding),
+    ConfigMap(&'a ConfigMap),
+    Lease(&'a Lease),
+    Service(&'a Service),
+    Pdb(&'a PodDisruptionBudget),
+    StatefulSet(&'a StatefulSet),
+}
+
+impl Children {
+    /// Every child in dependency order: RBAC → ConfigMap → Lease → Services → PDB → StatefulSet last, so a
+    /// pod never starts before what it mounts and reads exists. The one place the bundle is taken apart,
+    /// without `..`: a new field does not compile until it has its place here, and the apply, the
+    /// fingerprint and the "is a child missing" check all walk this list.
+    pub fn in_apply_order(&self) -> Vec<Child<'_>> {
+        let Self {
+            service_account,
+            role,
+            role_binding,
+            config_map,
+            lease,
+            services,
+            pdb,
+            statefulset,
+        } = self;
+        let mut order = vec![
+            Child::ServiceAccount(service_account),
+            Child::Role(role),
+            Child::RoleBinding(role_binding),
+            Child::ConfigMap(config_map),
+            Child::Lease(lease),
+        ];
+        order.extend(services.iter().map(Child::Service));
+        order.push(Child::Pdb(pdb));
+        order.push(Child::StatefulSet(statefulset));
+        order
+    }
+}
+
+impl Child<'_> {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::ServiceAccount(_) => "ServiceAccount",
+            Self::Role(_) => "Role",
+            Self::RoleBinding(_) => "RoleBinding",
+            Self::ConfigMap(_) => "ConfigMap",
+            Self::Lease(_) => "Lease",
+            Self::Service(_) => "Service",
+            Self::Pdb(_) => "PodDisruptionBudget",
+            Self::StatefulSet(_) => "StatefulSet",
+        }
+    }
+
+    pub fn meta(&self) -> &ObjectMeta {
+        match self {
+            Self::ServiceAccount(o) => &o.metadata,
+            Self::Role(o) => &o.metadata,
+            Self::RoleBinding(o) => &o.metadata,
+            Self::ConfigMap(o) => &o.metadata,
+            Self::Lease(o) => &o.metadata,
+            Self::Service(o) => &o.metadata,
+            Self::Pdb(o) => &o.metadata,
+            Self::StatefulSet(o) => &o.metadata,
+        }
+    }
+
+    /// The object as JSON, for [`crate::apply::fingerprint`].
+    pub fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        match self {
+            Self::ServiceAccount(o) => serde_json::to_vec(o),
+            Self::Role(o) => serde_json::to_vec(o),
+            Self::RoleBinding(o) => serde_json::to_vec(o),
+            Self::ConfigMap(o) => serde_json::to_vec(o),
+            Self::Lease(o) => serde_json::to_vec(o),
+            Self::Service(o) => serde_json::to_vec(o),
+            Self::Pdb(o) => serde_json::to_vec(o),
+            Self::StatefulSet(o) => serde_json::to_vec(o),
+        }
+    }
+}
+
+/// Builds every child. `system_identifier`: the cluster's, from `status.systemIdentifier`, for a Lease
+/// that has to be created again.
+pub fn build_children(
+    c: &ValidatedCluster,
+    system_identifier: Option<&str>,
+) -> Result<Children, serde_json::Error> {
     Ok(Children {
         service_account: rbac::build_service_account(c),
         role: rbac::build_role(c),
         role_binding: rbac::build_role_binding(c),
         config_map: build_config_map(c)?,
-        lease: build_lease(c),
+        lease: build_lease(c, system_identifier),
         services: services::build_services(c),
         pdb: build_pdb(c),
         statefulset: statefulset::build_statefulset(c),
@@ -92,15 +181,29 @@ pub fn build_config_map(c: &ValidatedCluster) -> Result<ConfigMap, serde_json::E
     })
 }
 
-/// The election Lease, as the operator applies it: no holder, only `leaseDurationSeconds`.
+/// The election Lease, as the operator creates it when it is missing: no holder, the spec's
+/// `leaseDurationSeconds`, and the cluster's system identifier when the status knows it.
 ///
-/// The sidecars write holderIdentity/renewTime/acquireTime/leaseTransitions under their own field
-/// manager by conditional replace (DESIGN.md L1). Server-side apply only touches the fields in the applied
-/// object, so leaving those out here means the operator never resets an election; it only keeps the
-/// duration in sync with the spec.
-pub fn build_lease(c: &ValidatedCluster) -> Lease {
+/// Created, never applied: from then on the sidecars own the record (holderIdentity, renewTime,
+/// acquireTime, leaseTransitions, leaseDurationSeconds and the `pgpilot.io/*` annotations), each write a
+/// replace conditional on the resourceVersion it read (docs/design.md L1). The duration in the record is the
+/// holder's own, which its peers expire it by; if the operator set it from the spec, a changed spec would
+/// tell the peers a duration the holder does not run with yet, and every operator write would make the
+/// holder's next renewal fail with a conflict. A spec change reaches the sidecars through the ConfigMap.
+///
+/// A Lease recreated after it was deleted (by hand, by a restore) carries
+/// [`contract::ANNOTATION_SYSTEM_ID`], so it cannot look like the Lease of a cluster that was never
+/// initialised and make a member with an empty data directory run `initdb` (issue 13, hole 4).
+pub fn build_lease(c: &ValidatedCluster, system_identifier: Option<&str>) -> Lease {
+    let mut metadata = meta(c, contract::lease_name(&c.name));
+    if let Some(id) = system_identifier {
+        metadata.annotations = Some(BTreeMap::from([(
+            contract::ANNOTATION_SYSTEM_ID.to_owned(),
+            id.to_owned(),
+        )]));
+    }
     Lease {
-        metadata: meta(c, contract::lease_name(&c.name)),
+        metadata,
         spec: Some(LeaseSpec {
             lease_duration_seconds: Some(c.spec.ha.lease_duration_seconds),
             ..LeaseSpec::default()
@@ -138,28 +241,9 @@ mod tests {
     #[test]
     fn every_child_is_owned_by_the_cluster_and_labelled() {
         let c = three();
-        let ch = build_children(&c).unwrap();
-        let Children {
-            service_account,
-            role,
-            role_binding,
-            config_map,
-            lease,
-            services,
-            pdb,
-            statefulset,
-        } = ch;
-        let mut metas = vec![
-            service_account.metadata,
-            role.metadata,
-            role_binding.metadata,
-            config_map.metadata,
-            lease.metadata,
-            pdb.metadata,
-            statefulset.metadata,
-        ];
-        metas.extend(services.into_iter().map(|s| s.metadata));
-        for m in metas {
+        let ch = build_children(&c, None).unwrap();
+        for child in ch.in_apply_order() {
+            let m = child.meta().clone();
             let owners = m.owner_references.unwrap();
             assert_eq!(owners.len(), 1, "{:?}", m.name);
             assert_eq!(owners[0].name, "pg");
@@ -167,6 +251,32 @@ mod tests {
             assert_eq!(m.namespace.as_deref(), Some("db"));
             assert_eq!(m.labels.unwrap()[LABEL_CLUSTER], "pg");
         }
+    }
+
+    #[test]
+    fn children_are_applied_in_dependency_order() {
+        let ch = build_children(&three(), None).unwrap();
+        let order: Vec<String> = ch
+            .in_apply_order()
+            .iter()
+            .map(|c| format!("{} {}", c.kind(), c.meta().name.as_deref().unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "ServiceAccount pg-sidecar",
+                "Role pg-sidecar",
+                "RoleBinding pg-sidecar",
+                "ConfigMap pg-config",
+                "Lease pg-leader",
+                "Service pg-pods",
+                "Service pg-rw",
+                "Service pg-ro",
+                "Service pg-r",
+                "PodDisruptionBudget pg",
+                "StatefulSet pg",
+            ]
+        );
     }
 
     #[test]
@@ -182,13 +292,31 @@ mod tests {
     fn lease_carries_only_the_duration() {
         let mut c = three();
         c.spec.ha.lease_duration_seconds = 21;
-        let lease = build_lease(&c);
+        let lease = build_lease(&c, None);
         assert_eq!(lease.metadata.name.as_deref(), Some("pg-leader"));
+        assert_eq!(lease.metadata.annotations, None);
         let spec = serde_json::to_value(lease.spec.unwrap()).unwrap();
         assert_eq!(
             spec,
             serde_json::json!({"leaseDurationSeconds": 21}),
             "no holder, no times, no transitions"
+        );
+    }
+
+    /// Issue 13, hole 4: a Lease the operator creates again says the cluster has data.
+    #[test]
+    fn a_recreated_lease_carries_the_known_system_identifier() {
+        let lease = build_lease(&three(), Some("7412345678901234567"));
+        let annotations = lease.metadata.annotations.unwrap();
+        assert_eq!(
+            annotations[contract::ANNOTATION_SYSTEM_ID],
+            "7412345678901234567"
+        );
+        assert_eq!(annotations.len(), 1);
+        assert_eq!(
+            lease.spec.unwrap().holder_identity,
+            None,
+            "still no holder: the sidecars elect one"
         );
     }
 

@@ -1,4 +1,4 @@
-//! The sidecars' identity: a ServiceAccount and a namespaced Role granting only what DESIGN.md gives them.
+//! The sidecars' identity: a ServiceAccount and a namespaced Role granting only what docs/design.md gives them.
 
 use k8s_openapi::api::{
     core::v1::ServiceAccount,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::Secret;
 use pgpilot_crds::contract;
-use rand::{Rng, distr::Alphanumeric};
+use rand::{Rng, RngExt, distr::Alphanumeric};
 
 use super::meta;
 use crate::validate::ValidatedCluster;

@@ -136,12 +136,7 @@ impl HaLoop {
                 self.mem.sync_configured = None;
                 self.member.became_primary();
                 // Recorded on the Lease by the next renewal: from then on nobody bootstraps again.
-                self.mem.system_id = self
-                    .pg
-                    .controldata()
-                    .await
-                    .ok()
-                    .map(|c| c.system_identifier);
+                self.note_system_id().await;
                 info!(member = %self.me, system_identifier = ?self.mem.system_id, "PostgreSQL started as primary");
                 Ok(())
             }

@@ -75,28 +75,23 @@ impl HaLoop {
                 sync_state: r.sync_state.clone(),
             })
             .collect();
-        let recorded = self.elector.record().and_then(|r| r.sync_members.clone());
-        let plan = plan_sync(&SyncInput {
-            mode: cfg.replication.mode,
-            sync_replicas: cfg.replication.sync_replicas,
-            recorded: recorded.as_deref(),
-            configured: self.mem.sync_configured.as_deref(),
-            standbys: &standbys,
-            primary_wal: self.mem.last_pg.current_lsn.unwrap_or(u64::MAX),
-            catching_up: &self.mem.catching_up,
-        });
-        if plan.catching_up != self.mem.catching_up {
-            info!(targets = ?plan.catching_up, "synchronous standbys catching up before they are recorded");
-        }
-        self.mem.catching_up = plan.catching_up;
-        if let Some(record) = plan.record {
+        let mut recorded = self.elector.record().and_then(|r| r.sync_members.clone());
+        let mut plan = self.plan_sync_step(cfg, recorded.as_deref(), &standbys);
+        if let Some(record) = plan.record.take() {
             let result = self.elector.record_sync_members(&record).await;
             self.metrics.lease_write("sync-members", result.is_ok());
             if result? {
                 info!(members = ?record, "recorded the synchronous members");
             }
-            // The configuration follows on a later loop, after the record is safely written.
-            return Ok(());
+            // The record is safely written: the configuration may follow it at once. (A member that
+            // left the record may now leave the configuration, so commits stop waiting for a standby
+            // that is gone within this loop.)
+            recorded = Some(record);
+            plan = self.plan_sync_step(cfg, recorded.as_deref(), &standbys);
+            if plan.record.is_some() {
+                // Another change of the record is due (a shrink then a growth): next loop.
+                return Ok(());
+            }
         }
         let desired = self.desired(cfg, Role::Primary, plan.configure.clone());
         let change = self.pg.configure(&desired).await?;
@@ -105,6 +100,29 @@ impl HaLoop {
         }
         self.mem.sync_configured = plan.configure.map(|s| s.names);
         Ok(())
+    }
+
+    /// One [`plan_sync`] on this loop's view, remembering the catch-up targets it returns.
+    fn plan_sync_step(
+        &mut self,
+        cfg: &SidecarConfig,
+        recorded: Option<&[String]>,
+        standbys: &[Standby],
+    ) -> SyncPlan {
+        let plan = plan_sync(&SyncInput {
+            mode: cfg.replication.mode,
+            sync_replicas: cfg.replication.sync_replicas,
+            recorded,
+            configured: self.mem.sync_configured.as_deref(),
+            standbys,
+            primary_wal: self.mem.last_pg.current_lsn.unwrap_or(u64::MAX),
+            catching_up: &self.mem.catching_up,
+        });
+        if plan.catching_up != self.mem.catching_up {
+            info!(targets = ?plan.catching_up, "synchronous standbys catching up before they are recorded");
+        }
+        self.mem.catching_up = plan.catching_up.clone();
+        plan
     }
 
     pub(super) fn current_sync(&self, cfg: &SidecarConfig) -> Option<SyncStandbys> {

@@ -21,9 +21,6 @@ pub fn is_owned(name: &str) -> bool {
             "max_wal_senders",
             "max_replication_slots",
             "password_encryption",
-            "wal_sender_timeout",
-            "wal_receiver_timeout",
-            "wal_receiver_status_interval",
         ]
         .contains(&name)
 }

@@ -3,7 +3,7 @@
 
 use std::{collections::BTreeSet, time::Duration};
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, types::PgLsn};
 use tracing::{debug, info, instrument, warn};
 
 use super::{Error, Observation, Postgres, ReplicationRow, Result, WalReceiver, slot_name};
@@ -350,11 +350,11 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
             "SELECT pg_catalog.pg_is_in_recovery(),
                     current_setting('server_version_num')::int4,
                     CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
-                         ELSE pg_catalog.pg_current_wal_lsn()::text END,
+                         ELSE pg_catalog.pg_current_wal_lsn() END,
                     CASE WHEN pg_catalog.pg_is_in_recovery() THEN NULL
                          ELSE pg_catalog.pg_walfile_name(pg_catalog.pg_current_wal_lsn()) END,
-                    pg_catalog.pg_last_wal_receive_lsn()::text,
-                    pg_catalog.pg_last_wal_replay_lsn()::text,
+                    pg_catalog.pg_last_wal_receive_lsn(),
+                    pg_catalog.pg_last_wal_replay_lsn(),
                     (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::int4,
                     ARRAY(SELECT name FROM pg_catalog.pg_settings WHERE pending_restart ORDER BY name)",
             &[],
@@ -367,18 +367,9 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
     let mut obs = Observation {
         in_recovery: Some(in_recovery),
         server_version: u32::try_from(version).ok(),
-        current_lsn: row
-            .get::<_, Option<String>>(2)
-            .as_deref()
-            .and_then(parse_lsn),
-        received_lsn: row
-            .get::<_, Option<String>>(4)
-            .as_deref()
-            .and_then(parse_lsn),
-        replayed_lsn: row
-            .get::<_, Option<String>>(5)
-            .as_deref()
-            .and_then(parse_lsn),
+        current_lsn: lsn(row.get(2)),
+        received_lsn: lsn(row.get(4)),
+        replayed_lsn: lsn(row.get(5)),
         pending_restart: row.get(7),
         ..Observation::default()
     };
@@ -412,7 +403,7 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
         let rows = c
             .query(
                 "SELECT application_name, client_addr::text, state, sync_state,
-                        sent_lsn::text, flush_lsn::text, replay_lsn::text, reply_time::text
+                        sent_lsn, flush_lsn, replay_lsn, reply_time::text
                    FROM pg_catalog.pg_stat_replication ORDER BY application_name",
                 &[],
             )
@@ -424,27 +415,31 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
                 client_addr: r.get(1),
                 state: r.get::<_, Option<String>>(2).unwrap_or_default(),
                 sync_state: r.get::<_, Option<String>>(3).unwrap_or_default(),
-                sent_lsn: r.get::<_, Option<String>>(4).as_deref().and_then(parse_lsn),
-                flush_lsn: r.get::<_, Option<String>>(5).as_deref().and_then(parse_lsn),
-                replay_lsn: r.get::<_, Option<String>>(6).as_deref().and_then(parse_lsn),
+                sent_lsn: lsn(r.get(4)),
+                flush_lsn: lsn(r.get(5)),
+                replay_lsn: lsn(r.get(6)),
                 reply_time: r.get(7),
             })
             .collect();
         // Read after the rows: it bounds every commit a standby the rows show `sync` could have missed
         // (acknowledged before the configuration naming it took effect), so a new synchronous standby
         // is recorded only once it has flushed this far (issue 13 hole 2).
-        obs.current_lsn = c
-            .query_one("SELECT pg_catalog.pg_current_wal_lsn()::text", &[])
+        obs.current_lsn = lsn(c
+            .query_one("SELECT pg_catalog.pg_current_wal_lsn()", &[])
             .await?
-            .get::<_, Option<String>>(0)
-            .as_deref()
-            .and_then(parse_lsn)
-            .or(obs.current_lsn);
+            .get(0))
+        .or(obs.current_lsn);
     }
     Ok(obs)
 }
 
-/// `16/B374D848` → byte position.
+/// A `pg_lsn` column as a byte position.
+fn lsn(value: Option<PgLsn>) -> Option<u64> {
+    value.map(u64::from)
+}
+
+/// `16/B374D848` → byte position, for what the server's tools print (`pg_controldata`, history
+/// files); SQL reads `pg_lsn` columns as [`PgLsn`]. Strict: it refuses halves over 32 bits.
 pub fn parse_lsn(text: &str) -> Option<u64> {
     let (hi, lo) = text.trim().split_once('/')?;
     let hi = u64::from_str_radix(hi, 16).ok()?;

@@ -214,17 +214,14 @@ impl Postgres {
             .ok()?;
         let row = tokio::time::timeout(
             QUERY_TIMEOUT,
-            client.query_one(
-                "SELECT (pg_catalog.pg_last_wal_receive_lsn() - '0/0'::pg_lsn)::bigint",
-                &[],
-            ),
+            client.query_one("SELECT pg_catalog.pg_last_wal_receive_lsn()", &[]),
         )
         .await
         .ok()?
         .ok()?;
-        row.try_get::<_, Option<i64>>(0)
+        row.try_get::<_, Option<tokio_postgres::types::PgLsn>>(0)
             .ok()?
-            .and_then(|v| u64::try_from(v).ok())
+            .map(u64::from)
     }
 
     /// A connection string to `from` as the replication user, for SQL (pg_rewind's source, history).
