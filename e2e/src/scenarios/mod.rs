@@ -91,11 +91,11 @@ impl Timings {
 
     /// The longest a commit may wait in a synchronous mode when the synchronous standby is cut off (L3,
     /// issue 13 hole 3): the primary notices a standby's last reply on its next loop (one `retryPeriod`),
-    /// judges it gone once `renewDeadline/2` passed, on a loop (one more), drops it from the Lease's record
-    /// and configures the next standby on the loop after (one more); 2 s for loops slowed by the peer that
-    /// no longer answers (1 s each at most) and for the writer's reconnect.
+    /// judges it gone once `renewDeadline/2` passed, on a loop (one more), and in that loop drops it from
+    /// the Lease's record and configures the next standby; 2 s for loops slowed by the peer that no longer
+    /// answers (1 s each at most) and for the writer's reconnect.
     pub fn sync_gap_bound(self) -> Duration {
-        Duration::from_millis(self.renew * 500 + 3 * self.retry * 1000 + 2000)
+        Duration::from_millis(self.renew * 500 + 2 * self.retry * 1000 + 2000)
     }
 
     /// `spec.ha` as a merge patch of the PostgresCluster.
@@ -216,7 +216,7 @@ mod tests {
             t.converge_bound(Recovery::NodeRestart),
             Duration::from_secs(120)
         );
-        assert_eq!(t.sync_gap_bound(), Duration::from_secs(13));
+        assert_eq!(t.sync_gap_bound(), Duration::from_secs(11));
         assert_eq!(Timings::SHORT.route_bound(), Duration::from_secs(10));
         assert_eq!(
             Timings::LONG.patch(),
