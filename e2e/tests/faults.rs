@@ -601,6 +601,16 @@ where
         mode.name(),
         body_started.elapsed().as_secs_f64()
     );
+    if outcome.is_err() || !verdict.passed() {
+        if verdict.passed() {
+            // The table shows the timeline and the decisions only for a failed verdict.
+            println!("{}  last HA decisions:", verdict.timeline_text());
+            for (member, decision) in &verdict.last_decisions {
+                println!("    {member}: {decision}");
+            }
+        }
+        eprintln!("{}", cluster::describe(&ns, CLUSTER, 3));
+    }
     outcome?;
     if !verdict.passed() {
         bail!("{id} ({}) failed:\n{}", mode.name(), verdict.table());

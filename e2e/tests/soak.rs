@@ -346,6 +346,15 @@ async fn soak() -> Result<()> {
             .await?;
         summary.push(summary_line(round, fault, &verdict));
         println!("soak: {}", summary.last().map_or("", String::as_str));
+        if outcome.is_err() || !verdict.passed() {
+            if verdict.passed() {
+                println!("{}  last HA decisions:", verdict.timeline_text());
+                for (member, decision) in &verdict.last_decisions {
+                    println!("    {member}: {decision}");
+                }
+            }
+            eprintln!("{}", cluster::describe(&ns, CLUSTER, 3));
+        }
         if let Err(e) = outcome {
             return Err(fail(
                 format!("round {round} ({}): {e:#}", fault.name()),

@@ -16,6 +16,7 @@ use super::{
 use crate::{
     checker::{
         harness::Harness,
+        probe::Sample,
         verdict::{self, Micros, Requirement},
     },
     clock::now_us,
@@ -52,51 +53,99 @@ async fn sleep_until_us(at: Micros) {
     tokio::time::sleep(Duration::from_micros(left)).await;
 }
 
+/// How many times [`slow_apiserver_lost_reply`] tries to raise the delay while a renewal is due.
+const LOST_REPLY_ATTEMPTS: u32 = 4;
+
 /// The apiserver's replies to the primary's node delayed past the client timeout for about one renewal —
-/// the renewal commits, its reply is lost — then on time again (issue 13 hole 1). The primary must stay
-/// the confirmed holder or fence; it never follows while writable (the checker: no two writable members;
-/// the route check after the heal: a primary relabelled replica while it serves leaves `-rw` dark).
+/// a renewal commits, its reply is lost, the next one (from the copy the holder read before) gets a 409 —
+/// then on time again (issue 13 hole 1). The primary must stay the confirmed holder or fence; it never
+/// follows while writable (the checker: no two writable members; the route check after the heal: a
+/// primary relabelled replica while it serves leaves `-rw` dark).
 ///
-/// The delay starts just after a renewal. The holder's reads of the Lease then time out; the first loop
-/// whose read fails once the renewal is due renews from the copy it last read (decide's rule 1), and that
-/// write, conditional on the version it just wrote, commits — its reply comes a second after the client
-/// gave up. Seen on the Lease (read from this host, which no proxy slows): a `renewTime` stamped after the
-/// delay began. Half a second after the client's timeout the delay ends: the holder's next read returns
-/// its own committed write, well before its `renewDeadline`.
+/// A delay past the timeout from the start would not do it: the holder's first request to time out
+/// takes its connection with it, and every new one spends the delay on its TLS handshake, so no write
+/// ever reaches the apiserver. So the replies are first delayed *below* the timeout (45 % of it: a
+/// request on the held connection answers in time, and so does a fresh connection's handshake and
+/// request). The holder still renews, on a schedule the Lease shows (`renewTime`, stamped by the holder on
+/// this machine's clock): one read per loop, a renewal in the loop whose read returns once the last
+/// renewal is `leaseDuration − renewDeadline` old. The delay is raised past the timeout while that loop's
+/// read is in flight and the renewal is due: raising it delivers what the proxy holds at once (the read),
+/// the renewal goes out on the same connection, commits, and its reply comes a second after the client
+/// gave up. The delay stays until the next loop's read has timed out too, so that loop renews from the
+/// copy it read before the lost write (decide's rule 1: the holder renews when its read fails) — a 409
+/// once the delay is lifted a moment later. Seen when the Lease shows a renewal stamped after the raise;
+/// a miss (the raise came before the renewal was due, or after it) lifts the delay and tries again.
 pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result<()> {
     let p = primary(h).await?;
     let node = node_of(h, &p).await?;
     let t = s.timings;
     let timeout = client_timeout(t);
+    let below = (timeout * 45 / 100).as_millis().to_string();
     let above = (timeout + Duration::from_secs(1)).as_millis().to_string();
+    let renew_interval = micros(Duration::from_secs((t.lease - t.renew).max(t.retry)));
     let name = contract::lease_name(&s.cluster);
-    // The renewal after the one in flight is due a renew interval later; with every read timing out, a
-    // loop takes the client timeout, and the write one more.
-    let renew_interval = Duration::from_secs((t.lease - t.renew).max(t.retry));
-    let within = renew_interval + 2 * (timeout + Duration::from_secs(t.retry)) + timeout;
-    let now = cluster::lease_write(&h.client, &h.namespace, &name).await?;
-    let mut last = renewal(h, &p, &now, renew_interval + within).await?;
-    let slowed = h.fault_with("slow-apiserver", &[&node, &above]).await?;
-    for _ in 0..2 {
-        let w = renewal(h, &p, &last, within).await?;
-        let Some(at) = w.renewed_at_us.filter(|at| *at >= slowed) else {
-            // Stamped before the delay began: a renewal already on its way. The next one is the test.
-            last = w;
-            continue;
+    let slow = Duration::from_secs(t.lease + 5);
+    let mut lead = 0;
+    for attempt in 1..=LOST_REPLY_ATTEMPTS {
+        let called = now_us();
+        let slowed = h.fault_with("slow-apiserver", &[&node, &below]).await?;
+        lead = lead.max(slowed - called);
+        // Two renewals under the delay give the schedule (the first after it began may be partly slowed).
+        let now = cluster::lease_write(&h.client, &h.namespace, &name).await?;
+        let r1 = renewal(h, &p, &now, slow).await?;
+        let r2 = renewal(h, &p, &r1, slow).await?;
+        let r3 = renewal(h, &p, &r2, slow).await?;
+        let (Some(t2), Some(t3)) = (r2.renewed_at_us, r3.renewed_at_us) else {
+            bail!("the Lease renewals carry no renewTime");
+        };
+        let due = t3 + renew_interval;
+        let read_back = t3 + (t3 - t2);
+        let read_sent = read_back - micros(timeout * 45 / 100);
+        let aim = (due.max(read_sent) + read_back) / 2;
+        sleep_until_us(aim - lead).await;
+        let called = now_us();
+        let raised = h.fault_with("slow-apiserver", &[&node, &above]).await?;
+        lead = lead.max(raised - called);
+        let sent = renewal(h, &p, &r3, Duration::from_secs(1)).await;
+        if let Ok(w) = &sent
+            && let Some(at) = w.renewed_at_us.filter(|at| *at >= raised)
+        {
+            h.mark(format!(
+                "checker: a renewal sent {:.3} s after the delay rose (attempt {attempt}) committed; its \
+                 reply comes {above} ms after it was sent, past the {} ms client timeout",
+                (at - raised) as f64 / 1e6,
+                timeout.as_millis()
+            ));
+            // The lost write's client gives up at `timeout`, the next loop's read `timeout` later.
+            sleep_until_us(at + micros(2 * timeout + Duration::from_millis(100))).await;
+            h.fault_with("heal-apiserver", &[&node]).await?;
+            h.healed();
+            return Ok(());
+        }
+        let seen = match &sent {
+            Ok(w) => format!(
+                "a renewal stamped {:+.3} s from the raise",
+                (w.renewed_at_us.unwrap_or(0) - raised) as f64 / 1e6
+            ),
+            Err(_) => "no renewal within 1 s".into(),
         };
         h.mark(format!(
-            "checker: a renewal sent {:.3} s into the delay committed; its reply comes {above} ms after \
-             it was sent, past the {} ms client timeout",
-            (at - slowed) as f64 / 1e6,
-            timeout.as_millis()
+            "checker: attempt {attempt} missed: renewals {:.3} s apart, the next due {:+.3} s, its read \
+             sent {:+.3} s and back {:+.3} s from the raise; {seen}",
+            (t3 - t2) as f64 / 1e6,
+            (due - raised) as f64 / 1e6,
+            (read_sent - raised) as f64 / 1e6,
+            (read_back - raised) as f64 / 1e6,
         ));
-        sleep_until_us(at + micros(timeout + Duration::from_millis(500))).await;
+        // On time again, so the holder renews before its deadline, and the schedule is learnt afresh.
         h.fault_with("heal-apiserver", &[&node]).await?;
-        h.healed();
-        return Ok(());
+        let now = cluster::lease_write(&h.client, &h.namespace, &name).await?;
+        renewal(h, &p, &now, slow).await?;
     }
-    h.fault_with("heal-apiserver", &[&node]).await?;
-    bail!("no renewal was sent while the apiserver's replies were late (see the timeline)")
+    bail!(
+        "no renewal was sent while the reply delay rose past the client timeout in \
+         {LOST_REPLY_ATTEMPTS} attempts (see the timeline)"
+    )
 }
 
 /// The apiserver's replies to the primary's node delayed past the client timeout for 30 s: the primary
@@ -176,12 +225,63 @@ pub async fn lease_recreate(h: &mut Harness, s: &mut Scene) -> Result<()> {
 /// holder's `renewDeadline` plus a retry period from the record's last change, by when the old primary
 /// fenced (L5) — the checker's "two writable members" is the assertion. On the heal the kubelet stops the
 /// old containers and starts the pod the StatefulSet recreated, which rejoins.
+///
+/// The fault is only what it says while the old pod's containers run on: its sidecar must still answer
+/// over REST (from this host, which reaches a partitioned node's pods) when the new primary takes over —
+/// otherwise its kubelet learnt of the deletion and stopped them, and the scenario fails saying so.
 pub async fn partition_force_delete(h: &mut Harness, s: &mut Scene) -> Result<()> {
     let p = primary(h).await?;
     let node = node_of(h, &p).await?;
+    let ip = cluster::ip_of(&h.pods().await?, &p).with_context(|| format!("{p} has no IP"))?;
     h.fault("partition", &node).await?;
-    h.fault("force-delete", &s.target(&p)).await?;
-    wait_new_primary(h, &p, Duration::from_secs(s.timings.lease + 15)).await?;
+    let deleted = h.fault_with("force-delete", &[&s.target(&p)]).await?;
+    // Watch the old sidecar while waiting for the takeover.
+    let within = Duration::from_secs(s.timings.lease + 15);
+    let watch_old = async {
+        let mut last: Option<(Micros, String)> = None;
+        loop {
+            match rest::report(&ip).await {
+                Ok(r) => last = Some((now_us(), format!("role={} state={}", r.role, r.state))),
+                Err(_) => return last,
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (old, new) = tokio::select! {
+        old = watch_old => (Some(old), None),
+        new = wait_new_primary(h, &p, within) => (None, Some(new)),
+    };
+    let new = match (old, new) {
+        (_, Some(new)) => new?,
+        (Some(last), None) => {
+            let seen = last.map_or_else(
+                || "never answered".to_owned(),
+                |(at, what)| {
+                    format!(
+                        "last answered {:.1} s after the force-delete ({what})",
+                        (at - deleted) as f64 / 1e6
+                    )
+                },
+            );
+            h.mark(format!(
+                "checker: the force-deleted {p}'s sidecar stopped answering before anyone took over; it {seen}"
+            ));
+            let new = wait_new_primary(h, &p, within).await;
+            sleep_secs(5).await;
+            h.fault("heal", &node).await?;
+            h.healed();
+            new?;
+            bail!(
+                "the partitioned {p}'s containers were stopped before the takeover (its sidecar {seen}): \
+                 its kubelet learnt of the force-delete, so the scenario did not test a pod gone from the \
+                 API whose PostgreSQL runs on"
+            );
+        }
+        (None, None) => bail!("unreachable: neither the watch nor the wait ended"),
+    };
+    h.mark(format!(
+        "checker: {new} took over while the force-deleted {p}'s sidecar still answered"
+    ));
     sleep_secs(5).await;
     h.fault("heal", &node).await?;
     h.healed();
@@ -189,8 +289,9 @@ pub async fn partition_force_delete(h: &mut Harness, s: &mut Scene) -> Result<()
 }
 
 /// `spec.ha` changed to `to` under load, then — once the holder's write recorded the new
-/// `leaseDurationSeconds` (L6) — the primary cut off, so the new timings decide the failover; healed and
-/// converged again. A longer lease must hold: nobody takes over before the record has been unchanged for
+/// `leaseDurationSeconds` (L6), with the primary accepting writes throughout — the primary cut off (in a
+/// synchronous mode once a standby is recorded synchronous again), so the new timings decide the
+/// failover; healed and converged again. A longer lease must hold: nobody takes over before the record has been unchanged for
 /// the new `leaseDuration` (L2), which is at least `renewDeadline` after the cut (the last renewal was at
 /// most `leaseDuration − renewDeadline` before it). Updates `s.timings`.
 pub async fn change_timings(h: &mut Harness, s: &mut Scene, to: Timings) -> Result<()> {
@@ -216,6 +317,25 @@ pub async fn change_timings(h: &mut Harness, s: &mut Scene, to: Timings) -> Resu
         "checker: the Lease records leaseDurationSeconds {}",
         to.lease
     ));
+    // A change of timings is not a fault: the primary keeps accepting writes through it, past the
+    // deadline of its last write under the old timings.
+    let p = primary(h).await?;
+    sleep_until_us(at + micros(Duration::from_secs(from.renew + 1))).await;
+    let dark = longest_unwritable(&h.samples_since(at - 2_000_000), &p, at, now_us());
+    ensure!(
+        dark <= 1_500_000,
+        "{p} accepted no write for {} ms after spec.ha changed from {}/{}/{} to {}/{}/{} (a fence?)",
+        dark / 1000,
+        from.lease,
+        from.renew,
+        from.retry,
+        to.lease,
+        to.renew,
+        to.retry
+    );
+    if s.mode == Mode::Sync {
+        s.sync_standbys = h.wait_sync_standby(Duration::from_secs(60)).await?;
+    }
     let p = primary(h).await?;
     let cut = h.fault_with("cut", &[&s.target(&p)]).await?;
     let within = Duration::from_secs(from.lease.max(to.lease) + 15);
@@ -236,6 +356,25 @@ pub async fn change_timings(h: &mut Harness, s: &mut Scene, to: Timings) -> Resu
     h.wait_converged_since(now_us(), to.converge_bound(Recovery::Member))
         .await?;
     Ok(())
+}
+
+/// The longest span in `[from, to]` in which `member` (any of its pod incarnations) was not seen
+/// accepting a write: between two of its writes, or from `from` to its first, or from its last to `to`.
+fn longest_unwritable(samples: &[Sample], member: &str, from: Micros, to: Micros) -> Micros {
+    let mut writes: Vec<Micros> = samples
+        .iter()
+        .filter(|x| verdict::member_of(&x.stream) == member)
+        .filter_map(|x| x.writable_at())
+        .filter(|t| (from..=to).contains(t))
+        .collect();
+    writes.sort_unstable();
+    let mut prev = from;
+    let mut longest = 0;
+    for t in writes.into_iter().chain(std::iter::once(to)) {
+        longest = longest.max(t - prev);
+        prev = t;
+    }
+    longest
 }
 
 /// `spec.ha` 15/10/2 → 30/20/5 → 15/10/2 under load, a cut of the primary after each change (issue 13
