@@ -53,6 +53,10 @@ async fn sleep_until_us(at: Micros) {
     tokio::time::sleep(Duration::from_micros(left)).await;
 }
 
+/// The holder's count of renewals that failed (a timeout, a lost reply, a 409), and of lost races.
+const RENEW_ERRORS: &str = r#"pgpilot_lease_writes_total{kind="renew",result="error"}"#;
+const CONFLICTS: &str = r#"pgpilot_errors_total{module="ha",category="Conflict"}"#;
+
 /// How many times [`slow_apiserver_lost_reply`] tries to raise the delay while a renewal is due.
 const LOST_REPLY_ATTEMPTS: u32 = 4;
 
@@ -73,11 +77,13 @@ const LOST_REPLY_ATTEMPTS: u32 = 4;
 /// the renewal goes out on the same connection, commits, and its reply comes a second after the client
 /// gave up. The delay stays until the next loop's read has timed out too, so that loop renews from the
 /// copy it read before the lost write (decide's rule 1: the holder renews when its read fails) — a 409
-/// once the delay is lifted a moment later. Seen when the Lease shows a renewal stamped after the raise;
-/// a miss (the raise came before the renewal was due, or after it) lifts the delay and tries again.
+/// once the delay is lifted a moment later. Seen when the Lease shows a renewal the raise let out, and the
+/// holder's metrics count it failed; a miss (the raise came before the renewal was due, or after it)
+/// lifts the delay and tries again.
 pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result<()> {
     let p = primary(h).await?;
     let node = node_of(h, &p).await?;
+    let ip = cluster::ip_of(&h.pods().await?, &p).with_context(|| format!("{p} has no IP"))?;
     let t = s.timings;
     let timeout = client_timeout(t);
     let below = (timeout * 45 / 100).as_millis().to_string();
@@ -102,13 +108,19 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
         let read_back = t3 + (t3 - t2);
         let read_sent = read_back - micros(timeout * 45 / 100);
         let aim = (due.max(read_sent) + read_back) / 2;
+        let failed_before = rest::metric(&ip, RENEW_ERRORS).await?;
+        let conflicts_before = rest::metric(&ip, CONFLICTS).await?;
         sleep_until_us(aim - lead).await;
         let called = now_us();
         let raised = h.fault_with("slow-apiserver", &[&node, &above]).await?;
         lead = lead.max(raised - called);
         let sent = renewal(h, &p, &r3, Duration::from_secs(1)).await;
+        // The raise acts when the hook calls Toxiproxy, before it prints its stamp: a renewal stamped
+        // since the hook began, and not when the read would have come back by itself, is one the raise
+        // let out (after the raise every read waits past the timeout).
+        let by_the_raise = |at: &Micros| *at >= called && (read_back - *at).abs() > 100_000;
         if let Ok(w) = &sent
-            && let Some(at) = w.renewed_at_us.filter(|at| *at >= raised)
+            && let Some(at) = w.renewed_at_us.filter(by_the_raise)
         {
             h.mark(format!(
                 "checker: a renewal sent {:.3} s after the delay rose (attempt {attempt}) committed; its \
@@ -120,6 +132,20 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
             sleep_until_us(at + micros(2 * timeout + Duration::from_millis(100))).await;
             h.fault_with("heal-apiserver", &[&node]).await?;
             h.healed();
+            // The holder counted the committed renewal as failed: its reply was lost.
+            sleep_secs(t.retry + 1).await;
+            let (failed, conflicts) = (
+                rest::metric(&ip, RENEW_ERRORS).await? - failed_before,
+                rest::metric(&ip, CONFLICTS).await? - conflicts_before,
+            );
+            h.mark(format!(
+                "checker: {p} counted {failed} failed renewals and {conflicts} lost races (409) since the \
+                 delay rose"
+            ));
+            ensure!(
+                failed >= 1.0,
+                "{p} counted no failed renewal: the committed renewal's reply was not lost"
+            );
             return Ok(());
         }
         let seen = match &sent {
