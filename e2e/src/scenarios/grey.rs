@@ -21,7 +21,7 @@ use crate::{
     },
     clock::now_us,
     cluster::{self, LeaseWrite},
-    rest, wait_for,
+    host, rest, wait_for,
 };
 
 /// Every Lease request of the HA loop is bounded by the retry period, 2 s at most (docs/design.md, the
@@ -46,6 +46,19 @@ async fn renewal(
         Ok((renewed && lease(h).await?.holder.as_deref() == Some(holder)).then_some(w))
     })
     .await
+}
+
+/// Resets what the apiserver proxy of `node` holds for pods that are gone, so a change of its toxic does
+/// not hang ([`host::reset_dead_proxy_links`]), and notes it.
+async fn clear_proxy(h: &Harness, node: &str) -> Result<()> {
+    let dead = host::reset_dead_proxy_links(node).await?;
+    if !dead.is_empty() {
+        h.mark(format!(
+            "checker: reset the apiserver proxy of {node}'s connections to pods that are gone: {}",
+            dead.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 async fn sleep_until_us(at: Micros) {
@@ -93,6 +106,7 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
     let slow = Duration::from_secs(t.lease + 5);
     let mut lead = 0;
     for attempt in 1..=LOST_REPLY_ATTEMPTS {
+        clear_proxy(h, &node).await?;
         let called = now_us();
         let slowed = h.fault_with("slow-apiserver", &[&node, &below]).await?;
         lead = lead.max(slowed - called);
@@ -181,6 +195,7 @@ pub async fn slow_apiserver_long(h: &mut Harness, s: &mut Scene) -> Result<()> {
     let p = primary(h).await?;
     let node = node_of(h, &p).await?;
     let above = (client_timeout(s.timings) + Duration::from_secs(1)).as_millis();
+    clear_proxy(h, &node).await?;
     h.fault_with("slow-apiserver", &[&node, &above.to_string()])
         .await?;
     sleep_secs(30).await;
