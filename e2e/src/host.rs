@@ -43,19 +43,16 @@ const APISERVER_PROXY_PORT: u16 = 6444;
 /// connections there established, with replies the proxy cannot deliver, for as long as TCP retransmits
 /// (about 15 minutes); and Toxiproxy changes a toxic only once every link of the proxy took the change,
 /// so until then `e2e/fault slow-apiserver` hangs, and with it every new connection through that proxy.
-/// The hook should reset them itself (as `network-up.sh` resets connections that bypass the proxy); until
-/// it does, the slow-apiserver faults call this first.
+/// Worse, a link that then fails while a change waits for it deadlocks that proxy for good (Toxiproxy
+/// 2.5.0: the failing link's clean-up needs the lock the change holds). The hook should reset them itself
+/// (as `network-up.sh` resets connections that bypass the proxy); until it does, the slow-apiserver
+/// faults call this first.
 pub async fn reset_dead_proxy_links(node: &str) -> Result<Vec<String>, std::io::Error> {
-    let Some(index) = node.strip_prefix("node-") else {
+    let Some(local) = proxy_address(node) else {
         return Ok(Vec::new());
     };
-    let local = format!("10.244.{index}.1:{APISERVER_PROXY_PORT}");
-    let out = tokio::process::Command::new("ss")
-        .args(["-4", "-t", "-n", "-H", "state", "established"])
-        .output()
-        .await?;
     let mut dead = Vec::new();
-    for peer in proxy_peers(&String::from_utf8_lossy(&out.stdout), &local) {
+    for (peer, _) in proxy_links(&local).await? {
         if netns_of(&peer).await?.is_none() && !dead.contains(&peer) {
             dead.push(peer);
         }
@@ -70,15 +67,46 @@ pub async fn reset_dead_proxy_links(node: &str) -> Result<Vec<String>, std::io::
     Ok(dead)
 }
 
-/// The peer addresses of the connections whose local end is `local` in `ss -t -n -H state established`
-/// (columns: Recv-Q, Send-Q, local, peer).
-fn proxy_peers(ss: &str, local: &str) -> Vec<String> {
+/// The bytes the apiserver proxy of `node` has not yet got acknowledged per pod it writes to, for the
+/// connections with any (a pod frozen or cut off, or reading slowly). Toxiproxy's toxic change waits
+/// until each such link took the next chunk.
+pub async fn proxy_backlog(node: &str) -> Result<Vec<(String, u64)>, std::io::Error> {
+    let Some(local) = proxy_address(node) else {
+        return Ok(Vec::new());
+    };
+    Ok(proxy_links(&local)
+        .await?
+        .into_iter()
+        .filter(|(_, send_q)| *send_q > 0)
+        .collect())
+}
+
+/// `10.244.<i>.1:<proxy port>` of `node-<i>`.
+fn proxy_address(node: &str) -> Option<String> {
+    let index = node.strip_prefix("node-")?;
+    Some(format!("10.244.{index}.1:{APISERVER_PROXY_PORT}"))
+}
+
+/// The established connections whose local end is `local`: each peer address with its send queue.
+async fn proxy_links(local: &str) -> Result<Vec<(String, u64)>, std::io::Error> {
+    let out = tokio::process::Command::new("ss")
+        .args(["-4", "-t", "-n", "-H", "state", "established"])
+        .output()
+        .await?;
+    Ok(proxy_peers(&String::from_utf8_lossy(&out.stdout), local))
+}
+
+/// The peer addresses and send queues of the connections whose local end is `local` in `ss -t -n -H
+/// state established` (columns: Recv-Q, Send-Q, local, peer).
+fn proxy_peers(ss: &str, local: &str) -> Vec<(String, u64)> {
     ss.lines()
         .filter_map(|l| {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            (cols.get(2) == Some(&local))
-                .then(|| cols.get(3)?.rsplit_once(':').map(|(ip, _)| ip.to_owned()))
-                .flatten()
+            if cols.get(2) != Some(&local) {
+                return None;
+            }
+            let (ip, _) = cols.get(3)?.rsplit_once(':')?;
+            Some((ip.to_owned(), cols.get(1)?.parse().ok()?))
         })
         .collect()
 }
@@ -199,7 +227,12 @@ mod tests {
                   0      0         10.244.0.1:41000 10.244.0.1:6443\n";
         assert_eq!(
             proxy_peers(ss, "10.244.0.1:6444"),
-            vec!["10.244.0.95".to_owned(), "10.244.0.129".to_owned()]
+            vec![
+                ("10.244.0.95".to_owned(), 104_208),
+                ("10.244.0.129".to_owned(), 0)
+            ]
         );
+        assert_eq!(proxy_address("node-2").as_deref(), Some("10.244.2.1:6444"));
+        assert_eq!(proxy_address("elsewhere"), None);
     }
 }

@@ -48,8 +48,10 @@ async fn renewal(
     .await
 }
 
-/// Resets what the apiserver proxy of `node` holds for pods that are gone, so a change of its toxic does
-/// not hang ([`host::reset_dead_proxy_links`]), and notes it.
+/// Makes sure a change of the toxic of `node`'s apiserver proxy cannot hang (and deadlock the proxy):
+/// resets its connections to pods that are gone ([`host::reset_dead_proxy_links`]), then waits up to
+/// 30 s until no link holds more than 64 KiB it could not deliver (a pod that is slow to read catches
+/// up); fails rather than change the toxic over a link that does not drain.
 async fn clear_proxy(h: &Harness, node: &str) -> Result<()> {
     let dead = host::reset_dead_proxy_links(node).await?;
     if !dead.is_empty() {
@@ -58,7 +60,25 @@ async fn clear_proxy(h: &Harness, node: &str) -> Result<()> {
             dead.join(", ")
         ));
     }
-    Ok(())
+    let what = format!("the apiserver proxy of {node} delivering what it holds");
+    wait_for(
+        &what,
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let stuck: Vec<(String, u64)> = host::proxy_backlog(node)
+                .await?
+                .into_iter()
+                .filter(|(_, bytes)| *bytes > 64 * 1024)
+                .collect();
+            if stuck.is_empty() {
+                Ok(Some(()))
+            } else {
+                bail!("undelivered bytes per pod: {stuck:?}")
+            }
+        },
+    )
+    .await
 }
 
 async fn sleep_until_us(at: Micros) {
