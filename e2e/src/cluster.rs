@@ -15,7 +15,7 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::ListParams};
 use pgpilot_crds::contract;
 
-use crate::TestNamespace;
+use crate::{TestNamespace, clock::Micros};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -235,6 +235,12 @@ pub struct LeaseRecord {
     pub transitions: i32,
     /// The members the holder recorded as synchronous ([`contract::ANNOTATION_SYNC_MEMBERS`]).
     pub sync_members: Vec<String>,
+    /// `leaseDurationSeconds` as last written (the operator's at creation, then the holder's: L6).
+    #[serde(default)]
+    pub duration_secs: Option<i32>,
+    /// The database system identifier the holder recorded ([`contract::ANNOTATION_SYSTEM_ID`], L4).
+    #[serde(default)]
+    pub system_identifier: Option<String>,
 }
 
 impl LeaseRecord {
@@ -249,18 +255,18 @@ impl LeaseRecord {
     }
 }
 
-/// The Lease `name` (a pgpilot cluster's is [`contract::lease_name`]).
-pub async fn lease(client: &Client, ns: &str, name: &str) -> Result<LeaseRecord, ClusterError> {
-    let lease = Api::<Lease>::namespaced(client.clone(), ns)
-        .get(name)
-        .await
-        .map_err(kube_error(format!("lease {ns}/{name}")))?;
-    let spec = lease.spec.unwrap_or_default();
-    let sync_members = lease
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(contract::ANNOTATION_SYNC_MEMBERS))
+/// What the election reads from a Lease object.
+pub fn record_of(lease: &Lease) -> LeaseRecord {
+    let spec = lease.spec.clone().unwrap_or_default();
+    let annotation = |key: &str| {
+        lease
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    let sync_members = annotation(contract::ANNOTATION_SYNC_MEMBERS)
         .map(|v| {
             v.split(',')
                 .map(str::trim)
@@ -269,10 +275,51 @@ pub async fn lease(client: &Client, ns: &str, name: &str) -> Result<LeaseRecord,
                 .collect()
         })
         .unwrap_or_default();
-    Ok(LeaseRecord {
+    LeaseRecord {
         holder: spec.holder_identity.filter(|h| !h.is_empty()),
         transitions: spec.lease_transitions.unwrap_or(0),
         sync_members,
+        duration_secs: spec.lease_duration_seconds,
+        system_identifier: annotation(contract::ANNOTATION_SYSTEM_ID).filter(|v| !v.is_empty()),
+    }
+}
+
+/// The Lease object `name` as the apiserver has it now.
+pub async fn lease_object(client: &Client, ns: &str, name: &str) -> Result<Lease, ClusterError> {
+    Api::<Lease>::namespaced(client.clone(), ns)
+        .get(name)
+        .await
+        .map_err(kube_error(format!("lease {ns}/{name}")))
+}
+
+/// The Lease `name` (a pgpilot cluster's is [`contract::lease_name`]).
+pub async fn lease(client: &Client, ns: &str, name: &str) -> Result<LeaseRecord, ClusterError> {
+    Ok(record_of(&lease_object(client, ns, name).await?))
+}
+
+/// One write of a Lease as its object shows it: which object (`uid`), which version, and the
+/// `renewTime` its writer stamped (the holder's clock, which on this machine is the host's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseWrite {
+    pub uid: String,
+    pub resource_version: String,
+    pub renewed_at_us: Option<Micros>,
+}
+
+/// The Lease `name`'s last write.
+pub async fn lease_write(
+    client: &Client,
+    ns: &str,
+    name: &str,
+) -> Result<LeaseWrite, ClusterError> {
+    let lease = lease_object(client, ns, name).await?;
+    Ok(LeaseWrite {
+        uid: lease.metadata.uid.unwrap_or_default(),
+        resource_version: lease.metadata.resource_version.unwrap_or_default(),
+        renewed_at_us: lease
+            .spec
+            .and_then(|s| s.renew_time)
+            .map(|t| t.0.as_microsecond()),
     })
 }
 
@@ -319,6 +366,7 @@ mod tests {
             holder: Some("pg-0".into()),
             transitions: 1,
             sync_members: vec!["pg-0".into(), "pg-2".into()],
+            ..LeaseRecord::default()
         };
         assert_eq!(record.sync_standbys(), vec!["pg-2"]);
         let only_holder = LeaseRecord {

@@ -1,7 +1,7 @@
 //! The one runner of the fault hooks: everything the Rust side does to the cluster through `e2e/fault
-//! <verb> <target>` (kill a container, freeze or cut a pod, partition or stop a node, stop the apiserver —
-//! the script's header lists the verbs), and the sweep that undoes whatever a failed scenario may have
-//! left.
+//! <verb> <target> [<argument>]` (kill a container, freeze or cut a pod, partition or stop a node, stop or
+//! slow the apiserver, recreate the Lease, force-delete a pod — the script's header lists the verbs), and
+//! the sweep that undoes whatever a failed scenario may have left.
 
 use std::path::PathBuf;
 
@@ -35,11 +35,17 @@ pub struct Acted {
 /// Runs `e2e/fault <verb> <target>` (`target` empty for the apiserver verbs) against this checkout's
 /// cluster.
 pub async fn run(verb: &str, target: &str) -> Result<Acted, FaultError> {
-    let command = format!("e2e/fault {verb} {target}").trim_end().to_owned();
-    let args: Vec<&str> = [verb, target]
-        .into_iter()
+    run_with(verb, &[target]).await
+}
+
+/// Runs `e2e/fault <verb> <args…>` (empty arguments are left out): the verbs that take more than a
+/// target, such as `slow-apiserver <node> <ms>`.
+pub async fn run_with(verb: &str, args: &[&str]) -> Result<Acted, FaultError> {
+    let args: Vec<&str> = std::iter::once(verb)
+        .chain(args.iter().copied())
         .filter(|a| !a.is_empty())
         .collect();
+    let command = format!("e2e/fault {}", args.join(" "));
     let started = now_us();
     let out = tokio::process::Command::new(hook())
         .args(args)
@@ -77,8 +83,8 @@ pub fn acted_at(output: &str) -> Option<Micros> {
         .next_back()
 }
 
-/// Undoes whatever faults a scenario in `namespace` may have left (after a failure): heals and starts the
-/// nodes, starts the apiserver, thaws and heals the pods `<cluster>-0` … `<cluster>-(pods-1)`. Each step
+/// Undoes whatever faults a scenario in `namespace` may have left (after a failure): heals the nodes (a
+/// partition and a slowed apiserver) and starts them, starts the apiserver, thaws and heals the pods `<cluster>-0` … `<cluster>-(pods-1)`. Each step
 /// is a no-op when there is nothing to undo; failures are ignored (this is the last resort).
 pub async fn undo_all(namespace: &str, cluster: &str, pods: usize) {
     for node in ["node-0", "node-1", "node-2"] {

@@ -1,6 +1,7 @@
 //! What this machine shows of the cluster's pods: the network namespace behind a pod IP (CNI's
 //! `/run/netns`), and the processes in a pod's cgroup with their memory and CPU — the one RSS reader (the
-//! HA scenarios print the sidecars' RSS, the benchmark measures it). Every node's kubelet puts its pods
+//! HA scenarios print the sidecars' RSS, the benchmark measures it); and the connections a node's
+//! apiserver proxy holds to pods that are gone ([`reset_dead_proxy_links`]). Every node's kubelet puts its pods
 //! under `/sys/fs/cgroup/<hierarchy>/pgpilot/<node>/kubepods` (`e2e/lib/daemons.sh`).
 
 use std::{
@@ -31,6 +32,83 @@ pub async fn netns_of(ip: &str) -> Result<Option<PathBuf>, std::io::Error> {
         }
     }
     Ok(None)
+}
+
+/// The port of each node's Toxiproxy proxy in front of the apiserver, on the node's bridge address
+/// `10.244.<i>.1` (`e2e/lib/common.sh`: `APISERVER_PROXY_PORT`).
+const APISERVER_PROXY_PORT: u16 = 6444;
+
+/// Resets the connections the apiserver proxy of `node` (`node-<i>`) holds to addresses no pod has any
+/// more; returns those addresses. A pod deleted while cut off (a cut link, a partition) leaves its
+/// connections there established, with replies the proxy cannot deliver, for as long as TCP retransmits
+/// (about 15 minutes); and Toxiproxy changes a toxic only once every link of the proxy took the change,
+/// so until then `e2e/fault slow-apiserver` hangs, and with it every new connection through that proxy.
+/// Worse, a link that then fails while a change waits for it deadlocks that proxy for good (Toxiproxy
+/// 2.5.0: the failing link's clean-up needs the lock the change holds). The hook should reset them itself
+/// (as `network-up.sh` resets connections that bypass the proxy); until it does, the slow-apiserver
+/// faults call this first.
+pub async fn reset_dead_proxy_links(node: &str) -> Result<Vec<String>, std::io::Error> {
+    let Some(local) = proxy_address(node) else {
+        return Ok(Vec::new());
+    };
+    let mut dead = Vec::new();
+    for (peer, _) in proxy_links(&local).await? {
+        if netns_of(&peer).await?.is_none() && !dead.contains(&peer) {
+            dead.push(peer);
+        }
+    }
+    for peer in &dead {
+        let filter = format!("( src {local} and dst {peer} )");
+        tokio::process::Command::new("ss")
+            .args(["-4", "-t", "-K", "state", "established", &filter])
+            .output()
+            .await?;
+    }
+    Ok(dead)
+}
+
+/// The bytes the apiserver proxy of `node` has not yet got acknowledged per pod it writes to, for the
+/// connections with any (a pod frozen or cut off, or reading slowly). Toxiproxy's toxic change waits
+/// until each such link took the next chunk.
+pub async fn proxy_backlog(node: &str) -> Result<Vec<(String, u64)>, std::io::Error> {
+    let Some(local) = proxy_address(node) else {
+        return Ok(Vec::new());
+    };
+    Ok(proxy_links(&local)
+        .await?
+        .into_iter()
+        .filter(|(_, send_q)| *send_q > 0)
+        .collect())
+}
+
+/// `10.244.<i>.1:<proxy port>` of `node-<i>`.
+fn proxy_address(node: &str) -> Option<String> {
+    let index = node.strip_prefix("node-")?;
+    Some(format!("10.244.{index}.1:{APISERVER_PROXY_PORT}"))
+}
+
+/// The established connections whose local end is `local`: each peer address with its send queue.
+async fn proxy_links(local: &str) -> Result<Vec<(String, u64)>, std::io::Error> {
+    let out = tokio::process::Command::new("ss")
+        .args(["-4", "-t", "-n", "-H", "state", "established"])
+        .output()
+        .await?;
+    Ok(proxy_peers(&String::from_utf8_lossy(&out.stdout), local))
+}
+
+/// The peer addresses and send queues of the connections whose local end is `local` in `ss -t -n -H
+/// state established` (columns: Recv-Q, Send-Q, local, peer).
+fn proxy_peers(ss: &str, local: &str) -> Vec<(String, u64)> {
+    ss.lines()
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            if cols.get(2) != Some(&local) {
+                return None;
+            }
+            let (ip, _) = cols.get(3)?.rsplit_once(':')?;
+            Some((ip.to_owned(), cols.get(1)?.parse().ok()?))
+        })
+        .collect()
 }
 
 /// One member's agent as the kernel shows it: the sum over the processes named `comm` in its pod (Patroni
@@ -139,5 +217,22 @@ mod tests {
         let stat = "42 (pgpilot (x) y) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 3 0 1 2 3";
         assert_eq!(parse_cpu_secs(stat), Some(3.0));
         assert!(rss_bytes(std::process::id()).is_some_and(|b| b > 0));
+    }
+
+    #[test]
+    fn the_proxy_peers_are_the_remote_ends_of_its_connections() {
+        let ss = "0      104208    10.244.0.1:6444  10.244.0.95:48092\n\
+                  0      0         10.244.1.1:6444  10.244.1.202:48540\n\
+                  0      0         10.244.0.1:6444  10.244.0.129:51352\n\
+                  0      0         10.244.0.1:41000 10.244.0.1:6443\n";
+        assert_eq!(
+            proxy_peers(ss, "10.244.0.1:6444"),
+            vec![
+                ("10.244.0.95".to_owned(), 104_208),
+                ("10.244.0.129".to_owned(), 0)
+            ]
+        );
+        assert_eq!(proxy_address("node-2").as_deref(), Some("10.244.2.1:6444"));
+        assert_eq!(proxy_address("elsewhere"), None);
     }
 }

@@ -8,7 +8,8 @@
 //!   [`rest`]: the members' REST API; [`host`]: what this machine shows of the pods (network namespaces,
 //!   processes, RSS); [`audit`]: the apiserver's audit log; [`fault`]: the fault hooks.
 //! - [`deploy`]: the `PostgresCluster` under test, through the chart's operator.
-//! - [`checker`]: the fault-matrix checker (writer, probes, verdict, harness); [`bench`]: `make bench`.
+//! - [`checker`]: the fault-matrix checker (writer, probes, verdict, harness); [`scenarios`]: the faults
+//!   the matrix and the soak inject, one body each; [`bench`]: `make bench`.
 
 pub mod audit;
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod deploy;
 pub mod fault;
 pub mod host;
 pub mod rest;
+pub mod scenarios;
 
 use std::{
     future::Future,

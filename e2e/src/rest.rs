@@ -96,6 +96,31 @@ pub async fn last_decisions(pods: &[MemberPod]) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The value of the sample `series` (a metric name with its labels as the member prints them, e.g.
+/// `pgpilot_lease_writes_total{kind="renew",result="error"}`) in `GET /metrics` of the member at `ip`; 0
+/// when the member has not counted any yet.
+pub async fn metric(ip: &str, series: &str) -> Result<f64, RestError> {
+    let url = url(ip, "/metrics");
+    let http = |e| RestError::Http(url.clone(), e);
+    let text = reqwest::Client::new()
+        .get(&url)
+        .timeout(READ_TIMEOUT)
+        .send()
+        .await
+        .map_err(http)?
+        .text()
+        .await
+        .map_err(http)?;
+    Ok(sample_value(&text, series).unwrap_or(0.0))
+}
+
+/// The value of `series` in an OpenMetrics text.
+fn sample_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .find_map(|v| v.split_whitespace().next()?.parse().ok())
+}
+
 /// Whether the member at `ip` answers `GET /sync` with 200 (it is a synchronous standby).
 pub async fn is_sync(ip: &str) -> bool {
     reqwest::Client::new()
@@ -201,5 +226,23 @@ pub async fn wait_converged(
             ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_series_is_read_by_its_name_and_labels() {
+        let text = "# TYPE pgpilot_lease_writes counter\n\
+            pgpilot_lease_writes_total{kind=\"renew\",result=\"ok\"} 12\n\
+            pgpilot_lease_writes_total{kind=\"renew\",result=\"error\"} 2\n\
+            pgpilot_errors_total{module=\"ha\",category=\"Conflict\"} 1\n# EOF\n";
+        let renew = r#"pgpilot_lease_writes_total{kind="renew",result="error"}"#;
+        assert_eq!(sample_value(text, renew), Some(2.0));
+        let conflict = r#"pgpilot_errors_total{module="ha",category="Conflict"}"#;
+        assert_eq!(sample_value(text, conflict), Some(1.0));
+        assert_eq!(sample_value(text, "pgpilot_lease_writes_total"), None);
     }
 }

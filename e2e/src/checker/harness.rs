@@ -4,8 +4,12 @@
 //! expectations noted ([`Requirement`]), then — after the heal — convergence and writes through `-rw`
 //! awaited, the final primary's ids and the Lease read, and the [`Verdict`] computed, printed and written
 //! as JSON under `target/e2e/verdicts/`.
+//!
+//! A long run (the soak) checks after every heal without stopping anything ([`Harness::check`]): the
+//! same verdict over what happened since the last check, against every write acknowledged so far.
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
     sync::Mutex,
     time::{Duration, Instant},
@@ -17,10 +21,13 @@ use tracing::info;
 
 use super::{
     Timeout,
-    pg::PgError,
+    pg::{self, PgError},
     probe::Sample,
     probes::{ProbeSet, ProbeTarget},
-    verdict::{self, Expectations, Micros, Recording, Requirement, STABLE_US, Timeline, Verdict},
+    verdict::{
+        self, Event, Expectations, FRESH_US, Micros, Recording, Requirement, STABLE_US, Timeline,
+        Verdict,
+    },
     writer::{self, Pace, Target, Writer},
 };
 use crate::{
@@ -60,6 +67,25 @@ pub struct Harness {
     requirements: Vec<Requirement>,
     /// How long the first write through `-rw` took once the cluster had converged, before any fault.
     pub baseline_ack_wait: Duration,
+    /// The superuser's name and password (SQL on each member).
+    superuser: (String, String),
+    /// Where the current round began: the start, or the end of the last [`Harness::check`].
+    round_from_us: Micros,
+}
+
+/// How far before its round a check looks at samples and events: the probes' view of who was writable
+/// just before the fault (the takeover is measured from the last writer before it).
+const ROUND_MARGIN_US: Micros = 10_000_000;
+
+/// What was observed once the cluster had settled after the heal.
+struct Ending {
+    waited: Result<Micros, HarnessError>,
+    writes_until_us: Micros,
+    log: writer::Log,
+    final_primary: Option<String>,
+    final_ids: std::collections::BTreeSet<u64>,
+    last_decisions: BTreeMap<String, String>,
+    final_lease: Option<cluster::LeaseRecord>,
 }
 
 /// Where verdicts are written.
@@ -87,8 +113,8 @@ impl Harness {
                 members: Members::pgpilot(namespace, cluster),
                 lease: Some(contract::lease_name(cluster)),
                 probe_bin,
-                superuser,
-                password,
+                superuser: superuser.clone(),
+                password: password.clone(),
             },
         );
         let rw = Target {
@@ -112,6 +138,8 @@ impl Harness {
             healed_at: None,
             requirements: Vec::new(),
             baseline_ack_wait: Duration::ZERO,
+            superuser: (superuser, password),
+            round_from_us: now_us(),
         };
         let started = now_us();
         h.wait_converged_since(started, Duration::from_secs(120))
@@ -143,7 +171,12 @@ impl Harness {
                 cluster::lease(&self.client, &self.namespace, &lease_name),
             )
             .await;
-            let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
+            let now = now_us();
+            let shape = verdict::shape_at(
+                &self.probes.samples_since(now - FRESH_US),
+                &self.members,
+                now,
+            );
             let missing = match read {
                 Err(_) => format!("the Lease {lease_name} could not be read within 3 s"),
                 Ok(Err(e)) => format!("the Lease {lease_name} could not be read: {e}"),
@@ -206,10 +239,16 @@ impl Harness {
 
     /// Runs `e2e/fault <verb> <target>`; the first fault sets the fault instant.
     pub async fn fault(&mut self, verb: &str, target: &str) -> Result<(), HarnessError> {
-        match fault::run(verb, target).await {
+        self.fault_with(verb, &[target]).await.map(|_| ())
+    }
+
+    /// Runs `e2e/fault <verb> <args…>` (`slow-apiserver <node> <ms>`); the first fault sets the fault
+    /// instant. Returns when the hook says it acted.
+    pub async fn fault_with(&mut self, verb: &str, args: &[&str]) -> Result<Micros, HarnessError> {
+        match fault::run_with(verb, args).await {
             Ok(acted) => {
                 self.fault_marked(acted.at_us, format!("{}: {}", acted.command, acted.output));
-                Ok(())
+                Ok(acted.at_us)
             }
             Err(e) => {
                 self.mark(format!("FAILED: {e}"));
@@ -248,6 +287,37 @@ impl Harness {
 
     pub fn samples(&self) -> Vec<Sample> {
         self.probes.samples()
+    }
+
+    /// The samples that ended at or after `from_us` (see [`ProbeSet::samples_since`]).
+    pub fn samples_since(&self, from_us: Micros) -> Vec<Sample> {
+        self.probes.samples_since(from_us)
+    }
+
+    /// Each member's database system identifier, read over SQL from its pod IP (`Err`: why it could not
+    /// be read).
+    pub async fn system_identifiers(&self) -> BTreeMap<String, Result<String, String>> {
+        let pods = self.pods().await.unwrap_or_default();
+        let mut out = BTreeMap::new();
+        for member in &self.members {
+            let id = match cluster::ip_of(&pods, member) {
+                None => Err("no pod IP".to_owned()),
+                Some(ip) => {
+                    let target = Target {
+                        host: ip,
+                        port: contract::PG_PORT,
+                        user: self.superuser.0.clone(),
+                        password: self.superuser.1.clone(),
+                        dbname: "postgres".into(),
+                    };
+                    pg::system_identifier(&target, Duration::from_secs(2))
+                        .await
+                        .map_err(|e| contract::error_chain(&e))
+                }
+            };
+            out.insert(member.clone(), id);
+        }
+        out
     }
 
     /// The member currently accepting writes, as the probes see it (only when exactly one does).
@@ -292,13 +362,12 @@ impl Harness {
     ) -> Result<Micros, HarnessError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(at) =
-                verdict::converged_at(&self.samples(), &self.members, since, STABLE_US)
-            {
+            let samples = self.samples_since(since - FRESH_US);
+            if let Some(at) = verdict::converged_at(&samples, &self.members, since, STABLE_US) {
                 return Ok(at);
             }
             if Instant::now() > deadline {
-                let shape = verdict::shape_at(&self.samples(), &self.members, now_us());
+                let shape = verdict::shape_at(&samples, &self.members, now_us());
                 return Err(HarnessError::Timeout(Timeout {
                     waited: timeout,
                     what: format!("convergence (now: {shape:?})"),
@@ -337,26 +406,22 @@ impl Harness {
         }
     }
 
-    /// Ends the scenario: waits for convergence (up to the bound plus `grace`), stops the writer, reads the
-    /// final primary's ids, stops the probes, and returns the verdict (also printed and written as JSON).
-    pub async fn finish(
-        mut self,
-        scenario: &str,
-        mode: &str,
-        expect: Expectations,
+    /// Waits for convergence after the heal (up to the bound plus `grace`), then for writes a little
+    /// after it, so the final primary's acknowledgements count too; while `-rw` reaches no primary the
+    /// writer goes on until the bound, so the verdict measures when writes through it resumed (issue 13)
+    /// rather than a writer stopped too early. Returns the heal instant and the wait's outcome.
+    async fn settle(
+        &mut self,
+        expect: &Expectations,
         grace: Duration,
-    ) -> Result<Verdict, HarnessError> {
+    ) -> (Micros, Result<Micros, HarnessError>) {
         let healed_at = *self.healed_at.get_or_insert_with(now_us);
-        let fault_at = self.fault_at.unwrap_or(healed_at);
         let bound =
             Duration::from_micros(u64::try_from(expect.converge_within_us).unwrap_or(0)) + grace;
         let waited = self.wait_converged_since(healed_at, bound).await;
         if let Err(e) = &waited {
             self.mark(format!("checker: {e}"));
         }
-        // Writes keep going a little after convergence, so the final primary's acknowledgements count too;
-        // while `-rw` reaches no primary the writer goes on until the bound, so the verdict measures when
-        // writes through it resumed (issue 13) rather than a writer stopped too early.
         if waited.is_ok() {
             let left = Duration::from_micros(
                 u64::try_from(healed_at + micros(bound) - now_us()).unwrap_or(0),
@@ -368,20 +433,23 @@ impl Harness {
                 self.mark(format!("checker: converged, but {e}"));
             }
         }
-        let writes_until_us = now_us();
-        let log = match self.writer.take() {
-            Some(w) => w.stop().await,
-            None => writer::Log::default(),
-        };
+        (healed_at, waited)
+    }
+
+    /// What the end of a round shows, given the writer's log as it stood (taken before the ids are read,
+    /// so every write it lists as acknowledged committed before the read began): the final primary and
+    /// its ids, each member's last decision, the Lease.
+    async fn ending(
+        &self,
+        waited: Result<Micros, HarnessError>,
+        writes_until_us: Micros,
+        log: writer::Log,
+    ) -> Ending {
         let pods = self.pods().await.unwrap_or_default();
         let final_primary = self.writable_member();
         let mut final_ids = Default::default();
         if let Some(primary) = &final_primary {
-            let ip = pods
-                .iter()
-                .find(|p| &p.name == primary)
-                .and_then(|p| p.ip.clone())
-                .unwrap_or_default();
+            let ip = cluster::ip_of(&pods, primary).unwrap_or_default();
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match writer::final_ids(&self.rw, log.first_id, &ip).await {
@@ -409,7 +477,85 @@ impl Harness {
         .await
         .ok()
         .and_then(Result::ok);
+        Ending {
+            waited,
+            writes_until_us,
+            log,
+            final_primary,
+            final_ids,
+            last_decisions,
+            final_lease,
+        }
+    }
+
+    /// Checks the round since the last check (or the start) without stopping anything — the soak's
+    /// check after every heal: convergence within the bound plus `grace` of the heal, no span with two
+    /// writable members since the round began, no acknowledged write of the whole run missing from the
+    /// primary now, the requirements noted. Prints the verdict, writes it as JSON (with the round's samples
+    /// when it failed), and starts the next round.
+    pub async fn check(
+        &mut self,
+        scenario: &str,
+        mode: &str,
+        expect: Expectations,
+        grace: Duration,
+    ) -> Result<Verdict, HarnessError> {
+        let (healed_at, waited) = self.settle(&expect, grace).await;
+        let writes_until_us = now_us();
+        let log = self
+            .writer
+            .as_ref()
+            .map(Writer::snapshot)
+            .unwrap_or_default();
+        let ending = self.ending(waited, writes_until_us, log).await;
+        let from = self.round_from_us - ROUND_MARGIN_US;
+        let samples = self.probes.samples_since(from);
+        let mut events = self
+            .timeline
+            .lock()
+            .map(|t| t.events.clone())
+            .unwrap_or_default();
+        events.extend(self.probes.timeline().events);
+        events.retain(|e| e.at_us >= from);
+        let recording = Recording {
+            scenario: scenario.into(),
+            mode: mode.into(),
+            members: self.members.clone(),
+            samples,
+            fault_at_us: self.fault_at.unwrap_or(healed_at),
+            healed_at_us: healed_at,
+            end_us: now_us(),
+            requirements: std::mem::take(&mut self.requirements),
+            ..recording_of(ending, events, from)
+        };
+        let verdict = Verdict::new(&recording, expect);
+        println!("{}", verdict.table());
+        let samples = (!verdict.passed()).then_some(recording.samples.as_slice());
+        write_verdict(&verdict, samples)?;
+        self.fault_at = None;
+        self.healed_at = None;
+        self.round_from_us = now_us();
+        Ok(verdict)
+    }
+
+    /// Ends the scenario: waits for convergence (up to the bound plus `grace`), stops the writer, reads the
+    /// final primary's ids, stops the probes, and returns the verdict (also printed and written as JSON).
+    pub async fn finish(
+        mut self,
+        scenario: &str,
+        mode: &str,
+        expect: Expectations,
+        grace: Duration,
+    ) -> Result<Verdict, HarnessError> {
+        let (healed_at, waited) = self.settle(&expect, grace).await;
+        let writes_until_us = now_us();
+        let log = match self.writer.take() {
+            Some(w) => w.stop().await,
+            None => writer::Log::default(),
+        };
+        let ending = self.ending(waited, writes_until_us, log).await;
         let end_us = now_us();
+        let fault_at = self.fault_at.unwrap_or(healed_at);
         let members = self.members.clone();
         let Self {
             probes,
@@ -418,47 +564,71 @@ impl Harness {
             ..
         } = self;
         let (samples, probe_timeline) = probes.stop().await;
-        let mut timeline = timeline.into_inner().unwrap_or_default();
-        timeline.events.extend(probe_timeline.events);
-        timeline
-            .events
-            .extend(log.errors.iter().map(|e| verdict::Event {
-                at_us: e.at_us,
-                what: format!("writer: {}", e.what),
-            }));
+        let mut events = timeline.into_inner().unwrap_or_default().events;
+        events.extend(probe_timeline.events);
         let recording = Recording {
             scenario: scenario.into(),
             mode: mode.into(),
             members,
             samples,
-            acks: log.acks,
-            in_doubt: log.in_doubt,
-            final_ids,
-            final_primary: final_primary.filter(|_| waited.is_ok()),
-            timeline,
             fault_at_us: fault_at,
             healed_at_us: healed_at,
-            writes_until_us,
             end_us,
-            last_decisions,
-            final_lease,
             requirements,
+            ..recording_of(ending, events, Micros::MIN)
         };
         let verdict = Verdict::new(&recording, expect);
         println!("{}", verdict.table());
-        write_verdict(&verdict, &recording.samples)?;
+        write_verdict(&verdict, Some(&recording.samples))?;
         Ok(verdict)
     }
 }
 
-/// Writes `<scenario>-<mode>.json` (the verdict) and `<scenario>-<mode>.samples.jsonl` (every probe
-/// sample, for a failure's post-mortem) under [`verdict_dir`].
-pub fn write_verdict(v: &Verdict, samples: &[Sample]) -> Result<PathBuf, HarnessError> {
+/// The parts of a [`Recording`] an [`Ending`] gives, with the timeline `events` and the writer's errors
+/// since `from_us`.
+fn recording_of(ending: Ending, mut events: Vec<Event>, from_us: Micros) -> Recording {
+    let Ending {
+        waited,
+        writes_until_us,
+        log,
+        final_primary,
+        final_ids,
+        last_decisions,
+        final_lease,
+    } = ending;
+    events.extend(
+        log.errors
+            .iter()
+            .filter(|e| e.at_us >= from_us)
+            .map(|e| Event {
+                at_us: e.at_us,
+                what: format!("writer: {}", e.what),
+            }),
+    );
+    Recording {
+        acks: log.acks,
+        in_doubt: log.in_doubt,
+        final_ids,
+        final_primary: final_primary.filter(|_| waited.is_ok()),
+        timeline: Timeline { events },
+        writes_until_us,
+        last_decisions,
+        final_lease,
+        ..Recording::default()
+    }
+}
+
+/// Writes `<scenario>-<mode>.json` (the verdict) and, given `samples`, `<scenario>-<mode>.samples.jsonl`
+/// (every probe sample, for a failure's post-mortem) under [`verdict_dir`].
+pub fn write_verdict(v: &Verdict, samples: Option<&[Sample]>) -> Result<PathBuf, HarnessError> {
     let dir = verdict_dir();
     std::fs::create_dir_all(&dir).map_err(|e| HarnessError::Write(dir.clone(), e))?;
     let path = dir.join(format!("{}-{}.json", v.scenario, v.mode));
     let json = serde_json::to_string_pretty(v).unwrap_or_default();
     std::fs::write(&path, json).map_err(|e| HarnessError::Write(path.clone(), e))?;
+    let Some(samples) = samples else {
+        return Ok(path);
+    };
     let lines: String = samples
         .iter()
         .filter_map(|s| serde_json::to_string(s).ok())

@@ -80,3 +80,23 @@ pub async fn connect(t: &Target, application: &str, timeout: Duration) -> Result
     });
     Ok(Conn { client, driver })
 }
+
+/// The database system identifier of the server at `t` (`pg_control_system()`, any role): members of one
+/// cluster share it, a server that ran its own `initdb` does not.
+pub async fn system_identifier(t: &Target, timeout: Duration) -> Result<String, PgError> {
+    let read = async {
+        let conn = connect(t, "pgpilot-checker", timeout).await?;
+        let row = conn
+            .client
+            .query_one(
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await
+            .map_err(PgError::query("reading the system identifier"))?;
+        Ok(row.get::<_, String>(0))
+    };
+    tokio::time::timeout(timeout * 2, read)
+        .await
+        .map_err(|_| PgError::Timeout(timeout * 2))?
+}

@@ -30,7 +30,7 @@ use tracing::{debug, warn};
 use super::{
     Timeout,
     probe::Sample,
-    verdict::{self, Timeline},
+    verdict::{self, FRESH_US, Micros, Timeline},
 };
 use crate::{
     clock::now_us,
@@ -57,6 +57,10 @@ pub struct ProbeSet {
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
 }
+
+/// How far out of end order the merged samples can be: each probe's reader appends as its lines arrive,
+/// and a tick lasts at most the probe's 1 s timeout.
+const MERGE_SLACK_US: Micros = 5_000_000;
 
 struct Running {
     stream: String,
@@ -97,6 +101,27 @@ impl ProbeSet {
         self.samples.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
+    /// A copy of the samples that ended at or after `from_us`: all that [`verdict::shape_at`] and
+    /// [`verdict::converged_at`] need from `from_us + FRESH_US` on, without copying a long run's history.
+    pub fn samples_since(&self, from_us: Micros) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .map(|all| {
+                // Samples arrive in about end order (one stream each, merged as read): search back from
+                // the newest for the first that ended before `from_us`, with a margin for the merge.
+                let start = all
+                    .iter()
+                    .rposition(|s| s.end_us < from_us - MERGE_SLACK_US)
+                    .map_or(0, |i| i + 1);
+                all[start..]
+                    .iter()
+                    .filter(|s| s.end_us >= from_us)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A copy of the timeline so far (role, readiness and Lease changes).
     pub fn timeline(&self) -> Timeline {
         self.timeline.lock().map(|t| t.clone()).unwrap_or_default()
@@ -104,7 +129,8 @@ impl ProbeSet {
 
     /// The member accepting writes now, as the probes last saw `members` (only when exactly one does).
     pub fn writable_member(&self, members: &[String]) -> Option<String> {
-        let shape = verdict::shape_at(&self.samples(), members, now_us());
+        let now = now_us();
+        let shape = verdict::shape_at(&self.samples_since(now - FRESH_US), members, now);
         match shape.writable.as_slice() {
             [one] => Some(one.clone()),
             _ => None,
@@ -230,14 +256,17 @@ async fn supervise(
             && lease_seen.as_ref() != Some(&now)
         {
             note(format!(
-                "lease holder={} transitions={} sync={}",
+                "lease holder={} transitions={} sync={} duration={} system-id={}",
                 now.holder.as_deref().unwrap_or("-"),
                 now.transitions,
                 if now.sync_members.is_empty() {
                     "-".to_owned()
                 } else {
                     now.sync_members.join(",")
-                }
+                },
+                now.duration_secs
+                    .map_or_else(|| "-".to_owned(), |d| format!("{d}s")),
+                now.system_identifier.as_deref().unwrap_or("-")
             ));
             lease_seen = Some(now);
         }

@@ -35,7 +35,7 @@ fn recording() -> Recording {
         final_lease: Some(LeaseRecord {
             holder: Some("pg-1".into()),
             transitions: 2,
-            sync_members: vec![],
+            ..LeaseRecord::default()
         }),
         requirements: vec![],
     }

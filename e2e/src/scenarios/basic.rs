@@ -1,0 +1,239 @@
+//! The faults of the first fault matrix: a container killed, a pod frozen or cut off, a node partitioned
+//! or stopped, the apiserver stopped, a pod deleted, a scale, a switchover, a second kill during a
+//! failover. Some assert more than the checker: a killed or frozen primary's successor stays primary (the
+//! old one rejoins as a replica; a frozen one was fenced, and its successor held the Lease), a killed
+//! primary's successor was a recorded synchronous standby, a deleted primary pod's Lease was released (one
+//! takeover, within 10 s), and a cut synchronous standby stalls commits for no longer than
+//! [`Timings::sync_gap_bound`].
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+
+use super::{
+    Mode, Scene, Timings, lease, micros, node_of, primary, replica, sleep_secs, wait_new_primary,
+};
+use crate::{
+    checker::{harness::Harness, verdict::Requirement},
+    clock::now_us,
+    cluster, rest,
+};
+
+/// How long a failover may take after the fault: `leaseDuration` (L2), and a margin for the loop.
+fn failover_within(t: Timings) -> Duration {
+    Duration::from_secs(t.lease + 15)
+}
+
+pub async fn kill_primary(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    h.fault("kill", &s.target(&format!("{p}/postgres"))).await?;
+    h.healed();
+    let new = wait_new_primary(h, &p, failover_within(s.timings)).await?;
+    // Only a member recorded as synchronous may take over in a synchronous mode (L3).
+    ensure!(
+        s.mode == Mode::Async || s.sync_standbys.contains(&new),
+        "{new} took over but was not a recorded synchronous standby ({:?})",
+        s.sync_standbys
+    );
+    // The killed primary comes back as a streaming replica of the new one (convergence), which stays.
+    h.require(Requirement::FinalPrimary(new));
+    Ok(())
+}
+
+pub async fn kill_replica(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let r = replica(h, s).await?;
+    h.fault("kill", &s.target(&format!("{r}/postgres"))).await?;
+    h.healed();
+    Ok(())
+}
+
+pub async fn freeze_primary(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    h.fault("freeze", &s.target(&p)).await?;
+    // Frozen past leaseDuration: a replica takes over (L2) and holds the Lease; the frozen one cannot renew.
+    let new = wait_new_primary(h, &p, failover_within(s.timings)).await?;
+    let holder = lease(h).await?.holder;
+    ensure!(
+        holder.as_deref() == Some(new.as_str()),
+        "{new} accepts writes while the Lease names {holder:?}"
+    );
+    sleep_secs(5).await;
+    h.fault("thaw", &s.target(&p)).await?;
+    h.healed();
+    // The thawed primary was fenced (L5) before it could serve (no split brain), rejoins as a replica, and
+    // the primary does not move again.
+    h.require(Requirement::FinalPrimary(new));
+    Ok(())
+}
+
+/// A replica frozen past `leaseDuration`, then thawed: it resumes streaming.
+pub async fn freeze_replica(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let r = replica(h, s).await?;
+    h.fault("freeze", &s.target(&r)).await?;
+    sleep_secs(s.timings.lease + 5).await;
+    h.fault("thaw", &s.target(&r)).await?;
+    h.healed();
+    Ok(())
+}
+
+pub async fn cut_primary(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    h.fault("cut", &s.target(&p)).await?;
+    wait_new_primary(h, &p, failover_within(s.timings)).await?;
+    sleep_secs(5).await;
+    h.fault("heal", &s.target(&p)).await?;
+    h.healed();
+    Ok(())
+}
+
+/// A replica's network cut for longer than `leaseDuration`. In a synchronous mode it is the recorded
+/// synchronous standby, and commits may stall only until the primary moves the synchronous role to the
+/// other standby ([`Timings::sync_gap_bound`]; issue 13 saw 20 s, the whole cut).
+pub async fn cut_replica(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let r = match s.mode {
+        Mode::Sync => s
+            .pick(&s.sync_standbys)
+            .cloned()
+            .context("no recorded synchronous standby to cut")?,
+        Mode::Async => replica(h, s).await?,
+    };
+    if s.mode == Mode::Sync {
+        h.require(Requirement::WriteGapAtMost(micros(
+            s.timings.sync_gap_bound(),
+        )));
+    }
+    h.fault("cut", &s.target(&r)).await?;
+    sleep_secs(s.timings.lease + 5).await;
+    h.fault("heal", &s.target(&r)).await?;
+    h.healed();
+    Ok(())
+}
+
+pub async fn partition_primary_node(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let node = node_of(h, &p).await?;
+    h.fault("partition", &node).await?;
+    wait_new_primary(h, &p, failover_within(s.timings)).await?;
+    sleep_secs(5).await;
+    h.fault("heal", &node).await?;
+    h.healed();
+    Ok(())
+}
+
+/// A replica's node partitioned past `leaseDuration`: the primary stays.
+pub async fn partition_replica_node(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let r = replica(h, s).await?;
+    let node = node_of(h, &r).await?;
+    h.fault("partition", &node).await?;
+    sleep_secs(s.timings.lease + 5).await;
+    h.fault("heal", &node).await?;
+    h.healed();
+    h.require(Requirement::FinalPrimary(p));
+    Ok(())
+}
+
+pub async fn stop_primary_node(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let node = node_of(h, &p).await?;
+    h.fault("stop", &node).await?;
+    wait_new_primary(h, &p, failover_within(s.timings)).await?;
+    sleep_secs(5).await;
+    h.fault("start", &node).await?;
+    h.healed();
+    Ok(())
+}
+
+pub async fn apiserver_stop(h: &mut Harness, _s: &mut Scene) -> Result<()> {
+    h.fault("apiserver-stop", "").await?;
+    sleep_secs(60).await;
+    h.fault("apiserver-start", "").await?;
+    h.healed();
+    Ok(())
+}
+
+/// SIGTERM (pod deletion): the sidecar stops PostgreSQL fast and releases the Lease (L4), which a replica
+/// claims at once (L2) instead of waiting for it to expire — one takeover, well within `leaseDuration`.
+pub async fn delete_primary_pod(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let epoch = lease(h).await?.transitions;
+    let at = now_us();
+    s.kubectl(&["delete", "pod", &p, "--wait=false"])?;
+    h.fault_marked(at, format!("kubectl delete pod {p}"));
+    h.healed();
+    let new = wait_new_primary(h, &p, failover_within(s.timings)).await?;
+    h.require(Requirement::FinalLease {
+        holder: new,
+        transitions: epoch + 1,
+    });
+    // Well before the 15 s Lease would have expired: the release was used.
+    h.require(Requirement::TakeoverWithin(micros(Duration::from_secs(10))));
+    Ok(())
+}
+
+pub async fn scale_under_load(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let pgc = format!("pgc/{}", s.cluster);
+    let at = now_us();
+    s.kubectl(&["scale", &pgc, "--replicas=5"])?;
+    h.fault_marked(at, format!("kubectl scale {pgc} --replicas=5"));
+    h.set_members(5);
+    h.wait_converged_since(now_us(), Duration::from_secs(240))
+        .await?;
+    let at = now_us();
+    s.kubectl(&["scale", &pgc, "--replicas=2"])?;
+    h.fault_marked(at, format!("kubectl scale {pgc} --replicas=2"));
+    h.set_members(2);
+    h.healed();
+    Ok(())
+}
+
+/// `POST /switchover` with the cluster's API credentials: in synchronous mode to the primary, in
+/// asynchronous mode to the candidate (a replica forwards it to the primary). No acknowledged write is
+/// lost in either mode.
+pub async fn switchover_under_load(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let pods = h.pods().await?;
+    // In synchronous mode only a synchronous standby may take over (a 412 otherwise, as in Patroni): ask
+    // each replica's `GET /sync`.
+    let mut candidates = Vec::new();
+    for pod in pods.iter().filter(|x| x.name != p) {
+        let Some(ip) = &pod.ip else { continue };
+        if s.mode == Mode::Async || rest::is_sync(ip).await {
+            candidates.push(pod.name.clone());
+        }
+    }
+    let candidate = s
+        .pick(&candidates)
+        .cloned()
+        .context("no replica may take over")?;
+    let via = match s.mode {
+        Mode::Sync => &p,
+        Mode::Async => &candidate,
+    };
+    let ip = cluster::ip_of(&pods, via).with_context(|| format!("{via} has no IP"))?;
+    let at = now_us();
+    let (status, text) =
+        rest::switchover(&h.client, &s.namespace, &s.cluster, &ip, &p, &candidate).await?;
+    h.fault_marked(
+        at,
+        format!("POST /switchover {p} -> {candidate} (to {via}): {status} {text}"),
+    );
+    ensure!(status == 200, "switchover answered {status}: {text}");
+    h.healed();
+    let now = wait_new_primary(h, &p, Duration::from_secs(30)).await?;
+    ensure!(
+        now == candidate,
+        "switched over to {now}, asked for {candidate}"
+    );
+    Ok(())
+}
+
+pub async fn kill_new_primary_during_failover(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    h.fault("kill", &s.target(&format!("{p}/postgres"))).await?;
+    let second = wait_new_primary(h, &p, failover_within(s.timings)).await?;
+    h.fault("kill", &s.target(&format!("{second}/postgres")))
+        .await?;
+    h.healed();
+    Ok(())
+}
