@@ -450,9 +450,7 @@ pub fn fencing_deadline_of(
     // `None < Some`: the later of the two sends.
     let sent = renewed_sent_at.max(last_renewal.map(|r| r.sent_at))?;
     let base = failsafe_held_at.map_or(sent, |f| f.max(sent));
-    let deadline = last_renewal.map_or(timings.renew_deadline, |r| {
-        r.renew_deadline.min(timings.renew_deadline)
-    });
+    let deadline = last_renewal.map_or(timings.renew_deadline, |r| r.renew_deadline);
     Some(base + deadline)
 }
 

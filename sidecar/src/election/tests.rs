@@ -630,6 +630,19 @@ fn l6_a_changed_renew_deadline_is_written_before_the_old_one_runs_out() {
     assert_eq!(decide(&obs, t(3.9), &slow_loop), Decision::Hold);
 }
 
+#[test]
+fn l6_a_shorter_renew_deadline_does_not_shorten_a_renewal_written_under_the_longer_one() {
+    // spec.ha 30/20/5 -> 15/10/2, 11 s after a renewal that recorded leaseDurationSeconds 30: others wait
+    // 30 s from it, so its own 20 s deadline stands (no fence at 0 + 10); the new pair is written at once.
+    let mut obs = holder_obs();
+    obs.last_renewal = Some(Renewal {
+        sent_at: t(0.0),
+        renew_deadline: Duration::from_secs(20),
+    });
+    assert_eq!(decide(&obs, t(11.0), &timings()), Decision::Renew);
+    assert_eq!(decide(&obs, t(20.0), &timings()), Decision::Fence);
+}
+
 // ---- L7: the epoch -------------------------------------------------------------------------------
 
 #[test]
