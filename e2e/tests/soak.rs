@@ -155,6 +155,44 @@ impl Nemesis {
     }
 }
 
+/// The apiserver's count of cluster-wide pod watches (`apiserver_longrunning_requests`): the kubelets',
+/// the scheduler's, the controller manager's. A kubelet cut from the apiserver (an apiserver stop, a node
+/// partitioned or stopped) re-establishes its pod watch with client-go's backoff, up to ~30 s after the
+/// apiserver answers again, and until then misses deletions: a pod deleted in that window keeps running
+/// (seen: `kubectl delete pod` acted on 41 s later, a round after an apiserver stop).
+fn cluster_pod_watches() -> Result<u64> {
+    let metrics = pgpilot_e2e::kubectl(&["get", "--raw", "/metrics"])?;
+    Ok(metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("apiserver_longrunning_requests{")
+                && l.contains(r#"resource="pods""#)
+                && l.contains(r#"scope="cluster""#)
+                && l.contains(r#"verb="WATCH""#)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v.max(0.0) as u64)
+        .sum())
+}
+
+/// Waits (up to 90 s) until the cluster-wide pod watches are back to `baseline`, so the next fault meets
+/// kubelets that see their pods change; on time out the timeline says so and the round runs anyway.
+async fn kubelets_watching(h: &Harness, baseline: u64) {
+    let waited = pgpilot_e2e::wait_for(
+        "the cluster-wide pod watches back",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async { Ok((cluster_pod_watches()? >= baseline).then_some(())) },
+    )
+    .await;
+    if let Err(e) = waited {
+        h.mark(format!(
+            "soak: {e:#} ({:?} of {baseline}): the kubelets may not see their pods change",
+            cluster_pod_watches().ok()
+        ));
+    }
+}
+
 /// SplitMix64: a small, well-mixed generator; the schedule is all it decides.
 struct Rng(u64);
 
@@ -287,6 +325,13 @@ async fn soak() -> Result<()> {
         sync_standbys: Vec::new(),
         choice: 0,
     };
+    // The fewest of a few readings, so a watch that comes and goes is not counted.
+    let mut watches = u64::MAX;
+    for _ in 0..3 {
+        watches = watches.min(cluster_pod_watches()?);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    h.mark(format!("soak: {watches} cluster-wide pod watches"));
     let tag =
         |round: usize, fault: Nemesis| format!("soak-{}-r{round:03}-{}", params.seed, fault.name());
     let mut done: Vec<String> = Vec::new();
@@ -315,6 +360,7 @@ async fn soak() -> Result<()> {
             scene.timings.renew,
             scene.timings.retry
         );
+        kubelets_watching(&h, watches).await;
         h.mark(format!("soak: round {round}: {}", fault.name()));
         let prepared = match mode {
             Mode::Sync => h
