@@ -10,8 +10,8 @@
 //! role, found when they run), so a failing run prints the seed and the schedule so far, and the same
 //! `make soak SEED=… MINUTES=… MODE=…` replays it. At the end, the whole run's verdict.
 //!
-//! `make test` runs 10 minutes in sync mode with the seed taken from the commit (`git rev-parse HEAD`),
-//! skipping nothing; `SKIP=<fault>,…` leaves faults out (to look past a known failure).
+//! `MINUTES` defaults to 10, `SEED` to the commit's (`git rev-parse HEAD`); `SKIP=<fault>,…` leaves faults
+//! out (to look past a known failure).
 //! Faults are started until MINUTES have passed since the test began (the deployment counts); the one in
 //! progress then finishes.
 
