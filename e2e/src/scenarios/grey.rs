@@ -499,12 +499,68 @@ async fn paused(h: &Harness) -> Result<BTreeMap<String, bool>> {
         .collect())
 }
 
+/// The node the operator's pod runs on.
+fn operator_node(s: &Scene) -> Result<String> {
+    let nodes = s.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        "app.kubernetes.io/component=operator",
+        "-o",
+        "jsonpath={.items[*].spec.nodeName}",
+    ])?;
+    nodes
+        .split_whitespace()
+        .next()
+        .map(str::to_owned)
+        .context("no operator pod")
+}
+
+/// The primary and its node, the primary first switched over to a member on another node when it shares
+/// its node with the operator: a change of the spec reaches the members only through the operator (the
+/// ConfigMap), so a partition of the operator's node keeps an unpause from anyone (seen: nobody took
+/// over after the unpause, the operator partitioned with the primary).
+async fn primary_away_from_the_operator(
+    h: &mut Harness,
+    s: &mut Scene,
+) -> Result<(String, String)> {
+    let p = primary(h).await?;
+    let node = node_of(h, &p).await?;
+    if operator_node(s)? != node {
+        return Ok((p, node));
+    }
+    let candidates = match s.mode {
+        Mode::Sync => s.sync_standbys.clone(),
+        Mode::Async => replicas(h).await?,
+    };
+    let candidate = s
+        .pick(&candidates)
+        .cloned()
+        .context("no member to switch over to")?;
+    let pods = h.pods().await?;
+    let ip = cluster::ip_of(&pods, &p).with_context(|| format!("{p} has no IP"))?;
+    let (status, text) =
+        rest::switchover(&h.client, &s.namespace, &s.cluster, &ip, &p, &candidate).await?;
+    h.mark(format!(
+        "checker: the operator runs on {node} with the primary {p}: POST /switchover {p} -> \
+         {candidate}: {status} {}",
+        text.trim()
+    ));
+    ensure!(status == 200, "switchover answered {status}: {text}");
+    wait_new_primary(h, &p, Duration::from_secs(30)).await?;
+    if s.mode == Mode::Sync {
+        s.sync_standbys = h.wait_sync_standby(Duration::from_secs(60)).await?;
+    }
+    let p = primary(h).await?;
+    let node = node_of(h, &p).await?;
+    Ok((p, node))
+}
+
 /// Paused (`spec.paused: true`), the holder's node partitioned, unpaused (issue 13 hole 8): L5 fencing
 /// stays armed while paused, so the cut-off holder fences at `renewDeadline`; the others, paused, take
 /// nothing over until the unpause, then the expired Lease. Never two writable members.
 pub async fn pause_partition(h: &mut Harness, s: &mut Scene) -> Result<()> {
-    let p = primary(h).await?;
-    let node = node_of(h, &p).await?;
+    let (p, node) = primary_away_from_the_operator(h, s).await?;
     let at = now_us();
     s.patch_spec(r#"{"spec":{"paused":true}}"#)?;
     h.fault_marked(
