@@ -110,7 +110,13 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     let now = Timestamp::now();
     let api: Api<PostgresCluster> =
         Api::namespaced(ctx.client.clone(), &cluster.namespace().unwrap_or_default());
-    let prev = last_written_status(&api, cluster).await?;
+    // The object as it is now, not as cached: a reconcile runs from the watch's cache, which after a
+    // restarted apiserver answered the watches "too old resource version" kept an old spec for good
+    // (seen in a soak: `spec.paused: true` never reached the ConfigMap while the status was patched
+    // every 10 s). The status subresource answers with the whole object: one read for both.
+    let fresh = last_written(&api, cluster).await?;
+    let prev = fresh.status.clone().unwrap_or_default();
+    let cluster = &fresh;
     // Being deleted: the garbage collector removes the children; applying them again would fight it.
     if cluster.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
@@ -132,19 +138,16 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     Ok(Action::requeue(next_look(&outcome, now)))
 }
 
-/// The status as last written, not as cached: a reconcile triggered right after the previous one's status
-/// patch can run before the watch delivers it, and would then misjudge transitions (a requested
-/// switchover seen as a failover).
-async fn last_written_status(
+/// The cluster with its status as last written, not as cached: a reconcile triggered right after the
+/// previous one's status patch can run before the watch delivers it, and would then misjudge transitions
+/// (a requested switchover seen as a failover).
+async fn last_written(
     api: &Api<PostgresCluster>,
     cluster: &PostgresCluster,
-) -> Result<PostgresClusterStatus, Error> {
-    Ok(api
-        .get_status(&cluster.name_any())
+) -> Result<PostgresCluster, Error> {
+    api.get_status(&cluster.name_any())
         .await
-        .map_err(Error::ReadStatus)?
-        .status
-        .unwrap_or_default())
+        .map_err(Error::ReadStatus)
 }
 
 /// An invalid spec: `Ready=False` with the reason, a Warning Event when the reason is new, and no
