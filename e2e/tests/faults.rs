@@ -39,7 +39,7 @@ use pgpilot_e2e::{
     cluster,
     deploy::{self, Manifest},
     fault,
-    scenarios::{Mode, Recovery, Scene, Timings, basic, grey, micros},
+    scenarios::{self, Mode, Recovery, Scene, Timings, basic, grey, micros},
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -602,14 +602,7 @@ where
         body_started.elapsed().as_secs_f64()
     );
     if outcome.is_err() || !verdict.passed() {
-        if verdict.passed() {
-            // The table shows the timeline and the decisions only for a failed verdict.
-            println!("{}  last HA decisions:", verdict.timeline_text());
-            for (member, decision) in &verdict.last_decisions {
-                println!("    {member}: {decision}");
-            }
-        }
-        eprintln!("{}", cluster::describe(&ns, CLUSTER, 3));
+        scenarios::print_failure(&verdict, &ns, CLUSTER, 3);
     }
     outcome?;
     if !verdict.passed() {

@@ -24,7 +24,7 @@ use pgpilot_e2e::{
     client, cluster,
     deploy::{self, Manifest},
     fault,
-    scenarios::{Mode, Recovery, Scene, Timings, basic, grey, micros},
+    scenarios::{self, Mode, Recovery, Scene, Timings, basic, grey, micros},
 };
 
 const CLUSTER: &str = "pg";
@@ -394,13 +394,7 @@ async fn soak() -> Result<()> {
         summary.push(summary_line(round, fault, &verdict));
         println!("soak: {}", summary.last().map_or("", String::as_str));
         if outcome.is_err() || !verdict.passed() {
-            if verdict.passed() {
-                println!("{}  last HA decisions:", verdict.timeline_text());
-                for (member, decision) in &verdict.last_decisions {
-                    println!("    {member}: {decision}");
-                }
-            }
-            eprintln!("{}", cluster::describe(&ns, CLUSTER, 3));
+            scenarios::print_failure(&verdict, &ns, CLUSTER, 3);
         }
         if let Err(e) = outcome {
             return Err(fail(

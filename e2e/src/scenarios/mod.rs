@@ -20,7 +20,11 @@ use anyhow::{Context, Result};
 use pgpilot_crds::contract;
 
 use crate::{
-    checker::{harness::Harness, verdict::Micros},
+    TestNamespace,
+    checker::{
+        harness::Harness,
+        verdict::{Micros, Verdict},
+    },
     cluster::{self, LeaseRecord},
 };
 
@@ -202,6 +206,18 @@ pub async fn sleep_secs(s: u64) {
 
 pub fn micros(d: Duration) -> Micros {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// What a failed round prints beside its verdict: for a failed body with a passing verdict, the timeline
+/// and each member's last HA decision (a failed verdict's table shows them already); then the cluster.
+pub fn print_failure(verdict: &Verdict, ns: &TestNamespace, cluster: &str, members: usize) {
+    if verdict.passed() {
+        println!("{}  last HA decisions:", verdict.timeline_text());
+        for (member, decision) in &verdict.last_decisions {
+            println!("    {member}: {decision}");
+        }
+    }
+    eprintln!("{}", cluster::describe(ns, cluster, members));
 }
 
 #[cfg(test)]
