@@ -308,7 +308,8 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
             .lease
             .as_ref()
             .is_none_or(|record| record.holder() == Some(me));
-    let past_deadline = fencing_deadline(obs, timings).is_some_and(|d| now >= d);
+    let deadline = fencing_deadline(obs, timings);
+    let past_deadline = deadline.is_some_and(|d| now >= d);
     let primary = obs.local.primary;
 
     if let Some(sent) = obs.renewed_sent_at.filter(|_| confirmed_holder) {
@@ -318,7 +319,7 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
             || obs
                 .last_renewal
                 .is_some_and(|r| r.renew_deadline != timings.renew_deadline)
-            || fencing_deadline(obs, timings).is_some_and(|d| now + timings.retry_period >= d);
+            || deadline.is_some_and(|d| now + timings.retry_period >= d);
         // Failsafe takes over from the first due renewal the apiserver does not answer (the Lease was
         // unreadable this loop), well before the deadline: the watchdog fences at the deadline itself.
         let apiserver_gone = obs.lease.is_none() && (due || past_deadline);

@@ -20,6 +20,16 @@ fn timings() -> Timings {
     Timings::new(&HaTimings::default()).unwrap()
 }
 
+/// Issue 13's longer timings, 30/20/5.
+fn long_timings() -> Timings {
+    Timings::new(&HaTimings {
+        lease_duration_seconds: 30,
+        renew_deadline_seconds: 20,
+        retry_period_seconds: 5,
+    })
+    .unwrap()
+}
+
 fn record(holder: Option<&str>, rv: &str, transitions: u64) -> LeaseRecord {
     LeaseRecord {
         holder: holder.map(str::to_owned),
@@ -605,12 +615,7 @@ fn l6_a_changed_renew_deadline_is_written_before_the_old_one_runs_out() {
     // old renewDeadline counts until a write records the new pair), so the holder renews at once rather
     // than at the new interval (t(10)), which left it fenced under load (seen on the local cluster).
     let obs = holder_obs();
-    let longer = Timings::new(&HaTimings {
-        lease_duration_seconds: 30,
-        renew_deadline_seconds: 20,
-        retry_period_seconds: 5,
-    })
-    .unwrap();
+    let longer = long_timings();
     assert_eq!(decide(&obs, t(1.0), &longer), Decision::Renew);
     // Written: the new pair is in force and the new interval applies.
     let mut renewed = obs.clone();
@@ -983,12 +988,7 @@ fn grey_a_longer_renew_deadline_applies_only_from_the_next_write() {
     // The holder switched from 15/10/2 to 30/20/5, but its last write still said 15 s: it must fence
     // by the deadline paired with that write.
     let mut obs = holder_obs();
-    let longer = Timings::new(&HaTimings {
-        lease_duration_seconds: 30,
-        renew_deadline_seconds: 20,
-        retry_period_seconds: 5,
-    })
-    .unwrap();
+    let longer = long_timings();
     assert_eq!(decide(&obs, t(10.0), &longer), Decision::Fence);
     obs.last_renewal = Some(Renewal {
         sent_at: t(0.0),
