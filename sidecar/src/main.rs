@@ -29,7 +29,7 @@ use pgpilot_sidecar::{
     peers::Peers,
     postgres::{Credentials, PgSettings, Postgres},
     rest,
-    state::{Handles, MemberState},
+    state::{Handles, Heartbeat, MemberState},
 };
 use tokio::sync::Notify;
 use tokio::{
@@ -110,10 +110,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (commands_tx, commands_rx) = mpsc::channel(8);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let metrics = Arc::new(Metrics::new());
+    let heartbeat = Heartbeat::default();
     let ctx = Arc::new(rest::Context {
         handles: Handles {
             state: state_rx,
             commands: commands_tx,
+            heartbeat: heartbeat.clone(),
         },
         metrics: metrics.clone(),
         secrets_dir: args.secrets_dir.clone(),
@@ -133,7 +135,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let timings = Timings::new(&cfg.ha)?;
     let creds =
         Credentials::load(&args.secrets_dir, &cfg.bootstrap.database).context("credentials")?;
-    let pg = Postgres::new(PgSettings::for_pod(&args.cluster, &args.member), creds);
+    let mut pg = Postgres::new(PgSettings::for_pod(&args.cluster, &args.member), creds);
+    pg.set_heartbeat(heartbeat.clone());
     let request_timeout = timings.retry_period.min(Duration::from_secs(2));
     // The HA loop's own requests (Lease, pod labels) go through a client whose connections time out
     // like the requests: a connection that died with a network cut is dropped, not waited on for
@@ -180,6 +183,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         state: state_tx,
         commands: commands_rx,
         metrics,
+        heartbeat,
     });
     let mut ha = tokio::spawn(ha.run(shutdown_rx));
 

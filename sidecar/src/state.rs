@@ -6,7 +6,13 @@
 //! Mutating REST calls become a [`Command`] on an mpsc channel with a oneshot for the answer; the HA loop
 //! takes them between two loops, so no action ever runs concurrently with the loop's own.
 
-use std::time::Instant;
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use pgpilot_crds::contract::{
     AgentInfo, MemberReport, MemberTags, PgpilotInfo, ROLE_PRIMARY, ROLE_REPLICA, SidecarConfig,
@@ -267,6 +273,81 @@ pub struct Command {
 pub struct Handles {
     pub state: watch::Receiver<MemberState>,
     pub commands: mpsc::Sender<Command>,
+    /// When the HA loop last made progress (`/liveness`).
+    pub heartbeat: Heartbeat,
+}
+
+/// When the HA loop last made progress: it beats after every loop and every command, and its long steps
+/// beat while the program they wait on runs (`initdb`, `pg_basebackup`, `pg_rewind`, a server starting
+/// or stopping), so only a loop stuck in a step that waits on nothing alive falls silent. Shared by the
+/// loop (the writer) and the REST API's `/liveness` (the reader); cheap to clone and to beat.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    /// Tokio's clock (the std clock outside a paused test runtime).
+    base: tokio::time::Instant,
+    /// Milliseconds after `base` of the last beat, plus one; 0 before the first.
+    last: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Self {
+            base: tokio::time::Instant::now(),
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.beat_at(tokio::time::Instant::now());
+    }
+
+    fn beat_at(&self, at: tokio::time::Instant) {
+        let ms =
+            u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX);
+        self.last.fetch_max(ms.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// How long ago the last beat was; `None` before the loop's first beat.
+    pub fn age(&self) -> Option<Duration> {
+        self.age_at(tokio::time::Instant::now())
+    }
+
+    fn age_at(&self, now: tokio::time::Instant) -> Option<Duration> {
+        match self.last.load(Ordering::Relaxed) {
+            0 => None,
+            ms => {
+                let at = self.base + Duration::from_millis(ms - 1);
+                Some(now.saturating_duration_since(at))
+            }
+        }
+    }
+
+    /// Awaits `op`, beating every second while it runs: for steps that wait on a live program.
+    pub async fn while_running<T>(&self, op: impl Future<Output = T>) -> T {
+        let mut op = std::pin::pin!(op);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                out = &mut op => return out,
+                _ = tick.tick() => self.beat(),
+            }
+        }
+    }
+}
+
+/// `/liveness`: the HA loop is alive while it beat within five `retryPeriod`s, and 30 s at the least
+/// (a Lease call, a peer poll and a fast stop fit in that on a slow machine); before its first beat it
+/// counts as alive (it waits for its configuration). The kubelet restarts the container only after the
+/// probe's own failure threshold on top (about a minute).
+pub fn loop_alive(age: Option<Duration>, retry_period: Duration) -> bool {
+    age.is_none_or(|age| age <= liveness_bound(retry_period))
+}
+
+pub fn liveness_bound(retry_period: Duration) -> Duration {
+    (retry_period * 5).max(Duration::from_secs(30))
 }
 
 impl Handles {
@@ -285,5 +366,58 @@ impl Handles {
                 format!("no answer from the HA loop within {timeout:?}"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod heartbeat_tests {
+    use super::*;
+
+    #[test]
+    fn a_heartbeat_is_silent_until_the_first_beat_then_ages() {
+        let hb = Heartbeat::default();
+        let t0 = hb.base;
+        assert_eq!(hb.age_at(t0 + Duration::from_secs(100)), None);
+        hb.beat_at(t0 + Duration::from_secs(10));
+        assert_eq!(
+            hb.age_at(t0 + Duration::from_secs(40)),
+            Some(Duration::from_secs(30))
+        );
+        // An older beat never moves it back.
+        hb.beat_at(t0 + Duration::from_secs(5));
+        assert_eq!(
+            hb.age_at(t0 + Duration::from_secs(40)),
+            Some(Duration::from_secs(30))
+        );
+        // A clone beats the same heart.
+        hb.clone().beat_at(t0 + Duration::from_secs(39));
+        assert_eq!(
+            hb.age_at(t0 + Duration::from_secs(40)),
+            Some(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn the_loop_is_alive_within_five_retry_periods_and_thirty_seconds_at_the_least() {
+        let s = Duration::from_secs;
+        assert!(loop_alive(None, s(2)));
+        assert!(loop_alive(Some(s(30)), s(2)));
+        assert!(!loop_alive(Some(s(31)), s(2)));
+        assert!(loop_alive(Some(s(50)), s(10)));
+        assert!(!loop_alive(Some(s(51)), s(10)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_step_beats_while_it_runs() {
+        let hb = Heartbeat::default();
+        hb.beat();
+        hb.while_running(tokio::time::sleep(Duration::from_secs(120)))
+            .await;
+        // Beaten within the last second of the two minutes, not only when the step began.
+        let age = hb.age().expect("beaten");
+        assert!(age <= Duration::from_secs(1), "{age:?}");
+        // And a step that is only awaited leaves the beat where it was.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        assert!(hb.age().expect("beaten") >= Duration::from_secs(120));
     }
 }

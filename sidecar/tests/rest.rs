@@ -12,7 +12,7 @@ use pgpilot_crds::contract::{MemberReport, ROLE_PRIMARY, ROLE_REPLICA, Xlog};
 use pgpilot_sidecar::{
     metrics::Metrics,
     rest::{self, Context, GET_PATHS, HEALTH_PATHS, PATCH_PATHS, POST_PATHS},
-    state::{Handles, MemberState, Outcome, PeerState},
+    state::{Handles, Heartbeat, MemberState, Outcome, PeerState},
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use yaml_serde::Value;
@@ -101,7 +101,11 @@ async fn server() -> Server {
         }
     });
     let ctx = Arc::new(Context {
-        handles: Handles { state, commands },
+        handles: Handles {
+            state,
+            commands,
+            heartbeat: Heartbeat::default(),
+        },
         metrics: Arc::new(Metrics::new()),
         secrets_dir: dir.clone(),
         http: reqwest::Client::new(),

@@ -165,8 +165,9 @@ fn postgres_container(c: &ValidatedCluster) -> Container {
             },
         ]),
         // Readiness follows the sidecar's view (running and, for a replica, streaming) quickly; liveness
-        // only asks whether the sidecar itself answers, and tolerates a minute of silence, so a long
-        // pg_basebackup or crash recovery never gets PostgreSQL killed.
+        // asks whether the HA loop makes progress (a long pg_basebackup or crash recovery counts: the
+        // loop beats while the program runs) and tolerates a minute of failures on top, so only a hung
+        // loop gets the container restarted.
         readiness_probe: Some(http_probe("/readiness", 2, 3)),
         liveness_probe: Some(Probe {
             initial_delay_seconds: Some(10),

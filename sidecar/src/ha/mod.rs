@@ -48,7 +48,7 @@ use crate::{
     metrics::Metrics,
     peers::Peers,
     postgres::{self, Desired, Postgres, Role},
-    state::{Command, HistoryEntry, MemberState, PeerState},
+    state::{Command, Heartbeat, HistoryEntry, MemberState, PeerState},
 };
 
 /// Everything the loop owns.
@@ -64,6 +64,7 @@ pub struct HaLoop {
     state: watch::Sender<MemberState>,
     commands: mpsc::Receiver<Command>,
     metrics: Arc<Metrics>,
+    heartbeat: Heartbeat,
     watchdog: watch::Sender<Option<(Instant, u32)>>,
     member: Member,
     mem: Memory,
@@ -114,6 +115,8 @@ pub struct Parts {
     pub state: watch::Sender<MemberState>,
     pub commands: mpsc::Receiver<Command>,
     pub metrics: Arc<Metrics>,
+    /// Beaten after every loop and command (`/liveness`); give the same one to [`Postgres`].
+    pub heartbeat: Heartbeat,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -179,6 +182,7 @@ impl HaLoop {
             state: p.state,
             commands: p.commands,
             metrics: p.metrics,
+            heartbeat: p.heartbeat,
             watchdog,
             member: Member::default(),
             mem: Memory::default(),
@@ -188,10 +192,12 @@ impl HaLoop {
     /// Runs until `shutdown` flips; then stops PostgreSQL (fast) and, if holding it, releases the Lease
     /// (L4: release only after stop).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.heartbeat.beat();
         self.startup().await;
         loop {
             let started = Instant::now();
             self.iteration().await;
+            self.heartbeat.beat();
             let holder = self.elector.renewed_sent_at().is_some();
             let next = started + self.timings.retry_period;
             let pod_change = self.peers.changed.clone();
@@ -203,6 +209,7 @@ impl HaLoop {
                 }
                 Some(cmd) = self.commands.recv() => {
                     let outcome = self.command(cmd.action).await;
+                    self.heartbeat.beat();
                     let _ = cmd.reply.send(outcome);
                 }
                 _ = shutdown.changed() => {

@@ -46,6 +46,8 @@ use std::{
 use pgpilot_crds::contract::ReplicationMode;
 use tokio::{process::Child, sync::Mutex};
 
+use crate::state::Heartbeat;
+
 pub use config::{Change, Rendered, render};
 pub use credentials::{Credentials, CredentialsError, UserPassword};
 pub use lifecycle::Rejoined;
@@ -260,6 +262,8 @@ pub struct Postgres {
     crashed: Option<ExitStatus>,
     /// A cached superuser connection over the socket, reopened on demand.
     client: Mutex<Option<tokio_postgres::Client>>,
+    /// Beaten while a server program or the server itself is being waited on (`/liveness`).
+    heartbeat: Heartbeat,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -280,7 +284,14 @@ impl Postgres {
             child: None,
             crashed: None,
             client: Mutex::new(None),
+            heartbeat: Heartbeat::default(),
         }
+    }
+
+    /// The HA loop's heartbeat, beaten while this waits on a program that runs (a long clone or
+    /// recovery is progress, not a hung loop).
+    pub fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.heartbeat = heartbeat;
     }
 
     pub fn settings(&self) -> &PgSettings {

@@ -96,6 +96,8 @@ impl Postgres {
     async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
+            // The server runs (crash recovery, a replica reaching consistency): progress.
+            self.heartbeat.beat();
             if let Some(child) = &mut self.child
                 && let Ok(Some(status)) = child.try_wait()
             {
@@ -141,7 +143,10 @@ impl Postgres {
         };
         for signal in steps {
             send(pid, *signal)?;
-            match tokio::time::timeout(timeout, child.wait()).await {
+            let waited = self
+                .heartbeat
+                .while_running(tokio::time::timeout(timeout, child.wait()));
+            match waited.await {
                 Ok(Ok(status)) => {
                     info!(%status, ?signal, "postgres stopped");
                     return Ok(());

@@ -22,10 +22,14 @@ impl Postgres {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let out = cmd.output().await.map_err(|source| Error::Io {
-            context: format!("run {tool}"),
-            source,
-        })?;
+        let out = self
+            .heartbeat
+            .while_running(cmd.output())
+            .await
+            .map_err(|source| Error::Io {
+                context: format!("run {tool}"),
+                source,
+            })?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
             let tail: Vec<&str> = stderr.lines().rev().take(8).collect();

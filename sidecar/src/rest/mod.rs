@@ -32,7 +32,7 @@ use crate::{
         switchover::{self, Target},
     },
     metrics::Metrics,
-    state::{Action, Handles, MemberState, Outcome},
+    state::{Action, Handles, MemberState, Outcome, liveness_bound, loop_alive},
 };
 
 /// Every route: (method, path). Health paths also answer HEAD and OPTIONS. `openapi.yaml` lists the same.
@@ -135,6 +135,7 @@ pub async fn handle(ctx: &Context, req: Request) -> Response {
     match method {
         "GET" | "HEAD" | "OPTIONS" if HEALTH_PATHS.contains(&path) => {
             let mut response = match parse_health_query(&req.query) {
+                Ok(_) if path == "/liveness" => liveness(&ctx.handles, &state),
                 Ok(q) => {
                     let ok = health(path, &state, &q);
                     Response::json(if ok { 200 } else { 503 }, &state.report())
@@ -182,7 +183,32 @@ pub async fn handle(ctx: &Context, req: Request) -> Response {
     }
 }
 
-/// The health checks: true means 200.
+/// `/liveness`: 200 while the HA loop makes progress, 503 with the reason once it has been silent past
+/// [`liveness_bound`] — the kubelet then restarts the container instead of keeping a hung loop that looks
+/// alive (the fencing watchdog is a task of its own and fences a stuck holder meanwhile, L5).
+fn liveness(handles: &Handles, state: &MemberState) -> Response {
+    let retry = Duration::from_secs(u64::from(state.config.ha.retry_period_seconds));
+    let age = handles.heartbeat.age();
+    if loop_alive(age, retry) {
+        return Response::json(200, &state.report());
+    }
+    let age = age.unwrap_or_default();
+    Response::error(
+        503,
+        format!(
+            "the HA loop has made no progress for {:.0} s (bound {} s: 5 retryPeriods, 30 s at the least); last decision: {}",
+            age.as_secs_f64(),
+            liveness_bound(retry).as_secs(),
+            if state.last_decision.is_empty() {
+                "none"
+            } else {
+                &state.last_decision
+            }
+        ),
+    )
+}
+
+/// The health checks but `/liveness` (the loop's heartbeat, [`liveness`]): true means 200.
 pub fn health(path: &str, s: &MemberState, q: &HealthQuery) -> bool {
     let lag_ok = q
         .max_lag
@@ -199,8 +225,6 @@ pub fn health(path: &str, s: &MemberState, q: &HealthQuery) -> bool {
         "/sync" | "/synchronous" => balanced_replica && s.is_sync_replica(),
         "/async" | "/asynchronous" => balanced_replica && !s.is_sync_replica(),
         "/health" => s.running,
-        // The API answering is the sidecar being alive: if the HA loop ends, the process exits.
-        "/liveness" => true,
         "/readiness" => s.is_primary() || s.is_ready_replica(),
         _ => false,
     }

@@ -10,7 +10,7 @@ use pgpilot_crds::contract::{
 use tokio::sync::{mpsc, watch};
 
 use super::*;
-use crate::state::{Command, PeerState};
+use crate::state::{Command, Heartbeat, PeerState};
 
 fn primary_state() -> MemberState {
     let mut s = MemberState::new("c", "c-0");
@@ -90,7 +90,11 @@ fn harness(state: MemberState) -> Harness {
     let (_tx, state) = watch::channel(state);
     let (commands, actions) = mpsc::channel(4);
     let ctx = Context {
-        handles: Handles { state, commands },
+        handles: Handles {
+            state,
+            commands,
+            heartbeat: Heartbeat::default(),
+        },
         metrics: Arc::new(Metrics::new()),
         secrets_dir: dir.clone(),
         http: reqwest::Client::new(),
@@ -225,6 +229,31 @@ async fn stopped_member_is_unhealthy_but_alive() {
     assert_eq!(status(&h, get("/health")).await, 503);
     assert_eq!(status(&h, get("/readiness")).await, 503);
     assert_eq!(status(&h, get("/replica")).await, 503);
+    assert_eq!(status(&h, get("/liveness")).await, 200);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_silent_ha_loop_fails_liveness_with_the_reason() {
+    let mut s = primary_state();
+    s.last_decision = "renew".into();
+    let h = harness(s);
+    // Before the loop's first beat (it waits for its configuration) the member counts as alive.
+    assert_eq!(status(&h, get("/liveness")).await, 200);
+    h.ctx.handles.heartbeat.beat();
+    tokio::time::advance(std::time::Duration::from_secs(30)).await;
+    assert_eq!(status(&h, get("/liveness")).await, 200);
+    tokio::time::advance(std::time::Duration::from_secs(2)).await;
+    let r = handle(&h.ctx, get("/liveness")).await;
+    assert_eq!(r.status, 503);
+    let reason: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let reason = reason["error"].as_str().unwrap();
+    assert!(
+        reason.contains("no progress for 32 s") && reason.contains("renew"),
+        "{reason}"
+    );
+    // The other checks do not depend on it, and the next beat makes it alive again.
+    assert_eq!(status(&h, get("/primary")).await, 200);
+    h.ctx.handles.heartbeat.beat();
     assert_eq!(status(&h, get("/liveness")).await, 200);
 }
 
