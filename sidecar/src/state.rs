@@ -11,7 +11,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use pgpilot_crds::contract::{
@@ -68,8 +68,6 @@ pub struct MemberState {
     pub history: Vec<HistoryEntry>,
     /// A switchover waiting for its time.
     pub scheduled_switchover: Option<ScheduledSwitchover>,
-    /// When the HA loop last finished a loop.
-    pub last_loop: Option<Instant>,
 }
 
 impl MemberState {
@@ -102,7 +100,6 @@ impl MemberState {
             peers: Vec::new(),
             history: Vec::new(),
             scheduled_switchover: None,
-            last_loop: None,
         }
     }
 
@@ -277,6 +274,25 @@ pub struct Handles {
     pub heartbeat: Heartbeat,
 }
 
+impl Handles {
+    /// Sends `action` to the HA loop and waits for its answer; 503 when the loop is gone or busy past
+    /// `timeout`.
+    pub async fn ask(&self, action: Action, timeout: std::time::Duration) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        if self.commands.send(Command { action, reply }).await.is_err() {
+            return Outcome::new(503, "the HA loop is not running");
+        }
+        match tokio::time::timeout(timeout, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => Outcome::new(503, "the HA loop dropped the request"),
+            Err(_) => Outcome::new(
+                503,
+                format!("no answer from the HA loop within {timeout:?}"),
+            ),
+        }
+    }
+}
+
 /// When the HA loop last made progress: it beats after every loop and every command, and its long steps
 /// beat while the program they wait on runs (`initdb`, `pg_basebackup`, `pg_rewind`, a server starting
 /// or stopping), so only a loop stuck in a step that waits on nothing alive falls silent. Shared by the
@@ -348,25 +364,6 @@ pub fn loop_alive(age: Option<Duration>, retry_period: Duration) -> bool {
 
 pub fn liveness_bound(retry_period: Duration) -> Duration {
     (retry_period * 5).max(Duration::from_secs(30))
-}
-
-impl Handles {
-    /// Sends `action` to the HA loop and waits for its answer; 503 when the loop is gone or busy past
-    /// `timeout`.
-    pub async fn ask(&self, action: Action, timeout: std::time::Duration) -> Outcome {
-        let (reply, answer) = oneshot::channel();
-        if self.commands.send(Command { action, reply }).await.is_err() {
-            return Outcome::new(503, "the HA loop is not running");
-        }
-        match tokio::time::timeout(timeout, answer).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Outcome::new(503, "the HA loop dropped the request"),
-            Err(_) => Outcome::new(
-                503,
-                format!("no answer from the HA loop within {timeout:?}"),
-            ),
-        }
-    }
 }
 
 #[cfg(test)]

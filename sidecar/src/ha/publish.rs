@@ -3,8 +3,6 @@
 //!
 //! [`Member`]: super::Member
 
-use std::time::Instant;
-
 use pgpilot_crds::contract::{ROLE_PRIMARY, ROLE_REPLICA, SidecarConfig};
 
 use super::HaLoop;
@@ -75,7 +73,6 @@ impl HaLoop {
                         candidate: c.clone(),
                         at: at.to_string(),
                     });
-            s.last_loop = Some(Instant::now());
         });
     }
 }
