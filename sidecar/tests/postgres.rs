@@ -446,6 +446,52 @@ async fn basebackup_replica_streams_and_promotes_onto_a_new_timeline() {
     r.stop(StopMode::Fast).await.unwrap();
 }
 
+/// A standby's timeline is the newest it received WAL on, also while no WAL receiver runs (its upstream
+/// gone): the checkpoint's timeline lags a timeline switch until the next restartpoint, minutes later. A
+/// standby that reported it would see a peer that kept its receiver a moment longer "on a newer
+/// timeline" and never take over (seen in the soak: the recorded synchronous standby said
+/// `OlderTimeline` about an asynchronous one after the primary died, and nobody took over).
+#[tokio::test]
+async fn a_standby_keeps_its_timeline_once_its_upstream_is_gone() {
+    let dir = TestDir::new("timeline");
+    let mut a = primary(&dir, "m0", &["m0", "m1", "m2"]).await;
+    let mut b = replica(&dir, "m1", &a).await;
+    let mut c = replica(&dir, "m2", &a).await;
+    wait_streaming(&mut a, "m1").await;
+    wait_streaming(&mut a, "m2").await;
+    a.stop(StopMode::Fast).await.unwrap();
+    b.promote().await.unwrap();
+    b.configure(&desired(Role::Primary)).await.unwrap();
+    let follow_b = desired(Role::Replica {
+        upstream: upstream(&b),
+        slot: None,
+    });
+    if let Change::NeedsRestart(_) = c.configure(&follow_b).await.unwrap() {
+        c.restart().await.unwrap();
+    }
+    let streaming = eventually(30, "m2 streaming timeline 2 from m1", async || {
+        let o = c.observe().await;
+        o.wal_receiver
+            .as_ref()
+            .is_some_and(|w| w.status == "streaming" && w.received_timeline == Some(2))
+            .then_some(o)
+    })
+    .await;
+    assert_eq!(streaming.timeline, Some(2));
+    b.stop(StopMode::Fast).await.unwrap();
+    let alone = eventually(30, "m2 without a WAL receiver", async || {
+        let o = c.observe().await;
+        (o.in_recovery == Some(true) && o.wal_receiver.is_none()).then_some(o)
+    })
+    .await;
+    assert_eq!(
+        alone.timeline,
+        Some(2),
+        "a standby that received timeline 2 reports it with its upstream gone"
+    );
+    c.stop(StopMode::Fast).await.unwrap();
+}
+
 #[tokio::test]
 async fn rewind_rejoins_a_diverged_former_primary() {
     let dir = TestDir::new("rewind");

@@ -264,6 +264,9 @@ pub struct Postgres {
     client: Mutex<Option<tokio_postgres::Client>>,
     /// Beaten while a server program or the server itself is being waited on (`/liveness`).
     heartbeat: Heartbeat,
+    /// The newest timeline this data directory was seen on (cleared when it is replaced or rewound):
+    /// a standby's own report falls back to its checkpoint's timeline while no WAL receiver runs.
+    timeline_seen: Option<u32>,
 }
 
 impl std::fmt::Debug for Postgres {
@@ -285,6 +288,7 @@ impl Postgres {
             crashed: None,
             client: Mutex::new(None),
             heartbeat: Heartbeat::default(),
+            timeline_seen: None,
         }
     }
 
@@ -384,7 +388,9 @@ pub struct Observation {
     pub in_recovery: Option<bool>,
     /// `server_version_num`, e.g. 150010.
     pub server_version: Option<u32>,
-    /// Primary: the timeline WAL is written on; replica: the newest of received and checkpoint timelines.
+    /// Primary: the timeline WAL is written on; replica: the newest of the received timeline, the
+    /// checkpoint's and the one this data directory was last seen on (the receiver comes and goes with its
+    /// upstream, the checkpoint's lags a switch until the next restartpoint).
     pub timeline: Option<u32>,
     /// Primary: `pg_current_wal_lsn()`.
     pub current_lsn: Option<u64>,

@@ -88,6 +88,10 @@ impl Postgres {
             Ok(mut o) => {
                 o.running = true;
                 o.accepting = true;
+                // Timelines only grow while the data directory stays: what it was seen on still holds
+                // when the standby's WAL receiver is gone (its upstream died) and the checkpoint lags.
+                o.timeline = o.timeline.max(self.timeline_seen);
+                self.timeline_seen = o.timeline;
                 obs = o;
             }
             Err(err) => obs.error = Some(err.to_string()),

@@ -56,6 +56,7 @@ impl Postgres {
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn initdb(&mut self) -> Result<()> {
         self.refuse_while_running()?;
+        self.timeline_seen = None;
         self.remove_incomplete_data_dir()?;
         let data = self.settings.data_dir.clone();
         self.prepare_empty_data_dir()?;
@@ -97,6 +98,7 @@ impl Postgres {
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn basebackup(&mut self, from: &Upstream, slot: Option<&str>) -> Result<()> {
         self.refuse_while_running()?;
+        self.timeline_seen = None;
         self.remove_incomplete_data_dir()?;
         let data = self.settings.data_dir.clone();
         self.prepare_empty_data_dir()?;
@@ -146,6 +148,7 @@ impl Postgres {
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn rewind(&mut self, from: &Upstream) -> Result<()> {
         self.refuse_while_running()?;
+        self.timeline_seen = None;
         if !self.is_initialized() {
             return Err(Error::Refused(
                 "no complete data directory to rewind: re-clone",
@@ -248,6 +251,7 @@ impl Postgres {
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn wipe(&mut self) -> Result<()> {
         self.refuse_while_running()?;
+        self.timeline_seen = None;
         let data = self.settings.data_dir.clone();
         if data.exists() {
             remove_dir(&data)?;
