@@ -42,11 +42,16 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    fn refuse_while_running(&mut self) -> Result<()> {
-        match self.pid() {
-            Some(pid) if self.is_running() => Err(Error::AlreadyRunning { pid }),
-            _ => Ok(()),
+    /// The start of every tool that changes PGDATA (initdb, a clone, a rewind, a wipe): refused while the
+    /// server runs; what was seen of the old directory (its timeline) no longer holds.
+    fn begin_data_dir_change(&mut self) -> Result<()> {
+        if let Some(pid) = self.pid()
+            && self.is_running()
+        {
+            return Err(Error::AlreadyRunning { pid });
         }
+        self.timeline_seen = None;
+        Ok(())
     }
 
     /// A fresh cluster in PGDATA (leftovers of a failed clone or rewind are removed; a complete data
@@ -55,8 +60,7 @@ impl Postgres {
     /// other roles and the database are created by [`Postgres::bootstrap_roles`] once it runs as primary.
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn initdb(&mut self) -> Result<()> {
-        self.refuse_while_running()?;
-        self.timeline_seen = None;
+        self.begin_data_dir_change()?;
         self.remove_incomplete_data_dir()?;
         let data = self.settings.data_dir.clone();
         self.prepare_empty_data_dir()?;
@@ -97,8 +101,7 @@ impl Postgres {
     /// `slot`: use that existing slot on the upstream for the backup's WAL (None: a temporary one).
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn basebackup(&mut self, from: &Upstream, slot: Option<&str>) -> Result<()> {
-        self.refuse_while_running()?;
-        self.timeline_seen = None;
+        self.begin_data_dir_change()?;
         self.remove_incomplete_data_dir()?;
         let data = self.settings.data_dir.clone();
         self.prepare_empty_data_dir()?;
@@ -147,8 +150,7 @@ impl Postgres {
     /// turns false, and the caller must [`Postgres::wipe`] and re-clone — never rewind again.
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn rewind(&mut self, from: &Upstream) -> Result<()> {
-        self.refuse_while_running()?;
-        self.timeline_seen = None;
+        self.begin_data_dir_change()?;
         if !self.is_initialized() {
             return Err(Error::Refused(
                 "no complete data directory to rewind: re-clone",
@@ -250,8 +252,7 @@ impl Postgres {
     /// be stopped.
     #[instrument(skip(self), fields(member = %self.settings.member))]
     pub async fn wipe(&mut self) -> Result<()> {
-        self.refuse_while_running()?;
-        self.timeline_seen = None;
+        self.begin_data_dir_change()?;
         let data = self.settings.data_dir.clone();
         if data.exists() {
             remove_dir(&data)?;
