@@ -174,6 +174,16 @@ async fn replica(dir: &TestDir, name: &str, up: &Postgres) -> Postgres {
     pg
 }
 
+/// Primary m0 (with a slot for each member) and replicas m1, m2 streaming from it.
+async fn three_streaming(dir: &TestDir) -> (Postgres, Postgres, Postgres) {
+    let mut a = primary(dir, "m0", &["m0", "m1", "m2"]).await;
+    let b = replica(dir, "m1", &a).await;
+    let c = replica(dir, "m2", &a).await;
+    wait_streaming(&mut a, "m1").await;
+    wait_streaming(&mut a, "m2").await;
+    (a, b, c)
+}
+
 /// A TCP connection as `user` (superuser or app) to `db`.
 async fn sql(
     pg: &Postgres,
@@ -454,11 +464,7 @@ async fn basebackup_replica_streams_and_promotes_onto_a_new_timeline() {
 #[tokio::test]
 async fn a_standby_keeps_its_timeline_once_its_upstream_is_gone() {
     let dir = TestDir::new("timeline");
-    let mut a = primary(&dir, "m0", &["m0", "m1", "m2"]).await;
-    let mut b = replica(&dir, "m1", &a).await;
-    let mut c = replica(&dir, "m2", &a).await;
-    wait_streaming(&mut a, "m1").await;
-    wait_streaming(&mut a, "m2").await;
+    let (mut a, mut b, mut c) = three_streaming(&dir).await;
     a.stop(StopMode::Fast).await.unwrap();
     b.promote().await.unwrap();
     b.configure(&desired(Role::Primary)).await.unwrap();
@@ -580,11 +586,7 @@ async fn rewind_rejoins_a_diverged_former_primary() {
 #[tokio::test]
 async fn a_replica_ahead_of_the_promoted_one_is_stuck_until_rejoined() {
     let dir = TestDir::new("ahead");
-    let mut a = primary(&dir, "m0", &["m0", "m1", "m2"]).await;
-    let mut b = replica(&dir, "m1", &a).await;
-    let mut c = replica(&dir, "m2", &a).await;
-    wait_streaming(&mut a, "m1").await;
-    wait_streaming(&mut a, "m2").await;
+    let (mut a, mut b, mut c) = three_streaming(&dir).await;
 
     // b stops; c keeps receiving; a dies; b is promoted without a's last commits, which c has.
     b.stop(StopMode::Fast).await.unwrap();
