@@ -19,6 +19,11 @@ pub const LABEL_CLUSTER: &str = "pgpilot.io/cluster";
 pub const LABEL_INSTANCE: &str = "pgpilot.io/instance";
 /// Label on every pod, set by its sidecar: [`ROLE_PRIMARY`] or [`ROLE_REPLICA`]. Services select on it.
 pub const LABEL_ROLE: &str = "pgpilot.io/role";
+/// Label on every pod, set by its sidecar with the role label: [`BALANCED`] unless the member is tagged
+/// `noLoadBalance`. The `-ro` and `-r` Services select on it; `-rw` does not.
+pub const LABEL_LOAD_BALANCE: &str = "pgpilot.io/load-balance";
+/// The [`LABEL_LOAD_BALANCE`] value of a member that takes read traffic (`"false"` otherwise).
+pub const BALANCED: &str = "true";
 /// Annotation on a pod, set by its sidecar with the role label: the Lease epoch (`leaseTransitions`) the
 /// role was taken under (docs/design.md L7), so a stale primary's label can be recognised.
 pub const ANNOTATION_EPOCH: &str = "pgpilot.io/epoch";

@@ -219,14 +219,54 @@ async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> 
     Ok(())
 }
 
+/// Waits until `-ro` routes to every replica but `tagged` and `-r` to every member but `tagged`.
+async fn wait_balanced(
+    c: &kube::Client,
+    ns: &TestNamespace,
+    primary: &str,
+    tagged: Option<&str>,
+) -> Result<()> {
+    let pods = cluster::member_pods(c, &ns.name, CLUSTER).await?;
+    let ips = |any_role: bool| {
+        let mut v: Vec<String> = pods
+            .iter()
+            .filter(|p| (any_role || p.name != primary) && Some(p.name.as_str()) != tagged)
+            .filter_map(|p| p.ip.clone())
+            .collect();
+        v.sort();
+        v
+    };
+    let (want_ro, want_r) = (ips(false), ips(true));
+    pgpilot_e2e::wait_for(
+        "-ro and -r on the balanced members",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async {
+            let ro = cluster::ready_endpoints(c, &ns.name, &format!("{CLUSTER}-ro")).await?;
+            let r = cluster::ready_endpoints(c, &ns.name, &format!("{CLUSTER}-r")).await?;
+            Ok((ro == want_ro && r == want_r).then_some(()))
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "needs the local cluster (make cluster)"]
-async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()> {
+async fn spec_parameters_and_tags_reach_the_running_members() -> Result<()> {
     let (ns, primary) = three("ha-params", "async").await?;
     let c = client().await?;
+    let members = members(CLUSTER, 3);
+    let replica = members
+        .iter()
+        .find(|m| **m != primary)
+        .cloned()
+        .unwrap_or_default();
     // work_mem applies by reload; max_connections needs a restart (PostgreSQL's `postmaster` context).
-    let patch =
-        r#"{"spec":{"postgresql":{"parameters":{"work_mem":"7MB","max_connections":"60"}}}}"#;
+    // The replica tagged noLoadBalance leaves -ro and -r, not the cluster.
+    let patch = format!(
+        r#"{{"spec":{{"postgresql":{{"parameters":{{"work_mem":"7MB","max_connections":"60"}}}},"tags":{{"{replica}":{{"noLoadBalance":true}}}}}}}}"#
+    );
     ns.kubectl(&[
         "patch",
         "postgrescluster",
@@ -234,9 +274,10 @@ async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()
         "--type",
         "merge",
         "-p",
-        patch,
+        &patch,
     ])?;
-    let members = members(CLUSTER, 3);
+    wait_balanced(&c, &ns, &primary, Some(&replica)).await?;
+    println!("{replica} tagged noLoadBalance: out of -ro and -r");
     pgpilot_e2e::wait_for(
         "pending_restart on every member",
         Duration::from_secs(60),
@@ -305,5 +346,16 @@ async fn spec_parameters_are_reloaded_or_reported_pending_restart() -> Result<()
         after == primary,
         "the restarts moved the primary to {after}"
     );
+    // The tag removed: the replica takes read traffic again.
+    ns.kubectl(&[
+        "patch",
+        "postgrescluster",
+        CLUSTER,
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/spec/tags"}]"#,
+    ])?;
+    wait_balanced(&c, &ns, &primary, None).await?;
     Ok(())
 }

@@ -304,11 +304,11 @@ async fn statefulset_replicas(client: &Client, c: &ValidatedCluster) -> Result<O
 /// if this cluster owns it.
 async fn delete_disabled_services(client: &Client, c: &ValidatedCluster) -> Result<(), Error> {
     let api: Api<Service> = Api::namespaced(client.clone(), &c.namespace);
-    for (suffix, _) in services::CLIENT_SERVICES {
-        if services::enabled(c, suffix) {
+    for svc in services::CLIENT_SERVICES {
+        if services::enabled(c, svc.suffix) {
             continue;
         }
-        let name = format!("{}-{suffix}", c.name);
+        let name = format!("{}-{}", c.name, svc.suffix);
         let existing = api
             .get_metadata_opt(&name)
             .await

@@ -20,8 +20,8 @@ use kube::{
     runtime::{WatchStreamExt, reflector, reflector::Store, watcher},
 };
 use pgpilot_crds::contract::{
-    ANNOTATION_EPOCH, LABEL_CLUSTER, LABEL_ROLE, MemberReport, POSTGRES_CONTAINER, REST_PORT,
-    is_member,
+    ANNOTATION_EPOCH, LABEL_CLUSTER, LABEL_LOAD_BALANCE, LABEL_ROLE, MemberReport,
+    POSTGRES_CONTAINER, REST_PORT, is_member,
 };
 use tokio::sync::Notify;
 use tracing::warn;
@@ -208,6 +208,7 @@ fn role_mark(pod: &Pod) -> RoleMark {
             .annotations()
             .get(ANNOTATION_EPOCH)
             .and_then(|e| e.parse().ok()),
+        load_balance: pod.labels().get(LABEL_LOAD_BALANCE).cloned(),
     }
 }
 

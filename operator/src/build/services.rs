@@ -1,5 +1,5 @@
-//! The headless Service (stable member DNS names) and the client Services, which route on the role label
-//! the sidecars put on their own pods.
+//! The headless Service (stable member DNS names) and the client Services, which route on the role and
+//! load-balance labels the sidecars put on their own pods.
 
 use std::collections::BTreeMap;
 
@@ -7,16 +7,39 @@ use k8s_openapi::{
     api::core::v1::{Service, ServicePort, ServiceSpec},
     apimachinery::pkg::util::intstr::IntOrString,
 };
-use pgpilot_crds::contract::{self, LABEL_ROLE, PG_PORT, REST_PORT, ROLE_PRIMARY, ROLE_REPLICA};
+use pgpilot_crds::contract::{
+    self, BALANCED, LABEL_LOAD_BALANCE, LABEL_ROLE, PG_PORT, REST_PORT, ROLE_PRIMARY, ROLE_REPLICA,
+};
 
 use super::{meta, selector_labels};
 use crate::validate::ValidatedCluster;
 
-/// Suffixes of the client Services and the role each selects (`None`: any member).
-pub const CLIENT_SERVICES: [(&str, Option<&str>); 3] = [
-    ("rw", Some(ROLE_PRIMARY)),
-    ("ro", Some(ROLE_REPLICA)),
-    ("r", None),
+/// One client Service: its name's suffix, the role it selects (`None`: any member), and whether it
+/// leaves out members tagged `noLoadBalance` (read traffic only).
+pub struct ClientService {
+    pub suffix: &'static str,
+    pub role: Option<&'static str>,
+    pub balanced_only: bool,
+}
+
+/// `-rw` (the primary, tags or not), `-ro` (replicas), `-r` (any member); the read Services select only
+/// members whose sidecar labelled them balanced.
+pub const CLIENT_SERVICES: [ClientService; 3] = [
+    ClientService {
+        suffix: "rw",
+        role: Some(ROLE_PRIMARY),
+        balanced_only: false,
+    },
+    ClientService {
+        suffix: "ro",
+        role: Some(ROLE_REPLICA),
+        balanced_only: true,
+    },
+    ClientService {
+        suffix: "r",
+        role: None,
+        balanced_only: true,
+    },
 ];
 
 fn port(name: &str, port: u16) -> ServicePort {
@@ -57,14 +80,17 @@ pub fn build_services(c: &ValidatedCluster) -> Vec<Service> {
     };
     let clients = CLIENT_SERVICES
         .iter()
-        .filter(|(suffix, _)| enabled(c, suffix))
-        .map(|(suffix, role)| {
+        .filter(|svc| enabled(c, svc.suffix))
+        .map(|svc| {
             let mut selector: BTreeMap<String, String> = selector_labels(c);
-            if let Some(role) = role {
-                selector.insert(LABEL_ROLE.into(), (*role).into());
+            if let Some(role) = svc.role {
+                selector.insert(LABEL_ROLE.into(), role.into());
+            }
+            if svc.balanced_only {
+                selector.insert(LABEL_LOAD_BALANCE.into(), BALANCED.into());
             }
             Service {
-                metadata: meta(c, format!("{}-{suffix}", c.name)),
+                metadata: meta(c, format!("{}-{}", c.name, svc.suffix)),
                 spec: Some(ServiceSpec {
                     type_: Some(c.spec.services.type_.as_str().into()),
                     selector: Some(selector),
@@ -87,7 +113,7 @@ mod tests {
     }
 
     #[test]
-    fn default_services_select_by_role() {
+    fn default_services_select_by_role_and_the_read_ones_by_load_balance() {
         let svcs = services("instances: 3");
         let got: Vec<(String, BTreeMap<String, String>)> = svcs
             .iter()
@@ -98,20 +124,23 @@ mod tests {
                 )
             })
             .collect();
-        let sel = |role: Option<&str>| {
+        let sel = |role: Option<&str>, balanced: bool| {
             let mut m = BTreeMap::from([("pgpilot.io/cluster".to_owned(), "pg".to_owned())]);
             if let Some(r) = role {
                 m.insert("pgpilot.io/role".into(), r.into());
+            }
+            if balanced {
+                m.insert("pgpilot.io/load-balance".into(), "true".into());
             }
             m
         };
         assert_eq!(
             got,
             vec![
-                ("pg-pods".to_owned(), sel(None)),
-                ("pg-rw".to_owned(), sel(Some("primary"))),
-                ("pg-ro".to_owned(), sel(Some("replica"))),
-                ("pg-r".to_owned(), sel(None)),
+                ("pg-pods".to_owned(), sel(None, false)),
+                ("pg-rw".to_owned(), sel(Some("primary"), false)),
+                ("pg-ro".to_owned(), sel(Some("replica"), true)),
+                ("pg-r".to_owned(), sel(None, true)),
             ]
         );
         let headless = svcs[0].spec.clone().unwrap();

@@ -1,17 +1,18 @@
-//! The role label and epoch annotation on the pods (L7, L9): this member's own, patched only when it
+//! The role label, epoch annotation and load-balance label on the pods (L7, L9): this member's own, patched only when it
 //! differs, and a stale primary's, overwritten once by the new holder. IO: pod patches.
 
 use std::time::Instant;
 
 use kube::api::{Patch, PatchParams};
 use pgpilot_crds::contract::{
-    ANNOTATION_EPOCH, LABEL_ROLE, ROLE_PRIMARY, ROLE_REPLICA, SIDECAR_FIELD_MANAGER,
+    ANNOTATION_EPOCH, LABEL_LOAD_BALANCE, LABEL_ROLE, ROLE_PRIMARY, ROLE_REPLICA,
+    SIDECAR_FIELD_MANAGER,
 };
 use serde_json::json;
 use tracing::{info, warn};
 
 use super::{HaError, HaLoop};
-use crate::election::{RoleMark, role_patch, stale_primaries};
+use crate::election::{RoleMark, role_patch, stale_primaries, wanted_mark};
 
 impl HaLoop {
     /// L7: the new holder overwrites any other pod's primary label once, so `-rw` never routes there.
@@ -27,7 +28,7 @@ impl HaLoop {
             info!(pod = %pod, epoch, "relabelling a stale primary's pod as replica (L7)");
             let mark = RoleMark {
                 role: Some(ROLE_REPLICA.into()),
-                epoch: None,
+                ..RoleMark::default()
             };
             if let Err(e) = self.patch_mark(&pod, &mark).await {
                 warn!(error = %e, pod = %pod, "cannot relabel");
@@ -35,13 +36,21 @@ impl HaLoop {
         }
     }
 
-    /// L7/L9: this pod's role label and epoch annotation, patched only when they differ.
+    /// L7/L9: this pod's role label, epoch annotation and load-balance label, patched only when they
+    /// differ.
     pub(super) async fn label_own_pod(&mut self) {
         let primary = self.is_leading();
-        let wanted = RoleMark {
-            role: Some(if primary { ROLE_PRIMARY } else { ROLE_REPLICA }.into()),
-            epoch: self.elector.record().map(|r| r.transitions),
-        };
+        let no_load_balance = self
+            .config
+            .borrow()
+            .tags
+            .get(&self.me)
+            .is_some_and(|t| t.no_load_balance);
+        let wanted = wanted_mark(
+            if primary { ROLE_PRIMARY } else { ROLE_REPLICA },
+            self.elector.record().map(|r| r.transitions),
+            no_load_balance,
+        );
         let Some(current) = self.peers.own_mark() else {
             return;
         };
@@ -68,6 +77,9 @@ impl HaLoop {
 
     async fn patch_mark(&self, pod: &str, mark: &RoleMark) -> Result<(), HaError> {
         let mut metadata = json!({ "labels": { LABEL_ROLE: mark.role } });
+        if let Some(balance) = &mark.load_balance {
+            metadata["labels"][LABEL_LOAD_BALANCE] = json!(balance);
+        }
         if let Some(epoch) = mark.epoch {
             metadata["annotations"] = json!({ ANNOTATION_EPOCH: epoch.to_string() });
         }
