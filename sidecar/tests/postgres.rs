@@ -281,6 +281,17 @@ async fn initdb_makes_a_writable_primary_with_roles_and_database() {
     assert_eq!(count_rows(&app, "t").await, 2);
 
     let su = superuser(&pg).await;
+    // The versions the HA loop compares before it touches a data directory: the image's server, the
+    // directory's PG_VERSION and the running server's own all agree.
+    let running: i32 = su
+        .query_one("SELECT current_setting('server_version_num')::int4", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let running = u32::try_from(running / 10000).ok();
+    assert!(running.is_some_and(|v| v >= 10), "{running:?}");
+    assert_eq!(pg.binary_major().await, running, "postgres --version");
+    assert_eq!(pg.data_major(), running, "PG_VERSION");
     let row = su
         .query_one(
             "SELECT rolreplication, rolcanlogin, (SELECT datdba::regrole::text FROM pg_database WHERE datname = 'appdb'),

@@ -91,6 +91,8 @@ struct Memory {
     streamed_at: Option<Instant>,
     /// The database system identifier of the local data, once known (`pg_controldata`).
     system_id: Option<String>,
+    /// The major version of this image's server, read at startup.
+    binary_major: Option<u32>,
     /// Why this member refuses to act on its data (shown over REST; the operator reports it).
     refusal: Option<String>,
     /// A replica: why it could not take over now (shown over REST; the operator's `FailoverBlocked`).
@@ -223,6 +225,10 @@ impl HaLoop {
     /// A restarted sidecar finds out what its data directory was: a former primary must rewind before it
     /// follows anyone (L4: it never starts writable on belief — it starts as a replica).
     async fn startup(&mut self) {
+        self.mem.binary_major = self.pg.binary_major().await;
+        if self.mem.binary_major.is_none() {
+            warn!("cannot read the server's version (postgres --version)");
+        }
         if self.pg.is_initialized() {
             match self.pg.controldata().await {
                 Ok(cd) => {

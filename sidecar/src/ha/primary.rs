@@ -27,6 +27,13 @@ impl HaLoop {
         reason: AcquireReason,
         cfg: &SidecarConfig,
     ) -> Result<(), HaError> {
+        // A server that cannot run this data (or pgpilot) never takes the Lease only to give it back.
+        if !self.pg.is_running()
+            && let Some(why) =
+                super::replica::version_refusal(self.pg.data_major(), self.mem.binary_major)
+        {
+            return self.refuse(why);
+        }
         let result = self
             .elector
             .acquire(self.wal_stamp(), self.mem.system_id.as_deref())
@@ -72,13 +79,8 @@ impl HaLoop {
         if cfg.paused {
             return Ok(());
         }
-        let cluster_id = self.elector.record().and_then(|r| r.system_id.clone());
-        if let Some(why) = super::replica::system_mismatch(
-            self.mem.system_id.as_deref(),
-            None,
-            cluster_id.as_deref(),
-        ) {
-            // Holding the Lease over another system's data: never serve it as the cluster's.
+        if let Some(why) = self.data_refusal(None) {
+            // Holding the Lease over another system's (or major version's) data: never serve it.
             self.release().await?;
             return self.refuse(why);
         }

@@ -26,15 +26,10 @@ impl HaLoop {
         }
         let leader_report = self.running_upstream(leader);
         let upstream = leader_report.as_ref().map(|(up, _)| up.clone());
-        let cluster_id = self.elector.record().and_then(|r| r.system_id.clone());
         let upstream_id = leader
             .and_then(|l| self.mem.peers.iter().find(|p| p.name == l))
             .and_then(|p| p.report.as_ref()?.pgpilot.system_identifier.clone());
-        if let Some(why) = system_mismatch(
-            self.mem.system_id.as_deref(),
-            upstream_id.as_deref(),
-            cluster_id.as_deref(),
-        ) {
+        if let Some(why) = self.data_refusal(upstream_id.as_deref()) {
             return self.refuse(why);
         }
         self.mem.refusal = None;
@@ -97,6 +92,20 @@ impl HaLoop {
             );
         }
         Ok(())
+    }
+
+    /// Why this member must not bootstrap, start, clone onto, rewind or wipe its data (`None`: it may):
+    /// a server too old, data of another major version than this image's server, or of another database
+    /// system than the cluster's or the primary's (`upstream_id`, its report's).
+    pub(super) fn data_refusal(&self, upstream_id: Option<&str>) -> Option<String> {
+        let cluster_id = self.elector.record().and_then(|r| r.system_id.clone());
+        version_refusal(self.pg.data_major(), self.mem.binary_major).or_else(|| {
+            system_mismatch(
+                self.mem.system_id.as_deref(),
+                upstream_id,
+                cluster_id.as_deref(),
+            )
+        })
     }
 
     /// Refuses to touch the data (issue 13 hole 4): shown over REST, reported by the operator.
@@ -203,9 +212,44 @@ pub fn system_mismatch(
     }
 }
 
+/// The oldest PostgreSQL major version pgpilot runs (the roles and grants it sets up need 15).
+pub const MIN_MAJOR: u32 = 15;
+
+/// Why this image must not bootstrap, start, clone onto, rewind or wipe the data directory (`None`: it
+/// may): a server older than [`MIN_MAJOR`], or data made by another major version — read by neither
+/// server, and a major upgrade is not an image change: a wipe and re-clone would throw the data away.
+pub fn version_refusal(data: Option<u32>, binary: Option<u32>) -> Option<String> {
+    match (data, binary) {
+        (_, Some(b)) if b < MIN_MAJOR => Some(format!(
+            "this image runs PostgreSQL {b}; pgpilot needs PostgreSQL {MIN_MAJOR} or newer"
+        )),
+        (Some(d), Some(b)) if d != b => Some(format!(
+            "the data directory is PostgreSQL {d}'s and this image runs PostgreSQL {b}: set the image back to \
+             PostgreSQL {d} (a major version upgrade is not an image change)"
+        )),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn data_of_another_major_version_or_a_too_old_server_is_never_touched() {
+        assert_eq!(version_refusal(Some(15), Some(15)), None);
+        assert_eq!(version_refusal(Some(17), Some(17)), None);
+        assert_eq!(version_refusal(None, Some(17)), None, "no data yet");
+        assert_eq!(version_refusal(Some(15), None), None, "version unknown");
+        let why = version_refusal(Some(15), Some(17)).unwrap();
+        assert!(
+            why.contains("PostgreSQL 15's") && why.contains("runs PostgreSQL 17"),
+            "{why}"
+        );
+        let why = version_refusal(None, Some(14)).unwrap();
+        assert!(why.contains("needs PostgreSQL 15 or newer"), "{why}");
+        assert!(version_refusal(Some(14), Some(14)).is_some());
+    }
 
     #[test]
     fn data_of_another_system_is_never_touched() {

@@ -129,6 +129,13 @@ pub fn find_bin_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/usr/lib/postgresql/15/bin"))
 }
 
+/// The major version in `postgres --version`'s answer, e.g. 17 of `postgres (PostgreSQL) 17.2 (Debian
+/// 17.2-1)`.
+pub fn parse_major(version: &str) -> Option<u32> {
+    let number = version.split(')').nth(1)?.split_whitespace().next()?;
+    number.split(['.', 'b', 'r']).next()?.parse().ok()
+}
+
 /// The primary to clone from, stream from or rewind from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
@@ -317,6 +324,24 @@ impl Postgres {
     /// half-done (see [`Postgres::rewind`]). A `false` with a non-empty directory means: wipe and re-clone.
     pub fn is_initialized(&self) -> bool {
         self.settings.data_dir.join("PG_VERSION").is_file() && !self.incomplete_marker().exists()
+    }
+
+    /// The PostgreSQL major version the data directory was made by (`PG_VERSION`), `None` without one.
+    pub fn data_major(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.settings.data_dir.join("PG_VERSION")).ok()?;
+        text.trim().parse().ok()
+    }
+
+    /// The major version of this image's server (`postgres --version`), `None` when it cannot be run
+    /// or read.
+    pub async fn binary_major(&self) -> Option<u32> {
+        let out = self
+            .command("postgres")
+            .arg("--version")
+            .output()
+            .await
+            .ok()?;
+        parse_major(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// Whether the child is alive (reaping it if it just exited).
@@ -514,6 +539,23 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_major_version_is_read_from_postgres_version() {
+        for (text, major) in [
+            (
+                "postgres (PostgreSQL) 15.10 (Debian 15.10-0+deb12u1)\n",
+                Some(15),
+            ),
+            ("postgres (PostgreSQL) 17.2\n", Some(17)),
+            ("postgres (PostgreSQL) 18beta1\n", Some(18)),
+            ("postgres (PostgreSQL) 16rc1\n", Some(16)),
+            ("", None),
+            ("command not found", None),
+        ] {
+            assert_eq!(parse_major(text), major, "{text:?}");
+        }
+    }
 
     #[test]
     fn slot_names_are_valid_slot_identifiers() {
