@@ -112,6 +112,22 @@ impl MemberState {
         self.running && self.role == ROLE_REPLICA
     }
 
+    /// The Lease's holder when it runs as the primary, by this member's view (itself, or the holder's
+    /// report this loop); `None` when the holder is absent, unreachable or not serving.
+    pub fn live_leader(&self) -> Option<&str> {
+        let leader = self.leader.as_deref()?;
+        let serving = if leader == self.member {
+            self.is_primary()
+        } else {
+            self.peers
+                .iter()
+                .find(|p| p.name == leader)
+                .and_then(|p| p.report.as_ref())
+                .is_some_and(|r| r.role == ROLE_PRIMARY && r.state == "running")
+        };
+        serving.then_some(leader)
+    }
+
     /// A replica fit to serve reads: streaming, and its lag as last measured within
     /// `maximumLagOnFailover` (issue 13 hole 10: `-ro` never serves arbitrarily stale reads).
     pub fn is_ready_replica(&self) -> bool {
@@ -240,6 +256,9 @@ pub enum Action {
     Reload,
     /// Replica only: wipe PGDATA and clone again from the primary.
     Reinitialize,
+    /// No primary serves: take the Lease as soon as the Lease rules allow and promote, this member
+    /// being the user's choice (`force`: also when that costs writes only others have).
+    Failover { force: bool },
 }
 
 /// The HA loop's answer: an HTTP status and a message for the caller.

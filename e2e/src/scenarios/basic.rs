@@ -4,7 +4,7 @@
 //! old one rejoins as a replica; a frozen one was fenced, and its successor held the Lease), a killed
 //! primary's successor was a recorded synchronous standby, a deleted primary pod's Lease was released (one
 //! takeover, within 10 s), and a cut synchronous standby stalls commits for no longer than
-//! [`Timings::sync_gap_bound`].
+//! [`Timings::sync_gap_bound`]. And issue 14's manual failover while automatic failover is blocked.
 
 use std::time::{Duration, Instant};
 
@@ -243,6 +243,67 @@ pub async fn kill_new_primary_during_failover(h: &mut Harness, s: &mut Scene) ->
     let second = wait_new_primary(h, &p, failover_within(s.timings)).await?;
     h.fault("kill", &s.target(&format!("{second}/postgres")))
         .await?;
+    h.healed();
+    Ok(())
+}
+
+/// Issue 14: a manual failover while automatic failover is blocked. The primary's node and the recorded
+/// synchronous standby's node stop; the remaining standby is not synchronous, so it may not take over by
+/// itself (L3). `POST /failover` to it waits for the dead primary's Lease to expire and is then refused
+/// with the reason, naming `force`; with `force` it takes the Lease and promotes (what only the stopped
+/// members had is lost — the user's choice). Once both nodes are back, they follow the new primary.
+pub async fn manual_failover_blocked(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    ensure!(s.mode == Mode::Sync, "a synchronous-mode row");
+    let p = primary(h).await?;
+    let sync = s
+        .sync_standbys
+        .first()
+        .cloned()
+        .context("no recorded synchronous standby")?;
+    let other = h
+        .members
+        .iter()
+        .find(|m| **m != p && **m != sync)
+        .cloned()
+        .context("no asynchronous standby")?;
+    let pods = h.pods().await?;
+    let ip = cluster::ip_of(&pods, &other).with_context(|| format!("{other} has no IP"))?;
+    let (primary_node, sync_node) = (node_of(h, &p).await?, node_of(h, &sync).await?);
+    h.fault("stop", &primary_node).await?;
+    h.fault("stop", &sync_node).await?;
+    let failover = async |force: bool| {
+        let body = serde_json::json!({ "candidate": other, "force": force });
+        let asked = Instant::now();
+        let answer = rest::post(
+            &h.client,
+            &s.namespace,
+            &s.cluster,
+            &ip,
+            "/failover",
+            Some(body),
+        )
+        .await;
+        let (status, text) = answer?;
+        h.mark(format!(
+            "POST /failover {other} force={force}: {status} {text} ({:.1} s)",
+            asked.elapsed().as_secs_f64()
+        ));
+        anyhow::Ok((status, text))
+    };
+    let (status, text) = failover(false).await?;
+    ensure!(
+        status == 412
+            && text.contains("not a recorded synchronous standby")
+            && text.contains("force"),
+        "without force: {status} {text}"
+    );
+    let (status, text) = failover(true).await?;
+    ensure!(status == 200, "with force: {status} {text}");
+    let new = wait_new_primary(h, &p, Duration::from_secs(30)).await?;
+    ensure!(new == other, "{new} became primary, not {other}");
+    sleep_secs(5).await;
+    h.fault("start", &primary_node).await?;
+    h.fault("start", &sync_node).await?;
     h.healed();
     Ok(())
 }

@@ -58,6 +58,9 @@ pub(super) fn change_of_primary(
     (Some(record), Some(event))
 }
 
+/// What a person can do about a blocked failover, appended to its reasons.
+const MANUAL_HINT: &str = " (should the primary fail, POST /failover with a candidate, and \"force\": true if it must lose writes, overrules this)";
+
 /// `FailoverBlocked`: whether no automatic failover can happen, and why. First what the spec says
 /// (paused, one member, `noFailover` tags), then what the replicas say: once the cluster has had a
 /// primary, when every member other than the primary whose sidecar answered reports why it may not take
@@ -110,7 +113,10 @@ pub(super) fn blocked(
             return (
                 true,
                 reason::NO_ELIGIBLE_REPLICA,
-                format!("no replica may take over: {}", reasons.join("; ")),
+                format!(
+                    "no replica may take over: {}{MANUAL_HINT}",
+                    reasons.join("; ")
+                ),
             );
         }
     }
@@ -256,7 +262,9 @@ mod tests {
         );
         assert_eq!(
             b.message,
-            "no replica may take over: pg-1: lag 5242880 B beyond maximumLagOnFailover"
+            format!(
+                "no replica may take over: pg-1: lag 5242880 B beyond maximumLagOnFailover{MANUAL_HINT}"
+            )
         );
         assert_eq!(b.last_transition_time, Time(t(10)));
         assert!(
@@ -281,8 +289,10 @@ mod tests {
         let (s2, _) = compute(&c, &again, &both, &SwitchoverOutcome::None, t(30));
         assert_eq!(
             cond(&s2, "FailoverBlocked").message,
-            "no replica may take over: pg-1: lag 5242880 B beyond maximumLagOnFailover; \
-             pg-2: not a recorded synchronous standby"
+            format!(
+                "no replica may take over: pg-1: lag 5242880 B beyond maximumLagOnFailover; \
+                 pg-2: not a recorded synchronous standby{MANUAL_HINT}"
+            )
         );
 
         // One replica may: not blocked, and that is announced.

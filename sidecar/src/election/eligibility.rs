@@ -67,16 +67,26 @@ fn rank<'a>(policy: &Policy, record: &LeaseRecord, name: &'a str, wal: u64) -> i
 /// a reachable peer's, the primary's as the Lease recorded it, or as the primary last reported it to
 /// this member. Unreachable peers cannot object: that is what the Lease's own rules are for.
 pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Ineligible> {
+    objections(obs, record)
+        .into_iter()
+        .next()
+        .map_or(Ok(()), Err)
+}
+
+/// Every reason of [`eligibility`] that holds, in the order it checks them (the first is its answer).
+/// A manual failover waives some of them ([`waived_by_manual`]), never all.
+pub fn objections(obs: &Observation, record: &LeaseRecord) -> Vec<Ineligible> {
     let me = obs.me.as_str();
     let policy = &obs.policy;
     let (true, Some(my_wal)) = (obs.local.healthy, obs.local.wal) else {
-        return Err(Ineligible::Unhealthy);
+        return vec![Ineligible::Unhealthy];
     };
+    let mut found = Vec::new();
     if !obs.member {
-        return Err(Ineligible::NotAMember);
+        found.push(Ineligible::NotAMember);
     }
     if !policy.may_fail_over(me) {
-        return Err(Ineligible::NoFailover);
+        found.push(Ineligible::NoFailover);
     }
     // The members recorded as having every acknowledged commit — and the holder the record names, whose
     // own data is the reference (a restarted primary may reclaim its Lease even if no standby was
@@ -90,7 +100,7 @@ pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Inelig
     };
     let sync_mode = policy.mode != ReplicationMode::Async;
     if sync_mode && !synchronous(me) {
-        return Err(Ineligible::NotSynchronous);
+        found.push(Ineligible::NotSynchronous);
     }
     let my_timeline = obs.local.timeline.unwrap_or(0);
     let my_rank = rank(policy, record, me, my_wal);
@@ -103,10 +113,10 @@ pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Inelig
     for peer in &obs.peers {
         let Some(report) = &peer.report else { continue };
         if report.primary && report.healthy {
-            return Err(Ineligible::PrimaryRunning(peer.name.clone()));
+            found.push(Ineligible::PrimaryRunning(peer.name.clone()));
         }
         if report.timeline.unwrap_or(0) > my_timeline {
-            return Err(Ineligible::OlderTimeline(peer.name.clone()));
+            found.push(Ineligible::OlderTimeline(peer.name.clone()));
         }
         let Some(wal) = report.wal.filter(|_| report.healthy) else {
             continue;
@@ -114,12 +124,30 @@ pub fn eligibility(obs: &Observation, record: &LeaseRecord) -> Result<(), Inelig
         best_wal = best_wal.max(wal);
         let competes = policy.may_fail_over(&peer.name) && (!sync_mode || synchronous(&peer.name));
         if competes && rank(policy, record, &peer.name, wal) > my_rank {
-            return Err(Ineligible::PeerAhead(peer.name.clone()));
+            found.push(Ineligible::PeerAhead(peer.name.clone()));
         }
     }
     let behind = best_wal - my_wal;
     if behind > policy.maximum_lag_on_failover {
-        return Err(Ineligible::TooFarBehind { behind });
+        found.push(Ineligible::TooFarBehind { behind });
     }
-    Ok(())
+    found
+}
+
+/// Which objections a manual failover to this member (`POST /failover`) sets aside: that another member
+/// ranks higher always (the user chose); with `force`, also what costs acknowledged or replicated
+/// writes (not synchronous, an older timeline, too far behind, not streamed recently). Never an
+/// unhealthy member, a `noFailover` one, a non-member, or one while another primary runs.
+pub fn waived_by_manual(why: &Ineligible, force: bool) -> bool {
+    match why {
+        Ineligible::PeerAhead(_) => true,
+        Ineligible::NotSynchronous
+        | Ineligible::OlderTimeline(_)
+        | Ineligible::TooFarBehind { .. }
+        | Ineligible::NotStreamedRecently => force,
+        Ineligible::Unhealthy
+        | Ineligible::NoFailover
+        | Ineligible::NotAMember
+        | Ineligible::PrimaryRunning(_) => false,
+    }
 }

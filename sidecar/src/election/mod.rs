@@ -16,10 +16,10 @@ mod record;
 mod roles;
 pub mod switchover;
 
-use eligibility::may_bootstrap;
-pub use eligibility::{Policy, eligibility};
+pub use eligibility::{Policy, eligibility, waived_by_manual};
+use eligibility::{may_bootstrap, objections};
 pub use record::{LeaseRecord, LeaseWatch, PodStatus};
-pub use roles::{RoleMark, role_patch, stale_primaries};
+pub use roles::{RoleMark, role_patch, stale_primaries, wanted_mark};
 
 use std::time::{Duration, Instant};
 
@@ -71,6 +71,13 @@ impl Timings {
         self.lease_duration
             .saturating_sub(self.renew_deadline)
             .max(self.retry_period)
+    }
+
+    /// L2: how long another member's record must stay unchanged before it may be taken — the longer of
+    /// this member's `leaseDuration` and the one the record was written with.
+    pub fn effective_lease_duration(&self, record: &LeaseRecord) -> Duration {
+        self.lease_duration
+            .max(record.lease_duration.unwrap_or_default())
     }
 }
 
@@ -354,9 +361,7 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
         };
     }
 
-    let lease_duration = timings
-        .lease_duration
-        .max(record.lease_duration.unwrap_or_default());
+    let lease_duration = timings.effective_lease_duration(record);
     match holder {
         Some(h) if h == me => {
             if record.handover_to.as_deref() == Some(me) {
@@ -387,32 +392,9 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
         }
         Some(h) => {
             let leader = Some(h.to_owned());
-            let unchanged = obs.watch.unchanged_for(now);
-            let expired = unchanged >= lease_duration;
-            let dead = obs.watch.holder_dead(&obs.holder_pod);
-            // The holder's own deadline, as it wrote it (without it, only expiry counts), plus one
-            // retry period for the fence itself to land: the watchdog fires at the deadline counted
-            // from when the holder *sent* its last write, which is before this member saw it.
-            let fenced_by = record
-                .renew_deadline
-                .map_or(lease_duration, |d| d + timings.retry_period);
-            let gone = obs.watch.holder_gone(&obs.holder_pod) && unchanged >= fenced_by;
-            if !expired && !dead && !gone {
-                let why = if record.handover_to.as_deref() == Some(h) {
-                    FollowReason::HandoverPending
-                } else if obs.watch.holder_gone(&obs.holder_pod) {
-                    FollowReason::NotExpired
-                } else {
-                    FollowReason::Leader
-                };
-                return Decision::Follow { leader, why };
-            }
-            let reason = if expired {
-                AcquireReason::Expired
-            } else if dead {
-                AcquireReason::HolderDead
-            } else {
-                AcquireReason::HolderGone
+            let reason = match takeover(obs, record, h, now, timings) {
+                Ok(reason) => reason,
+                Err(why) => return Decision::Follow { leader, why },
             };
             match eligibility(obs, record)
                 .and_then(|()| streamed_recently(obs, record, now, lease_duration, timings))
@@ -424,6 +406,110 @@ pub fn decide(obs: &Observation, now: Instant, timings: &Timings) -> Decision {
                 },
             }
         }
+    }
+}
+
+/// L2/L8: whether another member's Lease (`holder`) may be taken now, and on which ground; if not, why
+/// this member follows. Expired by the longer of this member's and the record's `leaseDuration`, the
+/// holder's container died, or its pod is gone and the record has not changed for the holder's
+/// `renewDeadline` and one retry period.
+fn takeover(
+    obs: &Observation,
+    record: &LeaseRecord,
+    holder: &str,
+    now: Instant,
+    timings: &Timings,
+) -> Result<AcquireReason, FollowReason> {
+    let lease_duration = timings.effective_lease_duration(record);
+    let unchanged = obs.watch.unchanged_for(now);
+    let expired = unchanged >= lease_duration;
+    let dead = obs.watch.holder_dead(&obs.holder_pod);
+    // The holder's own deadline, as it wrote it (without it, only expiry counts), plus one retry period
+    // for the fence itself to land: the watchdog fires at the deadline counted from when the holder
+    // *sent* its last write, which is before this member saw it.
+    let fenced_by = record
+        .renew_deadline
+        .map_or(lease_duration, |d| d + timings.retry_period);
+    let gone = obs.watch.holder_gone(&obs.holder_pod) && unchanged >= fenced_by;
+    if expired {
+        Ok(AcquireReason::Expired)
+    } else if dead {
+        Ok(AcquireReason::HolderDead)
+    } else if gone {
+        Ok(AcquireReason::HolderGone)
+    } else if record.handover_to.as_deref() == Some(holder) {
+        Err(FollowReason::HandoverPending)
+    } else if obs.watch.holder_gone(&obs.holder_pod) {
+        Err(FollowReason::NotExpired)
+    } else {
+        Err(FollowReason::Leader)
+    }
+}
+
+/// One step of a manual failover to this member (`POST /failover` without a live primary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ManualStep {
+    /// Take the Lease now, with a conditional write (L1), then promote (L4).
+    Acquire(AcquireReason),
+    /// Not yet: the holder's Lease may not be taken yet (L2/L8), or it could not be read.
+    NotYet(String),
+    /// Not with this request.
+    Refused(String),
+}
+
+/// A manual failover to this member: the Lease rules (L1, L2, L4, L5, L8) hold as for any takeover —
+/// only a released, expired or dead holder's Lease is taken — but the candidate is the user's choice:
+/// [`waived_by_manual`] sets aside the objections a person may overrule (`force` for those that cost
+/// writes). Pure, like [`decide`].
+pub fn manual_failover(
+    obs: &Observation,
+    now: Instant,
+    timings: &Timings,
+    force: bool,
+) -> ManualStep {
+    let me = obs.me.as_str();
+    let Some(record) = &obs.lease else {
+        return ManualStep::NotYet("the Lease cannot be read".into());
+    };
+    if obs.policy.paused {
+        return ManualStep::Refused(
+            "the cluster is paused: resume it (spec.paused: false) to fail over".into(),
+        );
+    }
+    if obs.local.primary {
+        return ManualStep::Refused(format!("{me} already runs as the primary"));
+    }
+    let reason = match record.holder() {
+        Some(h) if h == me => {
+            return ManualStep::Refused(format!("the Lease already names {me}"));
+        }
+        None if may_bootstrap(obs, record) => {
+            return ManualStep::Refused("the cluster has no data yet".into());
+        }
+        None => AcquireReason::Released,
+        Some(h) => match takeover(obs, record, h, now, timings) {
+            Ok(reason) => reason,
+            Err(FollowReason::HandoverPending) => {
+                return ManualStep::Refused(format!("a switchover to {h} is in progress"));
+            }
+            Err(_) => {
+                return ManualStep::NotYet(format!(
+                    "{h} holds the Lease and it has not expired (its pod is not known dead)"
+                ));
+            }
+        },
+    };
+    let lease_duration = timings.effective_lease_duration(record);
+    let mut objections = objections(obs, record);
+    if let Err(why) = streamed_recently(obs, record, now, lease_duration, timings) {
+        objections.push(why);
+    }
+    match objections.iter().find(|why| !waived_by_manual(why, force)) {
+        None => ManualStep::Acquire(reason),
+        Some(why) if waived_by_manual(why, true) => ManualStep::Refused(format!(
+            "{me}: {why}; \"force\": true fails over anyway, losing what only the others have"
+        )),
+        Some(why) => ManualStep::Refused(format!("{me}: {why}")),
     }
 }
 
@@ -462,9 +548,7 @@ pub fn failover_blocked(obs: &Observation, now: Instant, timings: &Timings) -> O
     let holder = record.holder().filter(|h| *h != obs.me)?;
     let mut without = obs.clone();
     without.peers.retain(|p| p.name != holder);
-    let lease_duration = timings
-        .lease_duration
-        .max(record.lease_duration.unwrap_or_default());
+    let lease_duration = timings.effective_lease_duration(record);
     match eligibility(&without, record)
         .and_then(|()| streamed_recently(&without, record, now, lease_duration, timings))
     {

@@ -652,10 +652,7 @@ fn l6_a_shorter_renew_deadline_does_not_shorten_a_renewal_written_under_the_long
 
 #[test]
 fn l7_stale_primary_labels_are_found_for_the_new_holder() {
-    let mark = |role: &str, epoch| RoleMark {
-        role: Some(role.into()),
-        epoch: Some(epoch),
-    };
+    let mark = |role: &str, epoch| wanted_mark(role, Some(epoch), false);
     let pods = [
         ("c-0", mark(ROLE_PRIMARY, 3)),
         ("c-1", mark(ROLE_PRIMARY, 4)),
@@ -754,10 +751,7 @@ fn l8_a_restarted_holder_loses_the_tie_to_a_replica() {
 
 #[test]
 fn l9_role_label_patched_on_change_only() {
-    let wanted = RoleMark {
-        role: Some(ROLE_REPLICA.into()),
-        epoch: Some(4),
-    };
+    let wanted = wanted_mark(ROLE_REPLICA, Some(4), false);
     assert_eq!(role_patch(&wanted.clone(), &wanted), None);
     assert_eq!(
         role_patch(&RoleMark::default(), &wanted),
@@ -768,6 +762,23 @@ fn l9_role_label_patched_on_change_only() {
         ..wanted.clone()
     };
     assert_eq!(role_patch(&older, &wanted), Some(wanted));
+}
+
+#[test]
+fn l9_a_no_load_balance_tag_changes_the_label_once() {
+    // A pod labelled before the tag existed (no load-balance label) and one tagged later both get one
+    // patch; the label then says "false", which the -ro and -r selectors do not match.
+    let balanced = wanted_mark(ROLE_REPLICA, Some(4), false);
+    let tagged = wanted_mark(ROLE_REPLICA, Some(4), true);
+    assert_eq!(balanced.load_balance.as_deref(), Some("true"));
+    assert_eq!(tagged.load_balance.as_deref(), Some("false"));
+    let unlabelled = RoleMark {
+        load_balance: None,
+        ..balanced.clone()
+    };
+    assert_eq!(role_patch(&unlabelled, &balanced), Some(balanced.clone()));
+    assert_eq!(role_patch(&balanced, &tagged), Some(tagged.clone()));
+    assert_eq!(role_patch(&tagged, &tagged), None);
 }
 
 #[test]
@@ -1057,4 +1068,139 @@ fn grey_a_pod_that_is_not_a_member_never_races() {
         decide(&fresh, t(1.0), &timings()),
         Decision::Acquire(_)
     ));
+}
+
+// ---- Manual failover: the Lease rules hold, the candidate is the user's ------------------------------
+
+#[test]
+fn manual_failover_waits_for_the_lease_like_any_takeover() {
+    // c-0's record is live: no manual failover takes it (L2); once expired, or its container dead (L8),
+    // the named candidate takes it.
+    let mut obs = expired_obs();
+    assert!(matches!(
+        manual_failover(&obs, t(5.0), &timings(), false),
+        ManualStep::NotYet(_)
+    ));
+    assert_eq!(
+        manual_failover(&obs, t(EXPIRED), &timings(), false),
+        ManualStep::Acquire(AcquireReason::Expired)
+    );
+    obs.holder_pod = pod("uid-0", true, 0);
+    assert_eq!(
+        manual_failover(&obs, t(5.0), &timings(), false),
+        ManualStep::Acquire(AcquireReason::HolderDead)
+    );
+    // A released Lease is taken at once.
+    let released = replica_obs(record(None, "11", 1));
+    assert_eq!(
+        manual_failover(&released, t(0.5), &timings(), false),
+        ManualStep::Acquire(AcquireReason::Released)
+    );
+}
+
+#[test]
+fn manual_failover_overrules_the_rank_and_with_force_what_costs_writes() {
+    // c-2 is ahead: automatic failover leaves it to c-2, a manual one to c-1 goes ahead.
+    let mut obs = expired_obs();
+    obs.peers[1].report = Some(replica_report(1000 + 4096));
+    ineligible(&obs, Ineligible::PeerAhead("c-2".into()));
+    assert_eq!(
+        manual_failover(&obs, t(EXPIRED), &timings(), false),
+        ManualStep::Acquire(AcquireReason::Expired)
+    );
+    // Sync mode, c-1 not recorded synchronous: refused, and the answer says force exists; with force,
+    // taken.
+    obs.policy.mode = ReplicationMode::Sync;
+    let mut rec = record(Some("c-0"), "10", 1);
+    rec.sync_members = Some(vec!["c-2".into()]);
+    obs.lease = Some(rec);
+    let ManualStep::Refused(why) = manual_failover(&obs, t(EXPIRED), &timings(), false) else {
+        panic!("a non-synchronous candidate without force");
+    };
+    assert!(
+        why.contains("not a recorded synchronous standby") && why.contains("force"),
+        "{why}"
+    );
+    assert_eq!(
+        manual_failover(&obs, t(EXPIRED), &timings(), true),
+        ManualStep::Acquire(AcquireReason::Expired)
+    );
+    // Too far behind: force too.
+    obs.policy.mode = ReplicationMode::Async;
+    obs.peers[1].report = Some(replica_report(1000 + (4 << 20)));
+    assert!(matches!(
+        manual_failover(&obs, t(EXPIRED), &timings(), false),
+        ManualStep::Refused(_)
+    ));
+    assert_eq!(
+        manual_failover(&obs, t(EXPIRED), &timings(), true),
+        ManualStep::Acquire(AcquireReason::Expired)
+    );
+}
+
+#[test]
+fn manual_failover_never_makes_a_second_primary_or_promotes_what_cannot_lead() {
+    let at = t(EXPIRED);
+    let refused = |obs: &Observation| {
+        for force in [false, true] {
+            assert!(
+                matches!(
+                    manual_failover(obs, at, &timings(), force),
+                    ManualStep::Refused(_)
+                ),
+                "force {force}: {obs:?}"
+            );
+        }
+    };
+    // Another member still runs as the primary (reachable): never, forced or not.
+    let mut obs = expired_obs();
+    obs.peers[1].report = Some(running_primary(1000));
+    refused(&obs);
+    // Unhealthy, tagged noFailover, not a member, paused, already primary.
+    let mut obs = expired_obs();
+    obs.local.healthy = false;
+    refused(&obs);
+    let mut obs = expired_obs();
+    obs.policy.tags.insert(
+        "c-1".into(),
+        MemberTags {
+            no_failover: true,
+            ..MemberTags::default()
+        },
+    );
+    refused(&obs);
+    let mut obs = expired_obs();
+    obs.member = false;
+    refused(&obs);
+    let mut obs = expired_obs();
+    obs.policy.paused = true;
+    refused(&obs);
+    let mut obs = expired_obs();
+    obs.local = running_primary(1000);
+    refused(&obs);
+    // A switchover handing the Lease to c-2 is under way.
+    let mut obs = expired_obs();
+    let mut rec = record(Some("c-2"), "12", 2);
+    rec.handover_to = Some("c-2".into());
+    obs.watch.observe(&rec, &obs.holder_pod.clone(), t(EXPIRED));
+    obs.lease = Some(rec);
+    refused(&obs);
+}
+
+#[test]
+fn eligibility_is_the_first_objection() {
+    // The refactor into objections keeps eligibility's answer: the first reason, in the order checked.
+    let mut obs = expired_obs();
+    obs.policy.mode = ReplicationMode::Sync;
+    obs.peers[1].report = Some(running_primary(1000 + (2 << 20)));
+    let rec = record(Some("c-0"), "10", 1);
+    assert_eq!(eligibility(&obs, &rec), Err(Ineligible::NotSynchronous));
+    assert_eq!(
+        objections(&obs, &rec),
+        vec![
+            Ineligible::NotSynchronous,
+            Ineligible::PrimaryRunning("c-2".into()),
+            Ineligible::TooFarBehind { behind: 2 << 20 },
+        ]
+    );
 }

@@ -1,5 +1,6 @@
 //! What the REST API asks of the loop, carried out between two loops so no action ever runs
-//! concurrently with the loop's own: switchover (now or scheduled), restart, reload, reinitialize.
+//! concurrently with the loop's own: switchover (now or scheduled), restart, reload, reinitialize, a
+//! manual failover.
 //! IO: PostgreSQL, the Lease (the handover), the candidate's server.
 
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use tracing::{debug, info, instrument, warn};
 use super::{HaError, HaLoop, Lineage, Phase, fencing::renewing};
 use crate::{
     election::{
-        Decision, decide,
+        Decision, ManualStep, decide, manual_failover,
         switchover::{self, Target},
     },
     postgres::{Change, Role, StopMode, Upstream, slot_name},
@@ -20,6 +21,10 @@ use crate::{
 
 /// How long a switchover waits for the candidate to receive the old primary's shutdown checkpoint.
 const SWITCHOVER_CATCH_UP: Duration = Duration::from_secs(15);
+
+/// The longest a manual failover waits for the Lease to become takeable (within the REST API's wait
+/// for an answer).
+const MANUAL_FAILOVER_PATIENCE: Duration = Duration::from_secs(50);
 
 impl HaLoop {
     /// A REST command, between two loops.
@@ -38,9 +43,55 @@ impl HaLoop {
             Action::Restart => self.restart(&cfg).await,
             Action::Reload => self.reload(&cfg).await,
             Action::Reinitialize => self.reinitialize().await,
+            Action::Failover { force } => self.manual_failover(force, &cfg).await,
         };
         self.publish(&cfg);
         outcome
+    }
+
+    /// `POST /failover` to this member while no primary serves: loops of its own — each a fresh
+    /// observation and [`manual_failover`] — until the Lease may be taken, then the conditional write
+    /// and the promotion of any takeover (L1, L4), or a refusal. It waits at most as long as a holder's
+    /// record takes to expire after its last renewal (`leaseDuration`, then one retry period), so a
+    /// failover asked for right after the primary's node died completes in the same call.
+    async fn manual_failover(&mut self, force: bool, cfg: &SidecarConfig) -> Outcome {
+        let patience = (self.timings.lease_duration + 2 * self.timings.retry_period)
+            .min(MANUAL_FAILOVER_PATIENCE);
+        let until = Instant::now() + patience;
+        loop {
+            let obs = self.observe(cfg).await;
+            match manual_failover(&obs, Instant::now(), &self.timings, force) {
+                ManualStep::Refused(why) => {
+                    info!(reason = %why, "manual failover refused");
+                    return Outcome::new(412, why);
+                }
+                ManualStep::NotYet(why) if Instant::now() >= until => {
+                    return Outcome::new(503, format!("{why} after {patience:?}; try again"));
+                }
+                ManualStep::NotYet(why) => {
+                    debug!(reason = %why, "manual failover waits");
+                    self.heartbeat.beat();
+                    tokio::time::sleep(self.timings.retry_period).await;
+                }
+                ManualStep::Acquire(reason) => {
+                    info!(?reason, force, "manual failover: taking the Lease");
+                    if let Err(e) = self.acquire(reason, cfg).await {
+                        return Outcome::new(503, format!("manual failover failed: {e}"));
+                    }
+                    if self.elector.renewed_sent_at().is_none() {
+                        return Outcome::new(
+                            409,
+                            "the Lease changed meanwhile: another member took over first",
+                        );
+                    }
+                    let epoch = self.elector.record().map_or(0, |r| r.transitions);
+                    return Outcome::new(
+                        200,
+                        format!("Successfully failed over to {} (epoch {epoch})", self.me),
+                    );
+                }
+            }
+        }
     }
 
     async fn reload(&mut self, cfg: &SidecarConfig) -> Outcome {

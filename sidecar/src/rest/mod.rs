@@ -7,7 +7,9 @@
 //!   credentials, 403 with wrong ones. They are checked against the snapshot here (400 malformed, 412 not
 //!   possible, with the reason) and then carried out by the HA loop through [`Handles::ask`].
 //! - `POST /switchover` and `/failover` on a member that is not the primary are forwarded to the
-//!   primary's API (same body, same credentials), so they may be sent to any member.
+//!   primary's API (same body, same credentials), so they may be sent to any member. A `/failover`
+//!   while no primary serves goes to the candidate instead, whose HA loop takes the Lease as soon as
+//!   the Lease rules allow (a manual failover).
 //!
 //! Routing is one `match` over (method, path) in [`handle`], which is what the unit tests and the
 //! OpenAPI route test (`tests/rest.rs`) drive; [`serve`] only adapts warp to it.
@@ -336,6 +338,9 @@ pub struct SwitchoverBody {
     pub candidate: Option<String>,
     /// RFC 3339; absent means now.
     pub scheduled_at: Option<String>,
+    /// A failover without a live primary: accept a candidate that is not synchronous, too far behind or
+    /// on an older timeline (losing what only the others have).
+    pub force: bool,
 }
 
 async fn post(ctx: &Context, state: &MemberState, req: &Request) -> Response {
@@ -350,6 +355,9 @@ async fn post(ctx: &Context, state: &MemberState, req: &Request) -> Response {
                 }
             };
             let failover = req.path == "/failover";
+            if failover && state.live_leader().is_none() {
+                return manual_failover(ctx, state, req, &body).await;
+            }
             let plan = match plan_switchover(state, &body, failover, Timestamp::now()) {
                 Ok(plan) => plan,
                 Err(o) => return Response::outcome(&o),
@@ -488,6 +496,55 @@ pub fn plan_switchover(
     })
 }
 
+/// `POST /failover` while no primary serves (Patroni's manual failover): the candidate's HA loop takes
+/// the Lease once the Lease rules allow and promotes; any other member passes the request on to it.
+async fn manual_failover(
+    ctx: &Context,
+    state: &MemberState,
+    req: &Request,
+    body: &SwitchoverBody,
+) -> Response {
+    let Some(candidate) = body.candidate.as_deref() else {
+        return Response::outcome(&Outcome::new(
+            400,
+            "Failover could be performed only to a specific candidate",
+        ));
+    };
+    if body.scheduled_at.is_some() {
+        return Response::outcome(&Outcome::new(
+            400,
+            "a failover without a running primary cannot be scheduled",
+        ));
+    }
+    if state.leader.as_deref() == Some(candidate) {
+        return Response::outcome(&Outcome::new(
+            412,
+            format!("candidate {candidate} is the member the Lease names: it takes it back itself"),
+        ));
+    }
+    if candidate == state.member {
+        info!(
+            force = body.force,
+            "manual failover requested: no primary serves"
+        );
+        let action = Action::Failover { force: body.force };
+        return Response::outcome(&ctx.handles.ask(action, ACTION_TIMEOUT).await);
+    }
+    let Some(peer) = state.peers.iter().find(|p| p.name == candidate) else {
+        return Response::outcome(&Outcome::new(
+            412,
+            format!("candidate {candidate} does not exist"),
+        ));
+    };
+    match peer.host.as_deref() {
+        Some(host) => forward_to(ctx, host, req).await,
+        None => Response::outcome(&Outcome::new(
+            503,
+            format!("candidate {candidate} has no address yet"),
+        )),
+    }
+}
+
 /// Sends a switchover/failover to the primary's API and relays its answer.
 async fn forward(ctx: &Context, s: &MemberState, req: &Request) -> Response {
     let Some(host) = s
@@ -501,6 +558,11 @@ async fn forward(ctx: &Context, s: &MemberState, req: &Request) -> Response {
             "the primary's address is not known here",
         ));
     };
+    forward_to(ctx, &host, req).await
+}
+
+/// Sends the request to another member's API and relays its answer.
+async fn forward_to(ctx: &Context, host: &str, req: &Request) -> Response {
     let url = format!("http://{host}:{REST_PORT}{}", req.path);
     let mut builder = ctx
         .http
@@ -516,10 +578,7 @@ async fn forward(ctx: &Context, s: &MemberState, req: &Request) -> Response {
             let text = r.text().await.unwrap_or_default();
             Response::text(status, "text/plain; charset=utf-8", text)
         }
-        Err(e) => Response::outcome(&Outcome::new(
-            503,
-            format!("cannot reach the primary at {url}: {e}"),
-        )),
+        Err(e) => Response::outcome(&Outcome::new(503, format!("cannot reach {url}: {e}"))),
     }
 }
 

@@ -603,3 +603,63 @@ async fn a_replica_is_ready_only_while_it_streams_within_the_lag_limit() {
     let h = harness(s);
     assert_eq!(status(&h, get("/readiness")).await, 503, "lag unknown");
 }
+
+#[tokio::test]
+async fn a_failover_without_a_serving_primary_goes_to_the_candidates_ha_loop() {
+    // c-1's view: the Lease names c-0, whose API does not answer — no primary serves.
+    let mut s = replica_state(0);
+    s.peers.push(PeerState {
+        name: "c-2".into(),
+        host: None,
+        report: None,
+    });
+    assert_eq!(s.live_leader(), None);
+    for (body, code, what) in [
+        (r#"{"leader":"c-0"}"#, 400, "a candidate is required"),
+        (
+            r#"{"candidate":"c-1","scheduled_at":"2999-01-01T00:00:00Z"}"#,
+            400,
+            "not scheduled",
+        ),
+        (r#"{"candidate":"c-9"}"#, 412, "no such member"),
+        (r#"{"candidate":"c-0"}"#, 412, "the Lease's own holder"),
+        (r#"{"candidate":"c-2"}"#, 503, "no address to pass it on to"),
+    ] {
+        let h = harness(s.clone());
+        assert_eq!(status(&h, post("/failover", body)).await, code, "{what}");
+    }
+    let mut h = harness(s.clone());
+    let ctx = h.ctx.clone();
+    let request = tokio::spawn(async move {
+        handle(
+            &ctx,
+            post("/failover", r#"{"candidate":"c-1","force":true}"#),
+        )
+        .await
+    });
+    let cmd = h.actions.recv().await.unwrap();
+    assert!(
+        matches!(cmd.action, Action::Failover { force: true }),
+        "{:?}",
+        cmd.action
+    );
+    cmd.reply
+        .send(Outcome::new(
+            200,
+            "Successfully failed over to c-1 (epoch 3)",
+        ))
+        .unwrap();
+    assert_eq!(request.await.unwrap().status, 200);
+    // With the primary serving (its report says so), the same request is a switchover, passed on to it.
+    let mut serving = s;
+    serving.peers = vec![PeerState {
+        name: "c-0".into(),
+        host: None,
+        report: Some(MemberReport {
+            role: ROLE_PRIMARY.into(),
+            state: "running".into(),
+            ..MemberReport::default()
+        }),
+    }];
+    assert_eq!(serving.live_leader(), Some("c-0"));
+}
