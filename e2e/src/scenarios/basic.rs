@@ -290,7 +290,17 @@ pub async fn manual_failover_blocked(h: &mut Harness, s: &mut Scene) -> Result<(
         ));
         anyhow::Ok((status, text))
     };
-    let (status, text) = failover(false).await?;
+    // Until the candidate's HA loop has noticed that the primary is gone (its next iteration), its REST
+    // API answers as to a failover with a live leader: a switchover's refusal.
+    let noticed = Instant::now() + Duration::from_secs(15);
+    let (status, text) = loop {
+        let (status, text) = failover(false).await?;
+        if text.contains("is not a synchronous standby") && Instant::now() < noticed {
+            sleep_secs(1).await;
+            continue;
+        }
+        break (status, text);
+    };
     ensure!(
         status == 412
             && text.contains("not a recorded synchronous standby")
