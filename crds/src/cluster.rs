@@ -216,6 +216,10 @@ pub struct StorageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub storage_class_name: Option<String>,
+    /// Delete the volume of a member that a scale-down removes. By default it is kept, and a later
+    /// scale-up finds the member's data again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delete_on_scale_down: bool,
 }
 
 fn default_storage_size() -> String {
@@ -227,6 +231,7 @@ impl Default for StorageSpec {
         Self {
             size: default_storage_size(),
             storage_class_name: None,
+            delete_on_scale_down: false,
         }
     }
 }
@@ -565,6 +570,10 @@ pub struct PostgresClusterStatus {
     /// The last change of primary the operator observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+    /// A switchover the operator asked for itself (a scale-down that removes the primary's pod), until
+    /// it completes or times out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_switchover: Option<PlannedSwitchover>,
     /// `Ready`, `Progressing`, `Degraded`, `FailoverBlocked`, `SwitchoverInProgress`, `Paused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -611,6 +620,20 @@ pub struct FailoverRecord {
     pub to: String,
     /// `Switchover` (requested through the spec) or `Failover`.
     pub reason: String,
+}
+
+/// A switchover the operator requested on its own, to keep a change from removing the primary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedSwitchover {
+    /// The primary asked to hand over.
+    pub from: String,
+    /// The member asked to take over.
+    pub to: String,
+    /// Why: `ScaleDown`.
+    pub reason: String,
+    /// When the operator asked.
+    pub requested_at: Time,
 }
 
 /// Condition types of `status.conditions`.
@@ -666,6 +689,11 @@ pub mod reason {
 pub mod failover_reason {
     pub const SWITCHOVER: &str = "Switchover";
     pub const FAILOVER: &str = "Failover";
+}
+
+/// Reasons of `status.plannedSwitchover`.
+pub mod planned_reason {
+    pub const SCALE_DOWN: &str = "ScaleDown";
 }
 
 /// Reasons of the Events the operator publishes on a cluster (`kubectl describe pgc`). A failed reconcile

@@ -39,13 +39,15 @@ use crate::{
     events::{self, Transition},
     memo::{AnnouncedFailures, Memo, Memos, cluster_key, needs_apply},
     metrics::Metrics,
-    status,
+    scale, status,
     switchover::{self, SwitchoverOutcome},
     validate::{InvalidSpec, ValidatedCluster, validate},
 };
 
 /// How often a valid cluster is reconciled without any watched change.
 pub const RESYNC: Duration = Duration::from_secs(10);
+/// How often a scale-down under way is looked at: each of its steps waits on the sidecars.
+const SHRINK_LOOK: Duration = Duration::from_secs(2);
 /// Back-off after a failed reconcile.
 pub const RETRY: Duration = Duration::from_secs(5);
 pub struct Context {
@@ -69,6 +71,8 @@ pub enum Error {
     Status(#[from] status::Error),
     #[error("reading the cluster's current status")]
     ReadStatus(#[source] kube::Error),
+    #[error("reading the StatefulSet and the Lease before a scale-down step")]
+    ReadScale(#[source] kube::Error),
 }
 
 impl Error {
@@ -79,6 +83,7 @@ impl Error {
             Self::Apply(e) => e.category(),
             Self::Status(e) => e.category(),
             Self::ReadStatus(_) => "ReadFailed".into(),
+            Self::ReadScale(_) => "ReadScaleFailed".into(),
         }
     }
 }
@@ -104,7 +109,8 @@ pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Resu
     result
 }
 
-/// The steps: validate (pure) → build (pure) → apply (SSA) → observe → switchover → compute the status
+/// The steps: validate (pure) → scale-down step (reads) → build (pure) → apply (SSA) → observe →
+/// switchover (the spec's, then a leaving primary's) → compute the status
 /// (pure) → update it → announce its transitions.
 async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
@@ -125,17 +131,34 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         Ok(c) => c,
         Err(invalid) => return reject_invalid_spec(ctx, cluster, &api, &prev, &invalid, now).await,
     };
-    let children =
-        build::build_children(&c, prev.system_identifier.as_deref()).map_err(Error::Build)?;
-    let mut memo = apply_step(ctx, cluster, &c, &children, &prev).await?;
+    // How far a scale-down may shrink the StatefulSet now (never the primary's pod, never a member
+    // still recorded synchronous, one at a time), from the StatefulSet and the Lease as they are now.
+    let shape = scale::read(&ctx.client, &c)
+        .await
+        .map_err(Error::ReadScale)?;
+    let step = scale::plan(&c.name, c.spec.instances, &shape);
+    let replicas = step.replicas(&shape, c.spec.instances);
+    let children = build::build_children(&c, prev.system_identifier.as_deref(), replicas)
+        .map_err(Error::Build)?;
+    let mut memo = apply_step(ctx, cluster, &c, &children, &prev, replicas).await?;
     let observed = status::observe(&ctx.client, &ctx.http, &c).await?;
     let (outcome, mut transitions) = switchover_step(ctx, &c, &prev, &observed, now).await;
-    let (next, more) = status::compute(&c, &prev, &observed, &outcome, now);
+    let spec_switchover_busy = matches!(outcome, SwitchoverOutcome::InProgress { .. });
+    let decision = scale::hand_over(&c, &prev, &observed, &step, spec_switchover_busy, now);
+    let (progress, handed) =
+        scale::carry_out(&ctx.client, &ctx.http, &c, &observed, &step, decision, now).await;
+    transitions.extend(handed);
+    let (next, more) = status::compute(&c, &prev, &observed, &outcome, &progress, now);
     transitions.extend(more);
     update_status(&api, &c, &prev, &next, &mut memo).await?;
     events::publish(&ctx.recorder, cluster, &transitions).await;
     ctx.memos.put(cluster_key(cluster), memo);
-    Ok(Action::requeue(next_look(&outcome, now)))
+    let look = if step == scale::Step::Steady {
+        next_look(&outcome, now)
+    } else {
+        SHRINK_LOOK.min(next_look(&outcome, now))
+    };
+    Ok(Action::requeue(look))
 }
 
 /// The cluster with its status as last written, not as cached: a reconcile triggered right after the
@@ -186,6 +209,7 @@ async fn apply_step(
     c: &ValidatedCluster,
     children: &Children,
     prev: &PostgresClusterStatus,
+    replicas: i32,
 ) -> Result<Memo, Error> {
     let previous = ctx.memos.get(&cluster_key(cluster));
     let fingerprint = apply::fingerprint(children).map_err(Error::Build)?;
@@ -200,11 +224,7 @@ async fn apply_step(
     events::publish(
         &ctx.recorder,
         cluster,
-        &apply_transitions(
-            &applied,
-            c.spec.instances,
-            prev.observed_generation.is_none(),
-        ),
+        &apply_transitions(&applied, replicas, prev.observed_generation.is_none()),
     )
     .await;
     Ok(Memo::after_apply(

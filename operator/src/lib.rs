@@ -2,7 +2,8 @@
 //! PostgreSQL needs and reports what it observes in the cluster's status.
 //!
 //! The reconcile ([`controller`]) is a short driver over steps, each in its own module:
-//! [`validate`] (pure) → [`build`] (pure) → [`apply`] (server-side apply) → [`switchover`] → [`status`].
+//! [`validate`] (pure) → [`scale`] (how far a scale-down may go now) → [`build`] (pure) → [`apply`]
+//! (server-side apply) → [`switchover`] (the spec's, and [`scale`]'s own) → [`status`].
 //! [`conditions`] and [`events`] are shared by the steps; the condition types and reasons and the Event
 //! reasons are `const`s in `pgpilot_crds::cluster`.
 
@@ -14,6 +15,7 @@ pub mod events;
 pub mod leader;
 pub mod memo;
 pub mod metrics;
+pub mod scale;
 pub mod status;
 pub mod switchover;
 pub mod validate;

@@ -245,6 +245,21 @@ async fn request(
     }
 }
 
+/// Asks `from` to hand over to `target` (the operator's own switchover: [`crate::scale`]); the error's
+/// whole chain as text.
+pub async fn ask(
+    client: &Client,
+    http: &reqwest::Client,
+    c: &ValidatedCluster,
+    primary_ip: Option<&str>,
+    from: &str,
+    target: &str,
+) -> Result<(), String> {
+    request(client, http, c, primary_ip, from, target)
+        .await
+        .map_err(|e| error_chain(&e))
+}
+
 /// Carries out the plan; returns the outcome and the transitions to announce.
 pub async fn run(
     client: &Client,

@@ -33,6 +33,13 @@ pub struct ValidatedCluster {
     pub sidecar_config: SidecarConfig,
 }
 
+impl ValidatedCluster {
+    /// `sync` or `strictSync`: commits wait for a recorded synchronous standby.
+    pub fn sync_mode(&self) -> bool {
+        !matches!(self.spec.replication.mode, ReplicationModeSpec::Async)
+    }
+}
+
 /// Why a spec was rejected; the message is what the user reads in the `Ready` condition and the Event.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InvalidSpec {

@@ -129,9 +129,11 @@ impl Child<'_> {
 
 /// Builds every child. `system_identifier`: the cluster's, from `status.systemIdentifier`, for a Lease
 /// that has to be created again.
+/// `replicas`: the StatefulSet's size now, as the scale-down step allows ([`crate::scale`]).
 pub fn build_children(
     c: &ValidatedCluster,
     system_identifier: Option<&str>,
+    replicas: i32,
 ) -> Result<Children, serde_json::Error> {
     Ok(Children {
         service_account: rbac::build_service_account(c),
@@ -141,7 +143,7 @@ pub fn build_children(
         lease: build_lease(c, system_identifier),
         services: services::build_services(c),
         pdb: build_pdb(c),
-        statefulset: statefulset::build_statefulset(c),
+        statefulset: statefulset::build_statefulset(c, replicas),
     })
 }
 
@@ -241,7 +243,7 @@ mod tests {
     #[test]
     fn every_child_is_owned_by_the_cluster_and_labelled() {
         let c = three();
-        let ch = build_children(&c, None).unwrap();
+        let ch = build_children(&c, None, c.spec.instances).unwrap();
         for child in ch.in_apply_order() {
             let m = child.meta().clone();
             let owners = m.owner_references.unwrap();
@@ -255,7 +257,7 @@ mod tests {
 
     #[test]
     fn children_are_applied_in_dependency_order() {
-        let ch = build_children(&three(), None).unwrap();
+        let ch = build_children(&three(), None, 3).unwrap();
         let order: Vec<String> = ch
             .in_apply_order()
             .iter()

@@ -239,7 +239,8 @@ fn volumes(c: &ValidatedCluster) -> Vec<Volume> {
     v
 }
 
-pub fn build_statefulset(c: &ValidatedCluster) -> StatefulSet {
+/// `replicas`: the size the scale-down step allows now ([`crate::scale`]); `spec.instances` otherwise.
+pub fn build_statefulset(c: &ValidatedCluster, replicas: i32) -> StatefulSet {
     let pod = &c.spec.pod;
     let mut spread = pod.topology_spread_constraints.clone();
     for t in &mut spread {
@@ -303,7 +304,7 @@ pub fn build_statefulset(c: &ValidatedCluster) -> StatefulSet {
     StatefulSet {
         metadata: meta(c, c.name.clone()),
         spec: StatefulSetSpec {
-            replicas: Some(c.spec.instances),
+            replicas: Some(replicas),
             service_name: Some(contract::headless_service_name(&c.name)),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(c)),
@@ -316,11 +317,19 @@ pub fn build_statefulset(c: &ValidatedCluster) -> StatefulSet {
                 type_: Some("OnDelete".into()),
                 ..Default::default()
             }),
-            // Deleting the cluster deletes the data; scaling down keeps it for a later scale-up.
+            // Deleting the cluster deletes the data; scaling down keeps it for a later scale-up unless
+            // `storage.deleteOnScaleDown` says otherwise.
             persistent_volume_claim_retention_policy: Some(
                 StatefulSetPersistentVolumeClaimRetentionPolicy {
                     when_deleted: Some("Delete".into()),
-                    when_scaled: Some("Retain".into()),
+                    when_scaled: Some(
+                        if c.spec.storage.delete_on_scale_down {
+                            "Delete"
+                        } else {
+                            "Retain"
+                        }
+                        .into(),
+                    ),
                 },
             ),
             template,
@@ -340,7 +349,7 @@ mod tests {
 
     fn sts(file: &str) -> (ValidatedCluster, StatefulSetSpec, PodSpec) {
         let c = validate(&example(file), "localhost/pgpilot-sidecar:dev").unwrap();
-        let spec = build_statefulset(&c).spec;
+        let spec = build_statefulset(&c, c.spec.instances).spec;
         let pod = spec.template.spec.clone().unwrap();
         (c, spec, pod)
     }
@@ -490,7 +499,7 @@ mod tests {
         ]);
         c.spec.pod.annotations = BTreeMap::from([("note".into(), "n".into())]);
         c.spec.storage.storage_class_name = Some("fast".into());
-        let spec = build_statefulset(&c).spec;
+        let spec = build_statefulset(&c, c.spec.instances).spec;
         let meta = spec.template.metadata.clone().unwrap();
         let labels = meta.labels.unwrap();
         assert_eq!(labels["team"], "a");

@@ -38,7 +38,12 @@ pub(super) fn change_of_primary(
         return (prev.last_failover.clone(), None);
     }
     let (from, to) = (old.to_owned(), new.to_owned());
-    let requested = switchover.targets(new);
+    // Asked for through the spec, or by the operator itself before a scale-down removed the primary.
+    let requested = switchover.targets(new)
+        || prev
+            .planned_switchover
+            .as_ref()
+            .is_some_and(|p| p.from == old && p.to == new);
     let record = FailoverRecord {
         time: Time(now),
         from: from.clone(),
@@ -153,10 +158,41 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::status::{
-        compute,
-        fixtures::{cluster, cond, healthy, lease, pod, report, t},
+    use crate::{
+        scale::Progress,
+        status::{
+            compute,
+            fixtures::{cluster, cond, healthy, lease, pod, report, t},
+        },
     };
+
+    #[test]
+    fn the_operators_own_switchover_is_a_switchover_not_a_failover() {
+        use pgpilot_crds::cluster::{PlannedSwitchover, planned_reason};
+        let planned = PlannedSwitchover {
+            from: "pg-2".into(),
+            to: "pg-0".into(),
+            reason: planned_reason::SCALE_DOWN.into(),
+            requested_at: Time(t(0)),
+        };
+        let prev = PostgresClusterStatus {
+            last_primary: Some("pg-2".into()),
+            planned_switchover: Some(planned),
+            ..PostgresClusterStatus::default()
+        };
+        let (record, event) =
+            change_of_primary(&prev, Some("pg-0"), &SwitchoverOutcome::None, t(5));
+        assert_eq!(record.unwrap().reason, "Switchover");
+        assert!(matches!(
+            event,
+            Some(Transition::SwitchoverCompleted { .. })
+        ));
+        // Another member taking over is still a failover.
+        let (record, event) =
+            change_of_primary(&prev, Some("pg-1"), &SwitchoverOutcome::None, t(5));
+        assert_eq!(record.unwrap().reason, "Failover");
+        assert!(matches!(event, Some(Transition::FailoverObserved { .. })));
+    }
 
     #[test]
     fn a_failover_is_recorded_and_announced_once() {
@@ -166,13 +202,21 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         // pg-0 dies: no primary for a while.
         let mut gap = healthy();
         gap.pods.remove(0);
         gap.lease = Some(lease(Some("pg-0"), 4));
-        let (during, events) = compute(&c, &first, &gap, &SwitchoverOutcome::None, t(10));
+        let (during, events) = compute(
+            &c,
+            &first,
+            &gap,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(10),
+        );
         assert_eq!(during.phase.as_deref(), Some("NoPrimary"));
         assert_eq!(during.last_primary.as_deref(), Some("pg-0"));
         assert_eq!(
@@ -188,7 +232,14 @@ mod tests {
         let mut after = gap.clone();
         after.pods[0] = pod("pg-1", Some("primary"), true);
         after.lease = Some(lease(Some("pg-1"), 5));
-        let (s, events) = compute(&c, &during, &after, &SwitchoverOutcome::None, t(20));
+        let (s, events) = compute(
+            &c,
+            &during,
+            &after,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(20),
+        );
         let f = s.last_failover.clone().unwrap();
         assert_eq!(
             (f.from.as_str(), f.to.as_str(), f.reason.as_str()),
@@ -200,7 +251,14 @@ mod tests {
             from: "pg-0".into(),
             to: "pg-1".into()
         }));
-        let (again, events) = compute(&c, &s, &after, &SwitchoverOutcome::None, t(30));
+        let (again, events) = compute(
+            &c,
+            &s,
+            &after,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(30),
+        );
         assert!(
             !events
                 .iter()
@@ -249,12 +307,26 @@ mod tests {
     fn failover_is_blocked_when_every_answering_replica_says_why() {
         let c = cluster();
         let fresh = PostgresClusterStatus::default();
-        let (running, _) = compute(&c, &fresh, &healthy(), &SwitchoverOutcome::None, t(0));
+        let (running, _) = compute(
+            &c,
+            &fresh,
+            &healthy(),
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(0),
+        );
         assert_eq!(cond(&running, "FailoverBlocked").status, "False");
 
         // pg-1 is too far behind and pg-2 does not answer: nobody who answered may take over.
         let lagging = replicas_say(Some("lag 5242880 B beyond maximumLagOnFailover"), None);
-        let (s, events) = compute(&c, &running, &lagging, &SwitchoverOutcome::None, t(10));
+        let (s, events) = compute(
+            &c,
+            &running,
+            &lagging,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(10),
+        );
         let b = cond(&s, "FailoverBlocked");
         assert_eq!(
             (b.status.as_str(), b.reason.as_str()),
@@ -273,7 +345,14 @@ mod tests {
             }),
             "{events:?}"
         );
-        let (again, events) = compute(&c, &s, &lagging, &SwitchoverOutcome::None, t(20));
+        let (again, events) = compute(
+            &c,
+            &s,
+            &lagging,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(20),
+        );
         assert!(
             !events
                 .iter()
@@ -286,7 +365,14 @@ mod tests {
             Some("lag 5242880 B beyond maximumLagOnFailover"),
             Some(Some("not a recorded synchronous standby")),
         );
-        let (s2, _) = compute(&c, &again, &both, &SwitchoverOutcome::None, t(30));
+        let (s2, _) = compute(
+            &c,
+            &again,
+            &both,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(30),
+        );
         assert_eq!(
             cond(&s2, "FailoverBlocked").message,
             format!(
@@ -297,7 +383,14 @@ mod tests {
 
         // One replica may: not blocked, and that is announced.
         let one_may = replicas_say(Some("lag"), Some(None));
-        let (s3, events) = compute(&c, &s2, &one_may, &SwitchoverOutcome::None, t(40));
+        let (s3, events) = compute(
+            &c,
+            &s2,
+            &one_may,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(40),
+        );
         let b = cond(&s3, "FailoverBlocked");
         assert_eq!(
             (b.status.as_str(), b.reason.as_str()),

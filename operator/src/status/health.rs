@@ -62,10 +62,13 @@ pub(super) fn ready(phase: &str, n: Counts, primary: Option<&str>) -> Derived {
     (phase == phase::RUNNING, why, message)
 }
 
-pub(super) fn progressing(phase: &str, n: Counts, obs: &Observed) -> Derived {
+/// `scale`: what a scale-down under way waits for or does ([`crate::scale::note`]).
+pub(super) fn progressing(phase: &str, n: Counts, obs: &Observed, scale: Option<&str>) -> Derived {
     let Counts { existing, want, .. } = n;
     if phase == phase::CREATING || phase == phase::PENDING {
         (true, reason::CREATING, "creating the members".to_owned())
+    } else if let Some(note) = scale {
+        (true, reason::SCALING, note.to_owned())
     } else if existing != want {
         (
             true,

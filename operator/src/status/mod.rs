@@ -10,7 +10,7 @@
 
 mod failover;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod health;
 mod members;
 mod observe;
@@ -29,11 +29,12 @@ use serde_json::json;
 
 pub use self::{
     members::format_lsn,
-    observe::{Observed, REPORT_TIMEOUT, observe},
+    observe::{Observed, REPORT_TIMEOUT, observe, sync_record},
 };
 use crate::{
     conditions::{find_condition, set_condition},
     events::Transition,
+    scale::Progress,
     switchover::SwitchoverOutcome,
     validate::ValidatedCluster,
 };
@@ -121,6 +122,7 @@ pub fn compute(
     prev: &PostgresClusterStatus,
     obs: &Observed,
     switchover: &SwitchoverOutcome,
+    scale: &Progress,
     now: Timestamp,
 ) -> (PostgresClusterStatus, Vec<Transition>) {
     let generation = c.generation;
@@ -163,7 +165,10 @@ pub fn compute(
     let mut conditions = prev.conditions.clone();
     for (type_, (status, why, message)) in [
         (condition::READY, ready),
-        (condition::PROGRESSING, health::progressing(phase, n, obs)),
+        (
+            condition::PROGRESSING,
+            health::progressing(phase, n, obs, scale.note.as_deref()),
+        ),
         (condition::DEGRADED, degraded.clone()),
         (condition::FAILOVER_BLOCKED, failover_blocked.clone()),
         (condition::SWITCHOVER_IN_PROGRESS, switchover.condition()),
@@ -213,6 +218,7 @@ pub fn compute(
         selector: Some(format!("{LABEL_CLUSTER}={}", c.name)),
         members,
         last_failover,
+        planned_switchover: scale.planned.clone(),
         conditions,
         observed_generation: generation,
     };
@@ -257,6 +263,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         assert_eq!(s.phase.as_deref(), Some("Running"));
@@ -301,6 +308,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         let d = cond(&s, "Degraded");
@@ -312,7 +320,14 @@ mod tests {
         assert!(events.contains(&Transition::MemberRefusing {
             message: format!("pg-1: {why}")
         }));
-        let (_, again) = compute(&cluster(), &s, &obs, &SwitchoverOutcome::None, t(10));
+        let (_, again) = compute(
+            &cluster(),
+            &s,
+            &obs,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(10),
+        );
         assert!(
             !again
                 .iter()
@@ -330,6 +345,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         assert_eq!(s.primary, None);
@@ -354,6 +370,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         assert_eq!(s.phase.as_deref(), Some("Creating"));
@@ -375,15 +392,30 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
-        let (b, events) = compute(&c, &a, &healthy(), &SwitchoverOutcome::None, t(50));
+        let (b, events) = compute(
+            &c,
+            &a,
+            &healthy(),
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(50),
+        );
         assert!(eq_time_insensitive(&a, &b));
         assert_eq!(a, b, "nothing changed: identical, times included");
         assert!(events.is_empty(), "{events:?}");
         let mut obs = healthy();
         obs.pods[2] = pod("pg-2", Some("replica"), false);
-        let (d, _) = compute(&c, &b, &obs, &SwitchoverOutcome::None, t(60));
+        let (d, _) = compute(
+            &c,
+            &b,
+            &obs,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(60),
+        );
         assert_eq!(d.phase.as_deref(), Some("Degraded"));
         assert_eq!(cond(&d, "Ready").last_transition_time, Time(t(60)));
         assert_eq!(cond(&d, "Paused").last_transition_time, Time(t(0)));
@@ -399,6 +431,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         assert_eq!(cond(&s, "Progressing").reason, "Scaling");
@@ -427,6 +460,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         let p = cond(&s, "Progressing");
@@ -455,6 +489,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         let mut moved = healthy();
@@ -465,7 +500,14 @@ mod tests {
             "pg-1".into(),
             report("replica", 2, 0x1_0000_8000, Some(4096)),
         );
-        let (b, _) = compute(&c, &a, &moved, &SwitchoverOutcome::None, t(10));
+        let (b, _) = compute(
+            &c,
+            &a,
+            &moved,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(10),
+        );
         assert!(only_volatile_changes(&a, &b));
         assert!(
             !only_volatile_changes(&a, &a),
@@ -473,7 +515,14 @@ mod tests {
         );
         let mut unready = moved.clone();
         unready.pods[2] = pod("pg-2", Some("replica"), false);
-        let (d, _) = compute(&c, &a, &unready, &SwitchoverOutcome::None, t(20));
+        let (d, _) = compute(
+            &c,
+            &a,
+            &unready,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(20),
+        );
         assert!(!only_volatile_changes(&a, &d), "readiness is not volatile");
     }
 
@@ -484,6 +533,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &healthy(),
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         let s = invalid(
@@ -513,6 +563,7 @@ mod tests {
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
+            &Progress::default(),
             t(0),
         );
         assert_eq!(none.system_identifier, None);
@@ -520,20 +571,41 @@ mod tests {
             pgpilot_crds::contract::ANNOTATION_SYSTEM_ID.to_owned(),
             "7412345678901234567".to_owned(),
         )]));
-        let (known, _) = compute(&c, &none, &obs, &SwitchoverOutcome::None, t(10));
+        let (known, _) = compute(
+            &c,
+            &none,
+            &obs,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(10),
+        );
         assert_eq!(
             known.system_identifier.as_deref(),
             Some("7412345678901234567")
         );
         obs.lease = None;
-        let (kept, _) = compute(&c, &known, &obs, &SwitchoverOutcome::None, t(20));
+        let (kept, _) = compute(
+            &c,
+            &known,
+            &obs,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(20),
+        );
         assert_eq!(
             kept.system_identifier.as_deref(),
             Some("7412345678901234567"),
             "the Lease is gone, the identifier stays"
         );
         obs.lease = Some(lease(None, 0));
-        let (recreated, _) = compute(&c, &kept, &obs, &SwitchoverOutcome::None, t(30));
+        let (recreated, _) = compute(
+            &c,
+            &kept,
+            &obs,
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(30),
+        );
         assert_eq!(
             recreated.system_identifier.as_deref(),
             Some("7412345678901234567"),

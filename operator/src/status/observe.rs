@@ -74,6 +74,11 @@ impl Observed {
             .filter(|id| !id.is_empty())
     }
 
+    /// The Lease's synchronous record.
+    pub fn sync_members(&self) -> Vec<String> {
+        self.lease.as_ref().map(sync_record).unwrap_or_default()
+    }
+
     pub fn epoch(&self) -> Option<i64> {
         self.lease
             .as_ref()?
@@ -82,6 +87,23 @@ impl Observed {
             .lease_transitions
             .map(i64::from)
     }
+}
+
+/// A Lease's synchronous record (`pgpilot.io/sync-members`, comma-separated).
+pub fn sync_record(lease: &Lease) -> Vec<String> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(contract::ANNOTATION_SYNC_MEMBERS))
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn pod_ip(pod: &Pod) -> Option<&str> {
@@ -128,8 +150,14 @@ pub async fn observe(
         })?
         .items;
     // Members are the StatefulSet's pods with an ordinal below `instances` (docs/design.md L3): another
-    // pod carrying the cluster label neither counts as ready nor speaks for the cluster.
-    let instances = u32::try_from(c.spec.instances).ok();
+    // pod carrying the cluster label neither counts as ready nor speaks for the cluster. While a
+    // scale-down is under way, the pods it has not removed yet still count (one of them may be the
+    // primary, handing over).
+    let replicas = statefulset
+        .as_ref()
+        .and_then(|s| s.spec.replicas)
+        .unwrap_or(0);
+    let instances = u32::try_from(c.spec.instances.max(replicas)).ok();
     pods.retain(|p| contract::is_member(&c.name, &p.name_any(), instances));
     pods.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     let lease = Api::<Lease>::namespaced(client.clone(), ns)
