@@ -13,9 +13,11 @@ CLUSTER=$(awk '/^metadata:/ { m = 1 } m && /^  name:/ { print $2; exit }' "$EXAM
 [[ -n $CLUSTER ]] || die "no cluster name in $EXAMPLE"
 export KUBECONFIG=$KUBECONFIG_FILE
 
-log "helm upgrade --install pgpilot (namespace pgpilot-system)"
+# The demo's operator manages the demo's namespace only: the tests install an operator per namespace on
+# the same local cluster, and an operator for every namespace would reconcile their clusters too.
+log "helm upgrade --install pgpilot (namespace pgpilot-system, managing $NAMESPACE)"
 "$OUT_DIR/bin/helm" upgrade --install pgpilot "$CHART" --namespace pgpilot-system --create-namespace \
-  --values "$E2E_DIR/demo-values.yaml" --wait --timeout 120s
+  --values "$E2E_DIR/demo-values.yaml" --set watchNamespace="$NAMESPACE" --wait --timeout 120s
 
 k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
 k -n "$NAMESPACE" apply -f "$EXAMPLE"

@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use kube::{
     Client, Config,
     config::{KubeConfigOptions, Kubeconfig},
@@ -167,6 +167,37 @@ pub fn install_crd() -> Result<()> {
     Ok(())
 }
 
+/// Fails when a running pgpilot operator outside the tests manages every namespace: it would reconcile
+/// each test's cluster beside the test's own operator, and two operators race (one asks for the spec's
+/// switchover while the other sees the primary change unasked and records a failover — seen in CI, where
+/// an earlier `make demo` had left such an operator on the machine's cluster).
+fn no_operator_for_every_namespace() -> Result<()> {
+    let listed = kubectl(&[
+        "get",
+        "deployments",
+        "--all-namespaces",
+        "-l",
+        "app.kubernetes.io/name=pgpilot,app.kubernetes.io/component=operator",
+        "-o",
+        r#"jsonpath={range .items[?(@.spec.replicas>0)]}{.metadata.namespace}/{.metadata.name} {.spec.template.spec.containers[0].env[?(@.name=="WATCH_NAMESPACE")].value}{"\n"}{end}"#,
+    ])?;
+    let everywhere: Vec<&str> = listed
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split_whitespace();
+            let deployment = parts.next()?;
+            parts.next().is_none().then_some(deployment)
+        })
+        .collect();
+    ensure!(
+        everywhere.is_empty(),
+        "the pgpilot operator {} manages every namespace and would reconcile the tests' clusters too; \
+         run `make demo` again (its operator watches pgpilot-demo only) or uninstall that release",
+        everywhere.join(", ")
+    );
+    Ok(())
+}
+
 /// A namespace of one test; deleted with its Helm release when dropped.
 pub struct TestNamespace {
     pub name: String,
@@ -193,6 +224,7 @@ impl TestNamespace {
     /// images (`e2e/demo-values.yaml`); waits until the operator Deployment is available.
     /// `sets` are extra `--set key=value` pairs. Returns what helm printed (the NOTES).
     pub fn install_operator(&mut self, sets: &[&str]) -> Result<String> {
+        no_operator_for_every_namespace()?;
         install_crd()?;
         let release = format!("pgpilot-{}", self.name);
         let chart = repo_dir().join("charts/pgpilot");

@@ -659,6 +659,8 @@ scenario_tests! {
             converge_within: Some(Duration::from_secs(120)),
             ..Setup::default()
         };
+    scale_down_primary_sync, scale_down_primary_async, "scale-down-primary", basic::scale_down_primary_last,
+        Setup { lossless: true, ..Setup::default() };
     switchover_sync, switchover_async, "switchover", basic::switchover_under_load,
         Setup { lossless: true, ..Setup::default() };
     kill_new_primary_sync, kill_new_primary_async, "kill-new-primary", basic::kill_new_primary_during_failover,

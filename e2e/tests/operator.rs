@@ -392,16 +392,20 @@ async fn helm_install_then_a_cluster_gets_its_children_scales_and_is_collected()
         .context("claim size")?;
     ensure!(storage["storage"].0 == "1Gi");
 
-    for (svc, role) in [
-        ("pg-rw", Some("primary")),
-        ("pg-ro", Some("replica")),
-        ("pg-r", None),
+    // -ro and -r route only to members whose tags allow load balancing (the label the sidecar sets).
+    for (svc, role, balanced) in [
+        ("pg-rw", Some("primary"), false),
+        ("pg-ro", Some("replica"), true),
+        ("pg-r", None, true),
     ] {
         let s: Service = get(&client, &n, svc).await?.context("service")?;
         let selector = s.spec.and_then(|s| s.selector).unwrap_or_default();
         let mut want = BTreeMap::from([("pgpilot.io/cluster".to_owned(), "pg".to_owned())]);
         if let Some(r) = role {
             want.insert("pgpilot.io/role".into(), r.into());
+        }
+        if balanced {
+            want.insert("pgpilot.io/load-balance".into(), "true".into());
         }
         ensure!(selector == want, "{svc} selects {selector:?}");
     }

@@ -4,7 +4,8 @@
 //! old one rejoins as a replica; a frozen one was fenced, and its successor held the Lease), a killed
 //! primary's successor was a recorded synchronous standby, a deleted primary pod's Lease was released (one
 //! takeover, within 10 s), and a cut synchronous standby stalls commits for no longer than
-//! [`Timings::sync_gap_bound`]. And issue 14's manual failover while automatic failover is blocked.
+//! [`Timings::sync_gap_bound`]. And issue 14's manual failover while automatic failover is blocked, and
+//! its scale-down that moves the primary off a leaving member first.
 
 use std::time::{Duration, Instant};
 
@@ -184,6 +185,99 @@ pub async fn scale_under_load(h: &mut Harness, s: &mut Scene) -> Result<()> {
     h.fault_marked(at, format!("kubectl scale {pgc} --replicas=2"));
     h.set_members(2);
     h.healed();
+    Ok(())
+}
+
+/// Issue 14: a scale-down never removes the primary without a switchover first. The primary is moved
+/// to the highest ordinal (in a synchronous mode with `syncReplicas: 2` for that, so the member is a
+/// recorded synchronous standby); then `instances: 2` (and `syncReplicas: 1`). The operator must ask that
+/// primary to hand over to a surviving member — a recorded synchronous one in a synchronous mode — and
+/// only then remove its pod: no acknowledged write is lost in either mode, nobody takes over unasked,
+/// the status records the change as a switchover, and the removed member's volume is kept.
+pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let top = format!("{}-2", s.cluster);
+    let p = primary(h).await?;
+    if p != top {
+        if s.mode == Mode::Sync {
+            s.patch_spec(r#"{"spec":{"replication":{"syncReplicas":2}}}"#)?;
+            let until = Instant::now() + Duration::from_secs(60);
+            while !lease(h).await?.sync_members.contains(&top) {
+                ensure!(
+                    Instant::now() < until,
+                    "{top} not recorded synchronous within 60 s of syncReplicas: 2"
+                );
+                sleep_secs(1).await;
+            }
+        }
+        let pods = h.pods().await?;
+        let ip = cluster::ip_of(&pods, &p).with_context(|| format!("{p} has no IP"))?;
+        let (status, text) =
+            rest::switchover(&h.client, &s.namespace, &s.cluster, &ip, &p, &top).await?;
+        h.mark(format!(
+            "setup: POST /switchover {p} -> {top}: {status} {text}"
+        ));
+        ensure!(
+            status == 200,
+            "switchover to {top} answered {status}: {text}"
+        );
+        let now = wait_new_primary(h, &p, Duration::from_secs(30)).await?;
+        ensure!(now == top, "switched over to {now}, asked for {top}");
+        h.wait_converged_since(now_us(), Duration::from_secs(60))
+            .await?;
+    }
+    let at = now_us();
+    let patch = match s.mode {
+        Mode::Sync => r#"{"spec":{"instances":2,"replication":{"syncReplicas":1}}}"#,
+        Mode::Async => r#"{"spec":{"instances":2}}"#,
+    };
+    s.patch_spec(patch)?;
+    h.fault_marked(at, format!("instances: 2 while {top} is the primary"));
+    h.set_members(2);
+    h.healed();
+    let new = wait_new_primary(h, &top, Duration::from_secs(90)).await?;
+    ensure!(
+        s.mode == Mode::Async || lease(h).await?.sync_members.iter().any(|m| *m != new),
+        "the new primary {new} has no recorded synchronous standby"
+    );
+    // The operator's own switchover, as the status and the Events tell it.
+    let pgc = format!("pgc/{}", s.cluster);
+    let record = "jsonpath={.status.lastFailover.reason} {.status.lastFailover.from} {.status.lastFailover.to}";
+    let until = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = s.kubectl(&["get", &pgc, "-o", record])?;
+        if got == format!("Switchover {top} {new}") {
+            break;
+        }
+        ensure!(
+            Instant::now() < until,
+            "status.lastFailover is {got:?}, not a switchover from {top} to {new}"
+        );
+        sleep_secs(1).await;
+    }
+    let reasons = s.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={}", s.cluster),
+        "-o",
+        "jsonpath={.items[*].reason}",
+    ])?;
+    ensure!(
+        !reasons.split_whitespace().any(|r| r == "FailoverObserved"),
+        "a failover was observed during the scale-down: {reasons}"
+    );
+    // The pod goes, its volume stays (storage.deleteOnScaleDown is off by default).
+    let until = Instant::now() + Duration::from_secs(90);
+    while h.pods().await?.iter().any(|m| m.name == top) {
+        ensure!(
+            Instant::now() < until,
+            "{top}'s pod still exists 90 s after the switchover"
+        );
+        sleep_secs(1).await;
+    }
+    s.kubectl(&["get", "pvc", &format!("data-{top}")])
+        .with_context(|| format!("the volume of the removed member {top}"))?;
+    h.require(Requirement::FinalPrimary(new));
     Ok(())
 }
 
