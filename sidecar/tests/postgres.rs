@@ -509,6 +509,70 @@ async fn a_standby_keeps_its_timeline_once_its_upstream_is_gone() {
     c.stop(StopMode::Fast).await.unwrap();
 }
 
+/// A promoted member whose server crashed before its first checkpoint on the new timeline (the
+/// checkpoint after a promotion is spread out, seconds later) and whose sidecar restarted with it (the
+/// pod's container is both) reports the new timeline from its WAL, not the checkpoint's older one. If it
+/// reported the older one, a replica that followed it for a moment would be "on a newer timeline" while
+/// the Lease still names it and records no synchronous standby yet: nobody may take over, for good (seen
+/// in CI, kill-new-primary [sync]).
+#[tokio::test]
+async fn a_promoted_member_crashed_before_its_checkpoint_reports_the_new_timeline() {
+    use nix::{sys::signal, unistd::Pid};
+    let dir = TestDir::new("crashed-promoted");
+    let mut a = primary(&dir, "m0", &["m0", "m1"]).await;
+    let mut b = replica(&dir, "m1", &a).await;
+    wait_streaming(&mut a, "m1").await;
+    a.stop(StopMode::Fast).await.unwrap();
+    // Hold b's checkpointer so that no checkpoint on timeline 2 can happen before the crash.
+    let checkpointer: i32 = superuser(&b)
+        .await
+        .query_one(
+            "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'checkpointer'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    signal::kill(Pid::from_raw(checkpointer), signal::Signal::SIGSTOP).unwrap();
+    b.promote().await.unwrap();
+    b.configure(&desired(Role::Primary)).await.unwrap();
+    superuser(&b)
+        .await
+        .batch_execute(
+            "CREATE TABLE after_promotion (v int); INSERT INTO after_promotion VALUES (1)",
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.observe().await.timeline, Some(2));
+    // The container dies: the postmaster, the held checkpointer, and the sidecar's memory with them.
+    let postmaster = b.pid().unwrap();
+    signal::kill(Pid::from_raw(postmaster as i32), signal::Signal::SIGKILL).unwrap();
+    signal::kill(Pid::from_raw(checkpointer), signal::Signal::SIGKILL).unwrap();
+    eventually(5, "crash detected", async || b.exited()).await;
+    let mut b = Postgres::new(b.settings().clone(), creds());
+    // The restarted sidecar starts it as a standby following nobody until an election says otherwise.
+    let waiting = desired(Role::Replica {
+        upstream: Upstream {
+            host: String::new(),
+            port: 0,
+        },
+        slot: None,
+    });
+    b.configure(&waiting).await.unwrap();
+    eventually(30, "restart after crash", async || b.start().await.ok()).await;
+    let obs = eventually(30, "m1 in recovery", async || {
+        let o = b.observe().await;
+        (o.in_recovery == Some(true)).then_some(o)
+    })
+    .await;
+    assert_eq!(
+        obs.timeline,
+        Some(2),
+        "a crashed promoted member reports the timeline it wrote on: {obs:?}"
+    );
+    b.stop(StopMode::Fast).await.unwrap();
+}
+
 #[tokio::test]
 async fn rewind_rejoins_a_diverged_former_primary() {
     let dir = TestDir::new("rewind");

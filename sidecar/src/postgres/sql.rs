@@ -360,7 +360,10 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
                     pg_catalog.pg_last_wal_receive_lsn(),
                     pg_catalog.pg_last_wal_replay_lsn(),
                     (SELECT timeline_id FROM pg_catalog.pg_control_checkpoint())::int4,
-                    ARRAY(SELECT name FROM pg_catalog.pg_settings WHERE pending_restart ORDER BY name)",
+                    ARRAY(SELECT name FROM pg_catalog.pg_settings WHERE pending_restart ORDER BY name),
+                    CASE WHEN pg_catalog.pg_is_in_recovery() THEN
+                         (SELECT max(name) FROM pg_catalog.pg_ls_waldir()
+                           WHERE name ~ '^[0-9A-F]{24}$') END",
             &[],
         )
         .await?;
@@ -398,7 +401,16 @@ async fn query_observation(c: &Client) -> Result<Observation, tokio_postgres::Er
             slot_name: r.get(4),
         });
         let received = obs.wal_receiver.as_ref().and_then(|w| w.received_timeline);
-        obs.timeline = received.max(checkpoint_tli);
+        // The newest WAL segment it holds: a promoted server that crashed before its first checkpoint
+        // on the new timeline, started again as a standby, has no WAL receiver and the old timeline in
+        // its checkpoint, yet wrote (and replays) WAL on the new one. Segments are only written on a
+        // timeline the server is on (a received history file alone, as a standby that cannot follow a
+        // fork fetches it, is not a segment).
+        let newest_segment = row
+            .get::<_, Option<String>>(8)
+            .as_deref()
+            .and_then(timeline_of_walfile);
+        obs.timeline = received.max(checkpoint_tli).max(newest_segment);
     } else {
         obs.timeline = walfile
             .as_deref()
