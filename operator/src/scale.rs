@@ -183,6 +183,12 @@ pub fn in_flight<'a>(
     })
 }
 
+/// The operator's own switchover whose change of primary the status has not reported yet (it still
+/// names the member asked to hand over as the last primary), not older than the switchover timeout.
+fn unreported(prev: &PostgresClusterStatus, now: Timestamp) -> Option<&PlannedSwitchover> {
+    in_flight(prev, prev.last_primary.as_deref()?, now)
+}
+
 /// The `Progressing` message of a shrink that waits or goes on (`None` when not shrinking).
 pub fn note(step: &Step, existing: i32, want: i32, why_no_target: Option<&str>) -> Option<String> {
     let head = format!("{existing} members, scaling to {want}");
@@ -239,7 +245,9 @@ pub fn hand_over(
     now: Timestamp,
 ) -> HandOver {
     let Some(leaving) = step.leaving_primary() else {
-        return HandOver::Nothing;
+        // Handed over, not yet reported: while no member serves (the target promotes) the request stays
+        // on record, so the change of primary it causes is reported as the switchover it is.
+        return unreported(prev, now).map_or(HandOver::Nothing, |p| HandOver::InFlight(p.clone()));
     };
     if let Some(p) = in_flight(prev, leaving, now) {
         return HandOver::InFlight(p.clone());
@@ -534,6 +542,50 @@ mod tests {
         assert!(in_flight(&prev, "pg-0", t(10)).is_none());
         let late = i64::try_from(COMPLETION_TIMEOUT.as_secs()).unwrap() + 1;
         assert!(in_flight(&prev, "pg-2", t(late)).is_none());
+    }
+
+    /// Between the old primary's release and the new one's promotion no member serves as primary (the
+    /// Lease names the target, its pod is not labelled yet): the step no longer holds for a leaving
+    /// primary, yet the request stays on record, or the change would be reported as a failover (seen in
+    /// the fault row scale-down-primary [async]).
+    #[test]
+    fn the_operators_own_switchover_is_kept_while_no_primary_serves() {
+        let mut c = cluster();
+        c.spec.instances = 2;
+        let planned = PlannedSwitchover {
+            from: "pg-2".into(),
+            to: "pg-1".into(),
+            reason: planned_reason::SCALE_DOWN.into(),
+            requested_at: Time(t(0)),
+        };
+        let prev = PostgresClusterStatus {
+            last_primary: Some("pg-2".into()),
+            planned_switchover: Some(planned.clone()),
+            ..PostgresClusterStatus::default()
+        };
+        let mut between = healthy();
+        between.lease = Some(crate::status::fixtures::lease(Some("pg-1"), 5));
+        assert_eq!(between.primary(), None);
+        let step = plan("pg", 2, &shape(3, "pg-1", &[]));
+        assert_eq!(step.leaving_primary(), None);
+        assert_eq!(
+            hand_over(&c, &prev, &between, &step, false, t(1)),
+            HandOver::InFlight(planned.clone())
+        );
+        // Once the status names the new primary, the record has served; and it times out.
+        let reported = PostgresClusterStatus {
+            last_primary: Some("pg-1".into()),
+            ..prev.clone()
+        };
+        assert_eq!(
+            hand_over(&c, &reported, &between, &step, false, t(1)),
+            HandOver::Nothing
+        );
+        let late = i64::try_from(COMPLETION_TIMEOUT.as_secs()).unwrap() + 1;
+        assert_eq!(
+            hand_over(&c, &prev, &between, &step, false, t(late)),
+            HandOver::Nothing
+        );
     }
 
     #[test]
