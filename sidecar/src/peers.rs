@@ -172,6 +172,26 @@ impl Peers {
         .await
     }
 
+    /// The Lease holder when it is not a member — a scale-down lowered `instances` below its ordinal
+    /// before it handed over: the members keep streaming from it until it does, so a synchronous
+    /// standby can be recorded and take over. It still has no vote ([`Peers::poll`] leaves it out).
+    /// `None` for a member or this pod.
+    pub async fn poll_holder(&self, holder: &str, instances: Option<u32>) -> Option<PeerState> {
+        if holder == self.me || is_member(&self.cluster, holder, instances) {
+            return None;
+        }
+        let host = self.ip(holder);
+        let report = match &host {
+            Some(ip) => self.report(ip).await,
+            None => None,
+        };
+        Some(PeerState {
+            name: holder.to_owned(),
+            host,
+            report,
+        })
+    }
+
     async fn report(&self, ip: &str) -> Option<MemberReport> {
         let url = format!("http://{ip}:{REST_PORT}/patroni");
         let response = self

@@ -78,6 +78,8 @@ struct Memory {
     sync_configured: Option<Vec<String>>,
     last_pg: postgres::Observation,
     peers: Vec<PeerState>,
+    /// The Lease holder when it is not a member ([`Peers::poll_holder`]): an upstream, not a voter.
+    leaving_holder: Option<PeerState>,
     /// Last own-pod role mark written, and when.
     patched: Option<(RoleMark, Instant)>,
     scheduled: Option<(Option<String>, Timestamp)>,
@@ -328,6 +330,10 @@ impl HaLoop {
             .await;
         let (lease, holder_pod) =
             observed.map_or((None, Default::default()), |(r, p)| (Some(r), p));
+        let leaving_holder = match lease.as_ref().and_then(|r| r.holder()) {
+            Some(h) => self.peers.poll_holder(h, cfg.instances).await,
+            None => None,
+        };
         if pg_obs
             .wal_receiver
             .as_ref()
@@ -340,7 +346,12 @@ impl HaLoop {
             && let Some(position) = record
                 .holder()
                 .filter(|h| *h != self.me)
-                .and_then(|h| peer_states.iter().find(|p| p.name == h))
+                .and_then(|h| {
+                    peer_states
+                        .iter()
+                        .chain(&leaving_holder)
+                        .find(|p| p.name == h)
+                })
                 .and_then(|p| p.report.as_ref())
                 .filter(|r| r.role == ROLE_PRIMARY)
                 .and_then(|r| r.xlog.as_ref()?.location)
@@ -385,6 +396,7 @@ impl HaLoop {
             policy: self.policy(cfg),
         };
         self.mem.peers = peer_states;
+        self.mem.leaving_holder = leaving_holder;
         obs
     }
 

@@ -12,7 +12,10 @@ use pgpilot_crds::contract::{PG_PORT, ROLE_PRIMARY, SidecarConfig};
 use tracing::{debug, error, info};
 
 use super::{HaError, HaLoop, Lineage, Phase};
-use crate::postgres::{Change, Rejoined, Role, Upstream, slot_name};
+use crate::{
+    postgres::{Change, Rejoined, Role, Upstream, slot_name},
+    state::PeerState,
+};
 
 impl HaLoop {
     /// Be a replica of `leader` (clone, rewind or reconfigure as needed), or a standby waiting for one.
@@ -27,7 +30,7 @@ impl HaLoop {
         let leader_report = self.running_upstream(leader);
         let upstream = leader_report.as_ref().map(|(up, _)| up.clone());
         let upstream_id = leader
-            .and_then(|l| self.mem.peers.iter().find(|p| p.name == l))
+            .and_then(|l| self.upstream_peer(l))
             .and_then(|p| p.report.as_ref()?.pgpilot.system_identifier.clone());
         if let Some(why) = self.data_refusal(upstream_id.as_deref()) {
             return self.refuse(why);
@@ -128,11 +131,20 @@ impl HaLoop {
             .map(|c| c.system_identifier);
     }
 
+    /// A peer to stream from: a member, or the holder a scale-down left outside the members.
+    fn upstream_peer(&self, name: &str) -> Option<&PeerState> {
+        self.mem
+            .peers
+            .iter()
+            .chain(&self.mem.leaving_holder)
+            .find(|p| p.name == name)
+    }
+
     /// The holder's address and timeline, once its report says it runs as primary: only then does it
     /// count as an upstream.
     fn running_upstream(&self, leader: Option<&str>) -> Option<(Upstream, Option<u32>)> {
         let leader = leader.filter(|l| *l != self.me)?;
-        let peer = self.mem.peers.iter().find(|p| p.name == leader)?;
+        let peer = self.upstream_peer(leader)?;
         let report = peer.report.as_ref()?;
         let host = peer.host.clone()?;
         (report.role == ROLE_PRIMARY && report.state == "running").then_some((
