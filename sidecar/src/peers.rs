@@ -162,14 +162,21 @@ impl Peers {
                 )
             })
             .collect();
-        join_all(others.into_iter().map(|(name, host)| async move {
-            let report = match &host {
-                Some(ip) => self.report(ip).await,
-                None => None,
-            };
-            PeerState { name, host, report }
-        }))
+        join_all(
+            others
+                .into_iter()
+                .map(|(name, host)| self.state(name, host)),
+        )
         .await
+    }
+
+    /// A peer's state: its `GET /patroni` answer when its pod has an IP.
+    async fn state(&self, name: String, host: Option<String>) -> PeerState {
+        let report = match &host {
+            Some(ip) => self.report(ip).await,
+            None => None,
+        };
+        PeerState { name, host, report }
     }
 
     /// The Lease holder when it is not a member — a scale-down lowered `instances` below its ordinal
@@ -180,16 +187,7 @@ impl Peers {
         if holder == self.me || is_member(&self.cluster, holder, instances) {
             return None;
         }
-        let host = self.ip(holder);
-        let report = match &host {
-            Some(ip) => self.report(ip).await,
-            None => None,
-        };
-        Some(PeerState {
-            name: holder.to_owned(),
-            host,
-            report,
-        })
+        Some(self.state(holder.to_owned(), self.ip(holder)).await)
     }
 
     async fn report(&self, ip: &str) -> Option<MemberReport> {

@@ -174,6 +174,14 @@ async fn replica(dir: &TestDir, name: &str, up: &Postgres) -> Postgres {
     pg
 }
 
+/// Primary m0 (with slots for m0 and m1) and replica m1 streaming from it.
+async fn two_streaming(dir: &TestDir) -> (Postgres, Postgres) {
+    let mut a = primary(dir, "m0", &["m0", "m1"]).await;
+    let b = replica(dir, "m1", &a).await;
+    wait_streaming(&mut a, "m1").await;
+    (a, b)
+}
+
 /// Primary m0 (with a slot for each member) and replicas m1, m2 streaming from it.
 async fn three_streaming(dir: &TestDir) -> (Postgres, Postgres, Postgres) {
     let mut a = primary(dir, "m0", &["m0", "m1", "m2"]).await;
@@ -519,9 +527,7 @@ async fn a_standby_keeps_its_timeline_once_its_upstream_is_gone() {
 async fn a_promoted_member_crashed_before_its_checkpoint_reports_the_new_timeline() {
     use nix::{sys::signal, unistd::Pid};
     let dir = TestDir::new("crashed-promoted");
-    let mut a = primary(&dir, "m0", &["m0", "m1"]).await;
-    let mut b = replica(&dir, "m1", &a).await;
-    wait_streaming(&mut a, "m1").await;
+    let (mut a, mut b) = two_streaming(&dir).await;
     a.stop(StopMode::Fast).await.unwrap();
     // Hold b's checkpointer so that no checkpoint on timeline 2 can happen before the crash.
     let checkpointer: i32 = superuser(&b)
@@ -576,9 +582,7 @@ async fn a_promoted_member_crashed_before_its_checkpoint_reports_the_new_timelin
 #[tokio::test]
 async fn rewind_rejoins_a_diverged_former_primary() {
     let dir = TestDir::new("rewind");
-    let mut a = primary(&dir, "m0", &["m0", "m1"]).await;
-    let mut b = replica(&dir, "m1", &a).await;
-    wait_streaming(&mut a, "m1").await;
+    let (mut a, mut b) = two_streaming(&dir).await;
     let asu = superuser(&a).await;
     asu.batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('common'); CHECKPOINT")
         .await
@@ -820,9 +824,7 @@ async fn reclone_when_the_diverged_wal_is_gone() {
 #[tokio::test]
 async fn synchronous_standby_names_first_any_and_strict_blocking() {
     let dir = TestDir::new("sync");
-    let mut p = primary(&dir, "m0", &["m0", "m1"]).await;
-    let mut r = replica(&dir, "m1", &p).await;
-    wait_streaming(&mut p, "m1").await;
+    let (mut p, mut r) = two_streaming(&dir).await;
 
     let mut d = desired(Role::Primary);
     d.member_slots = vec!["m0".into(), "m1".into()];
@@ -1055,9 +1057,7 @@ async fn a_failed_step_before_pg_rewind_keeps_the_data() {
     // Hole 13: rejoining a "primary" that is in fact still in recovery fails before pg_rewind runs (the
     // source cannot report its WAL position): a transient condition, not a reason to wipe PGDATA.
     let dir = TestDir::new("keep");
-    let mut a = primary(&dir, "m0", &["m0", "m1"]).await;
-    let mut b = replica(&dir, "m1", &a).await;
-    wait_streaming(&mut a, "m1").await;
+    let (mut a, mut b) = two_streaming(&dir).await;
     superuser(&a)
         .await
         .batch_execute("CREATE TABLE keep (v int); INSERT INTO keep VALUES (1); CHECKPOINT")

@@ -346,12 +346,7 @@ impl HaLoop {
             && let Some(position) = record
                 .holder()
                 .filter(|h| *h != self.me)
-                .and_then(|h| {
-                    peer_states
-                        .iter()
-                        .chain(&leaving_holder)
-                        .find(|p| p.name == h)
-                })
+                .and_then(|h| peer_named(&peer_states, leaving_holder.as_ref(), h))
                 .and_then(|p| p.report.as_ref())
                 .filter(|r| r.role == ROLE_PRIMARY)
                 .and_then(|r| r.xlog.as_ref()?.location)
@@ -487,6 +482,16 @@ impl HaLoop {
     fn synchronous_mode(&self) -> bool {
         self.config.borrow().replication.mode != pgpilot_crds::contract::ReplicationMode::Async
     }
+}
+
+/// The peer called `name`: a member, or the Lease holder a scale-down left outside the members
+/// ([`Peers::poll_holder`]).
+fn peer_named<'a>(
+    peers: &'a [PeerState],
+    leaving_holder: Option<&'a PeerState>,
+    name: &str,
+) -> Option<&'a PeerState> {
+    peers.iter().chain(leaving_holder).find(|p| p.name == name)
 }
 
 /// Failsafe (L5): every other member answered over REST this loop, none runs as primary, and each

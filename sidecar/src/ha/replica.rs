@@ -133,11 +133,7 @@ impl HaLoop {
 
     /// A peer to stream from: a member, or the holder a scale-down left outside the members.
     fn upstream_peer(&self, name: &str) -> Option<&PeerState> {
-        self.mem
-            .peers
-            .iter()
-            .chain(&self.mem.leaving_holder)
-            .find(|p| p.name == name)
+        super::peer_named(&self.mem.peers, self.mem.leaving_holder.as_ref(), name)
     }
 
     /// The holder's address and timeline, once its report says it runs as primary: only then does it
