@@ -530,12 +530,7 @@ mod tests {
     #[test]
     fn the_operators_own_switchover_is_kept_until_it_times_out() {
         let prev = PostgresClusterStatus {
-            planned_switchover: Some(PlannedSwitchover {
-                from: "pg-2".into(),
-                to: "pg-1".into(),
-                reason: planned_reason::SCALE_DOWN.into(),
-                requested_at: Time(t(0)),
-            }),
+            planned_switchover: Some(crate::status::fixtures::planned("pg-2", "pg-1", 0)),
             ..PostgresClusterStatus::default()
         };
         assert!(in_flight(&prev, "pg-2", t(10)).is_some());
@@ -552,12 +547,7 @@ mod tests {
     fn the_operators_own_switchover_is_kept_while_no_primary_serves() {
         let mut c = cluster();
         c.spec.instances = 2;
-        let planned = PlannedSwitchover {
-            from: "pg-2".into(),
-            to: "pg-1".into(),
-            reason: planned_reason::SCALE_DOWN.into(),
-            requested_at: Time(t(0)),
-        };
+        let planned = crate::status::fixtures::planned("pg-2", "pg-1", 0);
         let prev = PostgresClusterStatus {
             last_primary: Some("pg-2".into()),
             planned_switchover: Some(planned.clone()),
@@ -631,12 +621,7 @@ mod tests {
         ));
         // Asked already: kept, not asked again.
         let prev = PostgresClusterStatus {
-            planned_switchover: Some(PlannedSwitchover {
-                from: "pg-2".into(),
-                to: "pg-1".into(),
-                reason: planned_reason::SCALE_DOWN.into(),
-                requested_at: Time(t(0)),
-            }),
+            planned_switchover: Some(crate::status::fixtures::planned("pg-2", "pg-1", 0)),
             ..PostgresClusterStatus::default()
         };
         assert!(matches!(

@@ -168,13 +168,7 @@ mod tests {
 
     #[test]
     fn the_operators_own_switchover_is_a_switchover_not_a_failover() {
-        use pgpilot_crds::cluster::{PlannedSwitchover, planned_reason};
-        let planned = PlannedSwitchover {
-            from: "pg-2".into(),
-            to: "pg-0".into(),
-            reason: planned_reason::SCALE_DOWN.into(),
-            requested_at: Time(t(0)),
-        };
+        let planned = crate::status::fixtures::planned("pg-2", "pg-0", 0);
         let prev = PostgresClusterStatus {
             last_primary: Some("pg-2".into()),
             planned_switchover: Some(planned),

@@ -119,3 +119,13 @@ pub fn t(secs: i64) -> Timestamp {
 pub fn cond<'a>(s: &'a PostgresClusterStatus, t: &str) -> &'a Condition {
     find_condition(s, t).unwrap()
 }
+
+/// The operator's own switchover before a scale-down, asked at `at` seconds.
+pub fn planned(from: &str, to: &str, at: i64) -> pgpilot_crds::cluster::PlannedSwitchover {
+    pgpilot_crds::cluster::PlannedSwitchover {
+        from: from.into(),
+        to: to.into(),
+        reason: pgpilot_crds::cluster::planned_reason::SCALE_DOWN.into(),
+        requested_at: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(t(at)),
+    }
+}
