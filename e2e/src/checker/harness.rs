@@ -20,7 +20,7 @@ use pgpilot_crds::contract;
 use tracing::info;
 
 use super::{
-    Timeout,
+    Timeout, member_logs,
     pg::{self, PgError},
     probe::Sample,
     probes::{ProbeSet, ProbeTarget},
@@ -86,6 +86,8 @@ struct Ending {
     final_ids: std::collections::BTreeSet<u64>,
     last_decisions: BTreeMap<String, String>,
     final_lease: Option<cluster::LeaseRecord>,
+    /// The members' own log lines about HA ([`member_logs`]), for the timeline of a failed round.
+    member_logs: Vec<Event>,
 }
 
 /// Where verdicts are written.
@@ -466,6 +468,8 @@ impl Harness {
             }
         }
         let last_decisions = rest::last_decisions(&pods).await;
+        let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
+        let member_logs = member_logs::events(&self.client, &self.namespace, &names, 0).await;
         let final_lease = tokio::time::timeout(
             Duration::from_secs(3),
             cluster::lease(
@@ -485,6 +489,7 @@ impl Harness {
             final_ids,
             last_decisions,
             final_lease,
+            member_logs,
         }
     }
 
@@ -595,7 +600,16 @@ fn recording_of(ending: Ending, mut events: Vec<Event>, from_us: Micros) -> Reco
         final_ids,
         last_decisions,
         final_lease,
+        member_logs,
     } = ending;
+    // The members' lines only from the round's first event on (the timeline counts from it).
+    let first = events
+        .iter()
+        .map(|e| e.at_us)
+        .min()
+        .unwrap_or(from_us)
+        .max(from_us);
+    events.extend(member_logs.into_iter().filter(|e| e.at_us >= first));
     events.extend(
         log.errors
             .iter()

@@ -8,11 +8,13 @@
 //! - [`verdict`] (pure): lost acknowledged ids, spans with two writable members, time to converge, the
 //!   timeline; a table and JSON.
 //! - [`pg`]: the probe's and the writer's PostgreSQL connections (one error type, one bounded connect).
+//! - [`member_logs`]: the members' own log lines about HA, for a failed scenario's timeline.
 //! - [`harness`]: one scenario end to end.
 
 use std::time::Duration;
 
 pub mod harness;
+pub mod member_logs;
 pub mod pg;
 pub mod probe;
 pub mod probes;

@@ -1,0 +1,170 @@
+//! The members' own words for a failed scenario's timeline: each sidecar's warnings, decisions and
+//! synchronous-replication steps, and PostgreSQL's replication messages, taken from the pod logs at the
+//! end of a round. A failure in CI then shows why each member did what it did, in the part of the report
+//! that is printed first. [`parse_line`] is pure.
+
+use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
+use kube::{Api, Client, api::LogParams};
+use pgpilot_crds::contract;
+
+use super::verdict::Event;
+use crate::clock::Micros;
+
+/// At most this many lines per member (the last ones of the round), each at most [`LINE_CHARS`] long.
+const LINES_PER_MEMBER: usize = 40;
+const LINE_CHARS: usize = 220;
+
+/// PostgreSQL messages worth a line: replication, synchronous standbys, promotion, shutdowns, failures.
+const PG_WORDS: [&str; 8] = [
+    "walsender",
+    "synchronous",
+    "replication",
+    "promot",
+    "shutting down",
+    "FATAL",
+    "PANIC",
+    "timeline",
+];
+
+/// The log lines of `members` (in `namespace`) from `from_us` on, as timeline events; a member whose log
+/// cannot be read is left out (the report says what it can).
+pub async fn events(
+    client: &Client,
+    namespace: &str,
+    members: &[String],
+    from_us: Micros,
+) -> Vec<Event> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut out = Vec::new();
+    for member in members {
+        let params = LogParams {
+            container: Some(contract::POSTGRES_CONTAINER.into()),
+            limit_bytes: Some(4 << 20),
+            ..LogParams::default()
+        };
+        let read = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            pods.logs(member, &params),
+        );
+        let Ok(Ok(text)) = read.await else { continue };
+        let mut lines: Vec<Event> = text
+            .lines()
+            .filter_map(|l| parse_line(member, l))
+            .filter(|e| e.at_us >= from_us)
+            .collect();
+        let skip = lines.len().saturating_sub(LINES_PER_MEMBER);
+        out.extend(lines.drain(skip..));
+    }
+    out
+}
+
+/// One log line as an event, when it is one worth showing: a sidecar line (`<RFC 3339> <LEVEL> <spans>:
+/// <target>: <message>`) at WARN or ERROR, or naming a decision, synchronous replication or fencing; a
+/// PostgreSQL line (`<date> <time> GMT [pid] LEVEL: message`) about replication.
+pub fn parse_line(member: &str, line: &str) -> Option<Event> {
+    let (at_us, rest) = sidecar_line(line).or_else(|| postgres_line(line))?;
+    let mut what = format!("{member} log: {rest}");
+    if what.len() > LINE_CHARS {
+        let mut cut = LINE_CHARS;
+        while !what.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        what.truncate(cut);
+        what.push('…');
+    }
+    Some(Event { at_us, what })
+}
+
+fn sidecar_line(line: &str) -> Option<(Micros, String)> {
+    let (stamp, rest) = line.split_once(' ')?;
+    let at: Timestamp = stamp.parse().ok()?;
+    let (level, rest) = rest.trim_start().split_once(' ')?;
+    // `iteration{member=pg-1}: pgpilot_sidecar::ha::sync: message` → `ha::sync`, `message`.
+    let (target, message) = rest
+        .split_once("pgpilot_sidecar")
+        .and_then(|(_, m)| m.split_once(": "))
+        .map_or(("", rest), |(t, m)| (t.trim_start_matches("::"), m));
+    let wanted = matches!(level, "WARN" | "ERROR")
+        || message.starts_with("decision")
+        || target.ends_with("sync")
+        || target.contains("fenc")
+        || message.contains("fenc");
+    wanted.then(|| (micros(at), format!("{level} {target}: {message}")))
+}
+
+fn postgres_line(line: &str) -> Option<(Micros, String)> {
+    // 2026-12-03 13:09:24.296 GMT [34] LOG:  terminating walsender process due to replication timeout
+    let mut parts = line.splitn(4, ' ');
+    let (date, time, zone, rest) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if zone != "GMT" {
+        return None;
+    }
+    let at: Timestamp = format!("{date}T{time}Z").parse().ok()?;
+    let rest = rest.split_once("] ").map_or(rest, |(_, r)| r);
+    PG_WORDS.iter().any(|w| rest.contains(w)).then(|| {
+        (
+            micros(at),
+            format!(
+                "postgres {}",
+                rest.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+        )
+    })
+}
+
+fn micros(t: Timestamp) -> Micros {
+    Micros::try_from(t.as_microsecond()).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sidecar_warnings_decisions_and_sync_steps_are_kept_the_rest_left_out() {
+        let warn = "2026-12-03T13:09:17.560282Z  WARN iteration{member=pg-2}: pgpilot_sidecar::election::lease: cannot read the Lease error=Lease request failed";
+        let e = parse_line("pg-2", warn).expect("a warning");
+        assert_eq!(
+            e.what,
+            "pg-2 log: WARN election::lease: cannot read the Lease error=Lease request failed"
+        );
+        assert_eq!(e.at_us, 1_796_303_357_560_282);
+        let sync = "2026-12-03T13:09:21.623714Z  INFO iteration{member=pg-1}: pgpilot_sidecar::ha::sync: recorded the synchronous members members=[]";
+        assert_eq!(
+            parse_line("pg-1", sync).expect("a sync step").what,
+            "pg-1 log: INFO ha::sync: recorded the synchronous members members=[]"
+        );
+        let decision = "2026-12-03T13:09:12.571017Z  INFO iteration{member=pg-1}: pgpilot_sidecar::ha: decision decision=hold epoch=1";
+        assert!(parse_line("pg-1", decision).is_some());
+        let label = "2026-12-03T13:09:11.224359Z  INFO iteration{member=pg-0}: pgpilot_sidecar::ha::labels: pod role label updated role=Some(\"replica\") epoch=Some(1)";
+        assert_eq!(parse_line("pg-0", label), None);
+        assert_eq!(
+            parse_line("pg-0", "\t\tThis probably means the server terminated"),
+            None
+        );
+    }
+
+    #[test]
+    fn postgres_replication_messages_are_kept() {
+        let line = "2026-12-03 13:09:24.296 GMT [34] LOG:  terminating walsender process due to replication timeout";
+        let e = parse_line("pg-1", line).expect("a replication message");
+        assert_eq!(
+            e.what,
+            "pg-1 log: postgres LOG: terminating walsender process due to replication timeout"
+        );
+        assert_eq!(e.at_us, 1_796_303_364_296_000);
+        let other = "2026-12-03 13:09:11.109 GMT [12] LOG:  listening on IPv4 address \"0.0.0.0\", port 5432";
+        assert_eq!(parse_line("pg-1", other), None);
+    }
+
+    #[test]
+    fn long_lines_are_cut_on_a_character_boundary() {
+        let line = format!(
+            "2026-12-03T13:09:17.560282Z  WARN x: pgpilot_sidecar::ha: {}",
+            "é".repeat(300)
+        );
+        let e = parse_line("pg-0", &line).expect("a warning");
+        assert!(e.what.len() <= LINE_CHARS + '…'.len_utf8());
+        assert!(e.what.ends_with('…'));
+    }
+}
