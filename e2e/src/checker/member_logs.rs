@@ -11,7 +11,7 @@ use super::verdict::Event;
 use crate::clock::Micros;
 
 /// At most this many lines per member (the last ones of the round), each at most [`LINE_CHARS`] long.
-const LINES_PER_MEMBER: usize = 40;
+const LINES_PER_MEMBER: usize = 30;
 const LINE_CHARS: usize = 220;
 
 /// PostgreSQL messages worth a line: replication, synchronous standbys, promotion, shutdowns, failures.
@@ -47,11 +47,11 @@ pub async fn events(
             pods.logs(member, &params),
         );
         let Ok(Ok(text)) = read.await else { continue };
-        let mut lines: Vec<Event> = text
-            .lines()
-            .filter_map(|l| parse_line(member, l))
-            .filter(|e| e.at_us >= from_us)
-            .collect();
+        let mut lines = squeeze(
+            text.lines()
+                .filter_map(|l| parse_line(member, l))
+                .filter(|e| e.at_us >= from_us),
+        );
         let skip = lines.len().saturating_sub(LINES_PER_MEMBER);
         out.extend(lines.drain(skip..));
     }
@@ -75,15 +75,36 @@ pub fn parse_line(member: &str, line: &str) -> Option<Event> {
     Some(Event { at_us, what })
 }
 
+/// Runs of the same line (a member retrying the same failing call each loop) as their first line with
+/// the count.
+pub fn squeeze(events: impl IntoIterator<Item = Event>) -> Vec<Event> {
+    let mut out: Vec<(Event, usize)> = Vec::new();
+    for e in events {
+        match out.last_mut() {
+            Some((last, n)) if last.what == e.what => *n += 1,
+            _ => out.push((e, 1)),
+        }
+    }
+    out.into_iter()
+        .map(|(mut e, n)| {
+            if n > 1 {
+                e.what.push_str(&format!(" (×{n})"));
+            }
+            e
+        })
+        .collect()
+}
+
 fn sidecar_line(line: &str) -> Option<(Micros, String)> {
     let (stamp, rest) = line.split_once(' ')?;
     let at: Timestamp = stamp.parse().ok()?;
     let (level, rest) = rest.trim_start().split_once(' ')?;
     // `iteration{member=pg-1}: pgpilot_sidecar::ha::sync: message` → `ha::sync`, `message`.
+    // Only the sidecar's own lines (its libraries' errors repeat what it says itself).
     let (target, message) = rest
         .split_once("pgpilot_sidecar")
         .and_then(|(_, m)| m.split_once(": "))
-        .map_or(("", rest), |(t, m)| (t.trim_start_matches("::"), m));
+        .map(|(t, m)| (t.trim_start_matches("::"), m))?;
     let wanted = matches!(level, "WARN" | "ERROR")
         || message.starts_with("decision")
         || target.ends_with("sync")
@@ -142,6 +163,18 @@ mod tests {
             parse_line("pg-0", "\t\tThis probably means the server terminated"),
             None
         );
+        let library = "2026-12-03T13:39:53.821Z ERROR iteration{member=pg-0}: kube_client::client::builder: failed with error client error (Connect)";
+        assert_eq!(parse_line("pg-0", library), None);
+    }
+
+    #[test]
+    fn a_repeated_line_is_shown_once_with_its_count() {
+        let e = |at_us, what: &str| Event {
+            at_us,
+            what: what.into(),
+        };
+        let out = squeeze([e(1, "a"), e(2, "a"), e(3, "a"), e(4, "b"), e(5, "a")]);
+        assert_eq!(out, vec![e(1, "a (×3)"), e(4, "b"), e(5, "a")]);
     }
 
     #[test]
