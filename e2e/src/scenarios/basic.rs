@@ -17,7 +17,7 @@ use super::{
 use crate::{
     checker::{harness::Harness, verdict::Requirement},
     clock::now_us,
-    cluster, rest,
+    cluster, rest, wait_for,
 };
 
 /// How long a failover may take after the fault: `leaseDuration` (L2), and a margin for the loop.
@@ -200,14 +200,15 @@ pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<(
     if p != top {
         if s.mode == Mode::Sync {
             s.patch_spec(r#"{"spec":{"replication":{"syncReplicas":2}}}"#)?;
-            let until = Instant::now() + Duration::from_secs(60);
-            while !lease(h).await?.sync_members.contains(&top) {
-                ensure!(
-                    Instant::now() < until,
-                    "{top} not recorded synchronous within 60 s of syncReplicas: 2"
-                );
-                sleep_secs(1).await;
-            }
+            let h: &Harness = h;
+            let what = format!("{top} recorded synchronous after syncReplicas: 2");
+            wait_for(
+                &what,
+                Duration::from_secs(60),
+                Duration::from_secs(1),
+                || async { Ok(lease(h).await?.sync_members.contains(&top).then_some(())) },
+            )
+            .await?;
         }
         let pods = h.pods().await?;
         let ip = cluster::ip_of(&pods, &p).with_context(|| format!("{p} has no IP"))?;
@@ -236,29 +237,37 @@ pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<(
     h.healed();
     let new = wait_new_primary(h, &top, Duration::from_secs(90)).await?;
     // A new holder records its synchronous standby once one streams to it, moments after it took over.
-    let until = Instant::now() + Duration::from_secs(30);
-    while s.mode == Mode::Sync && !lease(h).await?.sync_members.iter().any(|m| *m != new) {
-        ensure!(
-            Instant::now() < until,
-            "the new primary {new} recorded no synchronous standby within 30 s"
-        );
-        sleep_secs(1).await;
+    if s.mode == Mode::Sync {
+        let h: &Harness = h;
+        let what = format!("the new primary {new} recording a synchronous standby");
+        wait_for(
+            &what,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            || async {
+                let recorded = lease(h).await?.sync_members;
+                Ok(recorded.iter().any(|m| *m != new).then_some(()))
+            },
+        )
+        .await?;
     }
     // The operator's own switchover, as the status and the Events tell it.
     let pgc = format!("pgc/{}", s.cluster);
     let record = "jsonpath={.status.lastFailover.reason} {.status.lastFailover.from} {.status.lastFailover.to}";
-    let until = Instant::now() + Duration::from_secs(60);
-    loop {
-        let got = s.kubectl(&["get", &pgc, "-o", record])?;
-        if got == format!("Switchover {top} {new}") {
-            break;
-        }
-        ensure!(
-            Instant::now() < until,
-            "status.lastFailover is {got:?}, not a switchover from {top} to {new}"
-        );
-        sleep_secs(1).await;
-    }
+    let want = format!("Switchover {top} {new}");
+    let what = format!("status.lastFailover to read {want:?}");
+    let scene: &Scene = s;
+    wait_for(
+        &what,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || async {
+            let got = scene.kubectl(&["get", &pgc, "-o", record])?;
+            ensure!(got == want, "status.lastFailover is {got:?}");
+            Ok(Some(()))
+        },
+    )
+    .await?;
     // The setup's own switchover through the REST API is one the operator was not asked for (an
     // observed failover); the scale-down's must not be.
     let observed = s.kubectl(&[
@@ -275,14 +284,18 @@ pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<(
         "the scale-down's switchover was reported as a failover: {observed}"
     );
     // The pod goes, its volume stays (storage.deleteOnScaleDown is off by default).
-    let until = Instant::now() + Duration::from_secs(90);
-    while h.pods().await?.iter().any(|m| m.name == top) {
-        ensure!(
-            Instant::now() < until,
-            "{top}'s pod still exists 90 s after the switchover"
-        );
-        sleep_secs(1).await;
-    }
+    let harness: &Harness = h;
+    let what = format!("{top}'s pod to be removed after the switchover");
+    wait_for(
+        &what,
+        Duration::from_secs(90),
+        Duration::from_secs(1),
+        || async {
+            let pods = harness.pods().await?;
+            Ok((!pods.iter().any(|m| m.name == top)).then_some(()))
+        },
+    )
+    .await?;
     s.kubectl(&["get", "pvc", &format!("data-{top}")])
         .with_context(|| format!("the volume of the removed member {top}"))?;
     h.require(Requirement::FinalPrimary(new));
