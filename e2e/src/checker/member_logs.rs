@@ -26,14 +26,9 @@ const PG_WORDS: [&str; 8] = [
     "timeline",
 ];
 
-/// The log lines of `members` (in `namespace`) from `from_us` on, as timeline events; a member whose log
-/// cannot be read is left out (the report says what it can).
-pub async fn events(
-    client: &Client,
-    namespace: &str,
-    members: &[String],
-    from_us: Micros,
-) -> Vec<Event> {
+/// The last log lines of `members` (in `namespace`) as timeline events (the caller keeps those of its
+/// round); a member whose log cannot be read is left out (the report says what it can).
+pub async fn events(client: &Client, namespace: &str, members: &[String]) -> Vec<Event> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut out = Vec::new();
     for member in members {
@@ -47,11 +42,7 @@ pub async fn events(
             pods.logs(member, &params),
         );
         let Ok(Ok(text)) = read.await else { continue };
-        let mut lines = squeeze(
-            text.lines()
-                .filter_map(|l| parse_line(member, l))
-                .filter(|e| e.at_us >= from_us),
-        );
+        let mut lines = squeeze(text.lines().filter_map(|l| parse_line(member, l)));
         let skip = lines.len().saturating_sub(LINES_PER_MEMBER);
         out.extend(lines.drain(skip..));
     }
