@@ -262,6 +262,18 @@ pub enum WaitReason {
     LeaseUnknown,
 }
 
+impl Decision {
+    /// Whether `self` is news after `previous`, worth a log line: a holder renewing and holding in turn
+    /// (every other loop) is one course, leading; any other change is news.
+    pub fn is_news_after(&self, previous: Option<&Decision>) -> bool {
+        let leading = |d: &Decision| matches!(d, Decision::Renew | Decision::Hold);
+        match previous {
+            Some(prev) => prev != self && !(leading(prev) && leading(self)),
+            None => true,
+        }
+    }
+}
+
 impl std::fmt::Display for Decision {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -1204,3 +1204,18 @@ fn eligibility_is_the_first_objection() {
         ]
     );
 }
+
+#[test]
+fn a_holder_renewing_and_holding_in_turn_is_logged_once() {
+    let follow = Decision::Follow {
+        leader: Some("pg-1".into()),
+        why: FollowReason::Leader,
+    };
+    assert!(Decision::Renew.is_news_after(None));
+    assert!(!Decision::Hold.is_news_after(Some(&Decision::Renew)));
+    assert!(!Decision::Renew.is_news_after(Some(&Decision::Hold)));
+    assert!(!follow.is_news_after(Some(&follow.clone())));
+    assert!(follow.is_news_after(Some(&Decision::Hold)));
+    assert!(Decision::Hold.is_news_after(Some(&follow)));
+    assert!(Decision::Fence.is_news_after(Some(&Decision::Renew)));
+}

@@ -275,7 +275,7 @@ impl HaLoop {
         let decision = decide(&obs, now, &self.timings);
         self.mem.failover_blocked =
             failover_blocked(&obs, now, &self.timings).map(|w| w.to_string());
-        if self.mem.last_decision.as_ref() != Some(&decision) {
+        if decision.is_news_after(self.mem.last_decision.as_ref()) {
             let epoch = obs.lease.as_ref().map_or(0, |l| l.transitions);
             info!(decision = %decision, epoch, "decision");
         }
