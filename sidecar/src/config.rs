@@ -79,7 +79,12 @@ pub async fn watch_config(
                         tx.send_if_modified(|current| {
                             let changed = *current != config;
                             if changed {
-                                info!("configuration changed");
+                                info!(
+                                    paused = config.paused,
+                                    mode = ?config.replication.mode,
+                                    instances = config.instances,
+                                    "configuration changed"
+                                );
                                 *current = config;
                             }
                             changed
