@@ -120,7 +120,7 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     // restarted apiserver answered the watches "too old resource version" kept an old spec for good
     // (seen in a soak: `spec.paused: true` never reached the ConfigMap while the status was patched
     // every 10 s). The status subresource answers with the whole object: one read for both.
-    let fresh = last_written(&api, cluster).await?;
+    let fresh = timed("read the cluster", last_written(&api, cluster)).await?;
     let prev = fresh.status.clone().unwrap_or_default();
     let cluster = &fresh;
     // Being deleted: the garbage collector removes the children; applying them again would fight it.
@@ -133,25 +133,40 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     };
     // How far a scale-down may shrink the StatefulSet now (never the primary's pod, never a member
     // still recorded synchronous, one at a time), from the StatefulSet and the Lease as they are now.
-    let shape = scale::read(&ctx.client, &c)
+    let shape = timed("read the scale", scale::read(&ctx.client, &c))
         .await
         .map_err(Error::ReadScale)?;
     let step = scale::plan(&c.name, c.spec.instances, &shape);
     let replicas = step.replicas(&shape, c.spec.instances);
     let children = build::build_children(&c, prev.system_identifier.as_deref(), replicas)
         .map_err(Error::Build)?;
-    let mut memo = apply_step(ctx, cluster, &c, &children, &prev, replicas).await?;
-    let observed = status::observe(&ctx.client, &ctx.http, &c).await?;
-    let (outcome, mut transitions) = switchover_step(ctx, &c, &prev, &observed, now).await;
+    let mut memo = timed(
+        "apply",
+        apply_step(ctx, cluster, &c, &children, &prev, replicas),
+    )
+    .await?;
+    let observed = timed("observe", status::observe(&ctx.client, &ctx.http, &c)).await?;
+    let (outcome, mut transitions) = timed(
+        "switchover",
+        switchover_step(ctx, &c, &prev, &observed, now),
+    )
+    .await;
     let spec_switchover_busy = matches!(outcome, SwitchoverOutcome::InProgress { .. });
     let decision = scale::hand_over(&c, &prev, &observed, &step, spec_switchover_busy, now);
-    let (progress, handed) =
-        scale::carry_out(&ctx.client, &ctx.http, &c, &observed, &step, decision, now).await;
+    let (progress, handed) = timed(
+        "scale",
+        scale::carry_out(&ctx.client, &ctx.http, &c, &observed, &step, decision, now),
+    )
+    .await;
     transitions.extend(handed);
     let (next, more) = status::compute(&c, &prev, &observed, &outcome, &progress, now);
     transitions.extend(more);
-    update_status(&api, &c, &prev, &next, &mut memo).await?;
-    events::publish(&ctx.recorder, cluster, &transitions).await;
+    timed("status", update_status(&api, &c, &prev, &next, &mut memo)).await?;
+    timed(
+        "events",
+        events::publish(&ctx.recorder, cluster, &transitions),
+    )
+    .await;
     ctx.memos.put(cluster_key(cluster), memo);
     let look = if step == scale::Step::Steady {
         next_look(&outcome, now)
@@ -159,6 +174,25 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         SHRINK_LOOK.min(next_look(&outcome, now))
     };
     Ok(Action::requeue(look))
+}
+
+/// A reconcile step slower than this is named in a warning: a reconcile runs one at a time per cluster,
+/// so a slow step delays every change of the spec (a `paused: false` reaching the members) behind it.
+const SLOW_STEP: Duration = Duration::from_secs(2);
+
+/// Runs one reconcile step, warning when it took longer than [`SLOW_STEP`].
+async fn timed<T>(step: &'static str, work: impl Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = work.await;
+    let took = started.elapsed();
+    if took > SLOW_STEP {
+        warn!(
+            step,
+            took_ms = took.as_millis() as u64,
+            "slow reconcile step"
+        );
+    }
+    out
 }
 
 /// The cluster with its status as last written, not as cached: a reconcile triggered right after the
