@@ -469,7 +469,13 @@ impl Harness {
         }
         let last_decisions = rest::last_decisions(&pods).await;
         let names: Vec<String> = pods.iter().map(|p| p.name.clone()).collect();
-        let member_logs = member_logs::events(&self.client, &self.namespace, &names).await;
+        let member_logs = member_logs::events(
+            &self.client,
+            &self.namespace,
+            &names,
+            self.round_from_us - ROUND_MARGIN_US,
+        )
+        .await;
         let final_lease = tokio::time::timeout(
             Duration::from_secs(3),
             cluster::lease(

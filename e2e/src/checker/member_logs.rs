@@ -10,8 +10,10 @@ use pgpilot_crds::contract;
 use super::verdict::Event;
 use crate::clock::Micros;
 
-/// At most this many lines per member (the last ones of the round), each at most [`LINE_CHARS`] long.
-const LINES_PER_MEMBER: usize = 30;
+/// At most this many lines per member: the first [`HEAD_LINES`] of the round and the last ones (how it
+/// began and how it ended), each at most [`LINE_CHARS`] long.
+const LINES_PER_MEMBER: usize = 40;
+const HEAD_LINES: usize = 15;
 const LINE_CHARS: usize = 220;
 
 /// PostgreSQL messages worth a line: replication, synchronous standbys, promotion, shutdowns, failures.
@@ -26,15 +28,20 @@ const PG_WORDS: [&str; 8] = [
     "timeline",
 ];
 
-/// The last log lines of `members` (in `namespace`) as timeline events (the caller keeps those of its
-/// round); a member whose log cannot be read is left out (the report says what it can).
-pub async fn events(client: &Client, namespace: &str, members: &[String]) -> Vec<Event> {
+/// The log lines of `members` (in `namespace`) written since `since` as timeline events; a member whose
+/// log cannot be read is left out (the report says what it can).
+pub async fn events(
+    client: &Client,
+    namespace: &str,
+    members: &[String],
+    since: Micros,
+) -> Vec<Event> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut out = Vec::new();
     for member in members {
         let params = LogParams {
             container: Some(contract::POSTGRES_CONTAINER.into()),
-            limit_bytes: Some(4 << 20),
+            since_time: Timestamp::from_microsecond(since).ok(),
             ..LogParams::default()
         };
         let read = tokio::time::timeout(
@@ -42,9 +49,8 @@ pub async fn events(client: &Client, namespace: &str, members: &[String]) -> Vec
             pods.logs(member, &params),
         );
         let Ok(Ok(text)) = read.await else { continue };
-        let mut lines = squeeze(text.lines().filter_map(|l| parse_line(member, l)));
-        let skip = lines.len().saturating_sub(LINES_PER_MEMBER);
-        out.extend(lines.drain(skip..));
+        let lines = squeeze(text.lines().filter_map(|l| parse_line(member, l)));
+        out.extend(ends(lines, HEAD_LINES, LINES_PER_MEMBER));
     }
     out
 }
@@ -86,6 +92,30 @@ pub fn squeeze(events: impl IntoIterator<Item = Event>) -> Vec<Event> {
         .collect()
 }
 
+/// At most `max` of `lines`: the first `head` and the last `max - head`, with a line saying how many
+/// were left out between them.
+pub fn ends(mut lines: Vec<Event>, head: usize, max: usize) -> Vec<Event> {
+    if lines.len() <= max {
+        return lines;
+    }
+    let left_out = lines.len() - max;
+    let tail = lines.split_off(head + left_out);
+    let gap_at = lines[head].at_us;
+    let member = lines[head]
+        .what
+        .split(" log: ")
+        .next()
+        .unwrap_or("")
+        .to_owned();
+    lines.truncate(head);
+    lines.push(Event {
+        at_us: gap_at,
+        what: format!("{member} log: … {left_out} line(s) left out"),
+    });
+    lines.extend(tail);
+    lines
+}
+
 fn sidecar_line(line: &str) -> Option<(Micros, String)> {
     let (stamp, rest) = line.split_once(' ')?;
     let at: Timestamp = stamp.parse().ok()?;
@@ -98,6 +128,7 @@ fn sidecar_line(line: &str) -> Option<(Micros, String)> {
         .map(|(t, m)| (t.trim_start_matches("::"), m))?;
     let wanted = matches!(level, "WARN" | "ERROR")
         || message.starts_with("decision")
+        || message.starts_with("configuration changed")
         || target.ends_with("sync")
         || target.contains("fenc")
         || message.contains("fenc");
@@ -156,6 +187,40 @@ mod tests {
         );
         let library = "2026-12-03T13:39:53.821Z ERROR iteration{member=pg-0}: kube_client::client::builder: failed with error client error (Connect)";
         assert_eq!(parse_line("pg-0", library), None);
+    }
+
+    #[test]
+    fn a_long_log_keeps_how_the_round_began_and_how_it_ended() {
+        let lines: Vec<Event> = (0..100)
+            .map(|i| Event {
+                at_us: i,
+                what: format!("pg-1 log: line {i}"),
+            })
+            .collect();
+        let kept = ends(lines.clone(), 3, 10);
+        let whats: Vec<&str> = kept.iter().map(|e| e.what.as_str()).collect();
+        assert_eq!(
+            whats,
+            [
+                "pg-1 log: line 0",
+                "pg-1 log: line 1",
+                "pg-1 log: line 2",
+                "pg-1 log: … 90 line(s) left out",
+                "pg-1 log: line 93",
+                "pg-1 log: line 94",
+                "pg-1 log: line 95",
+                "pg-1 log: line 96",
+                "pg-1 log: line 97",
+                "pg-1 log: line 98",
+                "pg-1 log: line 99",
+            ]
+        );
+        assert_eq!(kept[3].at_us, 3);
+        assert_eq!(
+            ends(lines[..10].to_vec(), 3, 10).len(),
+            10,
+            "short logs stay whole"
+        );
     }
 
     #[test]
