@@ -4,7 +4,10 @@
 //! that is printed first. [`parse_line`] is pure.
 
 use k8s_openapi::{api::core::v1::Pod, jiff::Timestamp};
-use kube::{Api, Client, api::LogParams};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, LogParams},
+};
 use pgpilot_crds::contract;
 
 use super::verdict::Event;
@@ -52,6 +55,24 @@ pub async fn events(
         let lines = squeeze(text.lines().filter_map(|l| parse_line(member, l)));
         out.extend(ends(lines, HEAD_LINES, LINES_PER_MEMBER));
     }
+    // The operator's own: a spec change (an unpause) reaches the members only through it.
+    let operators = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for pod in operators {
+        let name = pod.name_any();
+        let params = LogParams {
+            since_time: Timestamp::from_microsecond(since).ok(),
+            ..LogParams::default()
+        };
+        let read =
+            tokio::time::timeout(std::time::Duration::from_secs(5), pods.logs(&name, &params));
+        let Ok(Ok(text)) = read.await else { continue };
+        let lines = squeeze(text.lines().filter_map(operator_line));
+        out.extend(ends(lines, HEAD_LINES, LINES_PER_MEMBER));
+    }
     out
 }
 
@@ -60,16 +81,23 @@ pub async fn events(
 /// PostgreSQL line (`<date> <time> GMT [pid] LEVEL: message`) about replication.
 pub fn parse_line(member: &str, line: &str) -> Option<Event> {
     let (at_us, rest) = sidecar_line(line).or_else(|| postgres_line(line))?;
-    let mut what = format!("{member} log: {rest}");
+    Some(Event {
+        at_us,
+        what: cut(format!("{member} log: {rest}")),
+    })
+}
+
+/// `what` cut to [`LINE_CHARS`] on a character boundary.
+fn cut(mut what: String) -> String {
     if what.len() > LINE_CHARS {
-        let mut cut = LINE_CHARS;
-        while !what.is_char_boundary(cut) {
-            cut -= 1;
+        let mut at = LINE_CHARS;
+        while !what.is_char_boundary(at) {
+            at -= 1;
         }
-        what.truncate(cut);
+        what.truncate(at);
         what.push('…');
     }
-    Some(Event { at_us, what })
+    what
 }
 
 /// Runs of the same line (a member retrying the same failing call each loop) as their first line with
@@ -116,23 +144,41 @@ pub fn ends(mut lines: Vec<Event>, head: usize, max: usize) -> Vec<Event> {
     lines
 }
 
-fn sidecar_line(line: &str) -> Option<(Micros, String)> {
+/// A `tracing` line of `krate` itself: `<RFC 3339> <LEVEL> <spans>: <krate>::<target>: <message>` as
+/// its time, level, target (without the crate) and message. Its libraries' lines are left out (their
+/// errors repeat what it says itself).
+fn tracing_line<'a>(line: &'a str, krate: &str) -> Option<(Micros, &'a str, &'a str, &'a str)> {
     let (stamp, rest) = line.split_once(' ')?;
     let at: Timestamp = stamp.parse().ok()?;
     let (level, rest) = rest.trim_start().split_once(' ')?;
-    // `iteration{member=pg-1}: pgpilot_sidecar::ha::sync: message` → `ha::sync`, `message`.
-    // Only the sidecar's own lines (its libraries' errors repeat what it says itself).
     let (target, message) = rest
-        .split_once("pgpilot_sidecar")
+        .split_once(krate)
         .and_then(|(_, m)| m.split_once(": "))
         .map(|(t, m)| (t.trim_start_matches("::"), m))?;
+    Some((micros(at), level, target, message))
+}
+
+fn sidecar_line(line: &str) -> Option<(Micros, String)> {
+    // `iteration{member=pg-1}: pgpilot_sidecar::ha::sync: message` → `ha::sync`, `message`.
+    let (at, level, target, message) = tracing_line(line, "pgpilot_sidecar")?;
     let wanted = matches!(level, "WARN" | "ERROR")
         || message.starts_with("decision")
         || message.starts_with("configuration changed")
         || target.ends_with("sync")
         || target.contains("fenc")
         || message.contains("fenc");
-    wanted.then(|| (micros(at), format!("{level} {target}: {message}")))
+    wanted.then(|| (at, format!("{level} {target}: {message}")))
+}
+
+/// An operator line worth showing: a warning or error (a slow reconcile step, a failed one), or a
+/// status it wrote.
+pub fn operator_line(line: &str) -> Option<Event> {
+    let (at_us, level, target, message) = tracing_line(line, "pgpilot_operator")?;
+    let wanted = matches!(level, "WARN" | "ERROR") || message.starts_with("status updated");
+    wanted.then(|| Event {
+        at_us,
+        what: cut(format!("operator log: {level} {target}: {message}")),
+    })
 }
 
 fn postgres_line(line: &str) -> Option<(Micros, String)> {
@@ -187,6 +233,25 @@ mod tests {
         );
         let library = "2026-12-03T13:39:53.821Z ERROR iteration{member=pg-0}: kube_client::client::builder: failed with error client error (Connect)";
         assert_eq!(parse_line("pg-0", library), None);
+    }
+
+    #[test]
+    fn operator_warnings_and_status_writes_are_kept() {
+        let slow = "2026-12-03T17:18:45.784505Z  WARN reconciling object{object.ref=PostgresCluster.v1alpha1.pgpilot.io/pg.ns object.reason=reconciler requested retry}:reconcile{cluster=pg namespace=\"ns\"}: pgpilot_operator::controller: slow reconcile step step=\"read the cluster\" took_ms=27457";
+        let e = operator_line(slow).expect("a warning is kept");
+        assert_eq!(
+            e.what,
+            "operator log: WARN controller: slow reconcile step step=\"read the cluster\" took_ms=27457"
+        );
+        let status = "2026-12-03T17:18:45.900000Z  INFO reconciling object{}:reconcile{}: pgpilot_operator::controller: status updated phase=\"NoPrimary\" primary=\"\" ready=0";
+        assert!(operator_line(status).is_some());
+        let other = "2026-12-03T17:18:45.900000Z  INFO kube_runtime::controller: press ctrl+c to shut down gracefully";
+        assert!(
+            operator_line(other).is_none(),
+            "not the operator's own line"
+        );
+        let sidecar = "2026-12-03T17:18:45.900000Z  WARN iteration{member=pg-1}: pgpilot_sidecar::ha: action failed";
+        assert!(operator_line(sidecar).is_none());
     }
 
     #[test]
