@@ -122,6 +122,7 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
     let below = (timeout * 45 / 100).as_millis().to_string();
     let above = (timeout + Duration::from_secs(1)).as_millis().to_string();
     let renew_interval = micros(Duration::from_secs((t.lease - t.renew).max(t.retry)));
+    let period = micros(Duration::from_secs(t.retry));
     let name = contract::lease_name(&s.cluster);
     let slow = Duration::from_secs(t.lease + 5);
     for attempt in 1..=LOST_REPLY_ATTEMPTS {
@@ -135,8 +136,14 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
         let (Some(t2), Some(t3)) = (r2.renewed_at_us, r3.renewed_at_us) else {
             bail!("the Lease renewals carry no renewTime");
         };
+        // The loop reads every `retryPeriod`, and renews in the first loop whose read returns once the
+        // last renewal is `renew_interval` old: when that interval is a whole number of loops, the read
+        // returns just as the renewal becomes due, and the renewals come one or two loops apart (30/20/5:
+        // 10 or 15 s). So the aim is the earliest loop that can renew, not the last gap repeated (which,
+        // after a long gap, aimed between two loops' reads); when that loop's read came a hair early and
+        // it only held, the attempt misses and the schedule is learnt again.
         let due = t3 + renew_interval;
-        let read_back = t3 + (t3 - t2);
+        let read_back = t3 + loops_until(renew_interval, period) * period;
         let read_sent = read_back - micros(timeout * 45 / 100);
         let aim = (due.max(read_sent) + read_back) / 2;
         let failed_before = rest::metric(&ip, RENEW_ERRORS).await?;
@@ -212,6 +219,11 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
         "no renewal was sent while the reply delay rose past the client timeout in \
          {LOST_REPLY_ATTEMPTS} attempts (see the timeline)"
     )
+}
+
+/// How many loops of `period` it takes to reach `interval` (at least one).
+fn loops_until(interval: Micros, period: Micros) -> Micros {
+    ((interval + period - 1) / period.max(1)).max(1)
 }
 
 /// The apiserver's replies to the primary's node delayed past the client timeout for 30 s: the primary
@@ -650,4 +662,18 @@ pub async fn restart_member(h: &mut Harness, s: &mut Scene) -> Result<()> {
     h.healed();
     h.require(Requirement::FinalPrimary(p));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loops_until;
+
+    #[test]
+    fn the_earliest_loop_that_can_renew() {
+        let s = 1_000_000;
+        assert_eq!(loops_until(10 * s, 5 * s), 2, "30/20/5: the second loop");
+        assert_eq!(loops_until(2 * s, s), 2, "6/4/1");
+        assert_eq!(loops_until(11 * s, 5 * s), 3);
+        assert_eq!(loops_until(s, 5 * s), 1, "at least the next loop");
+    }
 }
