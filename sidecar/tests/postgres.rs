@@ -1082,3 +1082,77 @@ async fn a_failed_step_before_pg_rewind_keeps_the_data() {
     a.stop(StopMode::Fast).await.unwrap();
     b.stop(StopMode::Fast).await.unwrap();
 }
+
+/// Two members promoted one after the other, the second never having heard of the first's promotion
+/// (seen in the fault matrix: a replica paused before it followed a switchover's new primary, promoted
+/// after that primary was cut off). PostgreSQL picks the lowest timeline ID it has no history file for,
+/// so both would run as "timeline 2"; pg_rewind then finds "the same timeline", leaves the first one's
+/// diverged WAL in place, and it never streams from the second.
+#[tokio::test]
+async fn a_promotion_never_reuses_a_timeline_another_member_used() {
+    let dir = TestDir::new("tli");
+    let (mut a, mut b, mut c) = three_streaming(&dir).await;
+    let asu = superuser(&a).await;
+    asu.batch_execute("CREATE TABLE t (v text); INSERT INTO t VALUES ('common'); CHECKPOINT")
+        .await
+        .unwrap();
+    for pg in [&b, &c] {
+        let su = superuser(pg).await;
+        eventually(10, "the common row on both replicas", async || {
+            su.query("SELECT 1 FROM t", &[])
+                .await
+                .ok()
+                .filter(|rows| rows.len() == 1)
+        })
+        .await;
+    }
+    a.stop(StopMode::Fast).await.unwrap();
+
+    // b is promoted first and takes writes c never sees.
+    let mut primary = desired(Role::Primary);
+    primary.member_slots = vec!["m0".into(), "m1".into(), "m2".into()];
+    b.promote().await.unwrap();
+    b.configure(&primary).await.unwrap();
+    assert_eq!(b.observe().await.timeline, Some(2));
+    superuser(&b)
+        .await
+        .batch_execute("INSERT INTO t SELECT 'only on b' FROM generate_series(1, 100)")
+        .await
+        .unwrap();
+
+    // c, which never heard of timeline 2, is promoted later: the cluster's newest timeline (the
+    // Lease records b's) is reserved first, so c picks a new ID.
+    assert_eq!(c.reserve_timelines(1, 2).unwrap(), [2]);
+    assert!(c.reserve_timelines(1, 2).unwrap().is_empty(), "once");
+    assert!(
+        b.reserve_timelines(2, 2).unwrap().is_empty(),
+        "nothing above its own"
+    );
+    c.promote().await.unwrap();
+    c.configure(&primary).await.unwrap();
+    let c_timeline = c.observe().await.timeline;
+    assert_eq!(c_timeline, Some(3), "not the ID b runs on");
+    superuser(&c)
+        .await
+        .batch_execute("INSERT INTO t VALUES ('on c')")
+        .await
+        .unwrap();
+
+    // b, cut off, rejoins the member that won.
+    b.fence().await.unwrap();
+    let how = b.rejoin(&replica_of(&c, "m1")).await.unwrap();
+    let bsu = superuser(&b).await;
+    let rows: Vec<String> = eventually(15, "b follows c", async || {
+        let rows = bsu.query("SELECT v FROM t ORDER BY v", &[]).await.ok()?;
+        let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        rows.contains(&"on c".to_owned()).then_some(rows)
+    })
+    .await;
+    assert_eq!(
+        rows,
+        ["common", "on c"],
+        "b gave up what only it had and follows c's history (c on timeline {c_timeline:?}, b {how:?})"
+    );
+    b.stop(StopMode::Fast).await.unwrap();
+    c.stop(StopMode::Fast).await.unwrap();
+}

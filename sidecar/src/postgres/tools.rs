@@ -316,6 +316,45 @@ impl Postgres {
         self.chown(data)
     }
 
+    /// Before a promotion: makes sure PostgreSQL picks a timeline ID above `newest_used`, the newest one
+    /// the cluster's primaries ran on (the Lease records it). PostgreSQL takes the lowest ID above its
+    /// own `current` one that has no history file in `pg_wal`, so a standby that never received a later
+    /// primary's history file would reuse that primary's ID, and pg_rewind, which compares only the IDs,
+    /// would then leave that primary's diverged WAL in place when it rejoins ("the same timeline"). A
+    /// file reserving each missing ID (comments only: no parent, never anyone's real history) closes
+    /// the gap. Returns the IDs reserved.
+    pub fn reserve_timelines(&self, current: u32, newest_used: u32) -> Result<Vec<u32>> {
+        let mut reserved = Vec::new();
+        for timeline in current.saturating_add(1)..=newest_used {
+            let path = self
+                .settings
+                .data_dir
+                .join("pg_wal")
+                .join(format!("{timeline:08X}.history"));
+            if path.exists() {
+                continue;
+            }
+            write_private(
+                &path,
+                &format!(
+                    "# pgpilot: timeline {timeline} was another primary's; this file only keeps a \
+                     promotion here from reusing its ID\n"
+                ),
+            )?;
+            self.chown(&path)?;
+            reserved.push(timeline);
+        }
+        if !reserved.is_empty() {
+            warn!(
+                ?reserved,
+                current,
+                newest_used,
+                "reserved timeline IDs this member never received before promoting"
+            );
+        }
+        Ok(reserved)
+    }
+
     pub(super) fn write_standby_signal(&self) -> Result<()> {
         let path = self.settings.data_dir.join("standby.signal");
         write_private(&path, "")?;
