@@ -42,6 +42,11 @@ pub const ANNOTATION_SYSTEM_ID: &str = "pgpilot.io/system-identifier";
 /// position then, as a byte offset. A member judges its own lag against it (Patroni keeps the leader's
 /// optime in its store for the same reason), even right after a restart.
 pub const ANNOTATION_WAL_POSITION: &str = "pgpilot.io/wal-position";
+/// Annotation on the Lease, written by the holder with every renewal: the newest timeline a primary of
+/// the cluster ran on (it only rises). A member about to promote reserves every ID up to it, so it never
+/// picks a timeline ID another primary already used (a standby that missed a promotion's history file
+/// would otherwise, and pg_rewind, which compares only the IDs, could not bring that primary back).
+pub const ANNOTATION_TIMELINE: &str = "pgpilot.io/timeline";
 /// Annotation on the Lease, written by the holder with every renewal: the `renewDeadline` (seconds) it
 /// fences by, so a member that stops waiting for a vanished holder's pod waits at least that long (L8).
 pub const ANNOTATION_RENEW_DEADLINE: &str = "pgpilot.io/renew-deadline-seconds";

@@ -21,7 +21,7 @@ use kube::{
 };
 use pgpilot_crds::contract::{
     ANNOTATION_HANDOVER, ANNOTATION_RENEW_DEADLINE, ANNOTATION_SYNC_MEMBERS, ANNOTATION_SYSTEM_ID,
-    ANNOTATION_WAL_POSITION, SIDECAR_FIELD_MANAGER,
+    ANNOTATION_TIMELINE, ANNOTATION_WAL_POSITION, SIDECAR_FIELD_MANAGER,
 };
 use tracing::{debug, warn};
 
@@ -149,6 +149,8 @@ pub struct Elector {
     timings: Timings,
     /// The highest `leaseTransitions` read or written: the floor of the next epoch (L7).
     max_epoch: u64,
+    /// See [`Elector::set_primary_timeline`].
+    primary_timeline: Option<u32>,
 }
 
 impl Elector {
@@ -161,6 +163,7 @@ impl Elector {
             last_renewal: None,
             timings,
             max_epoch: 0,
+            primary_timeline: None,
         }
     }
 
@@ -221,11 +224,17 @@ impl Elector {
         self.timings = timings;
     }
 
+    /// The timeline this member runs on as primary (`None` otherwise), recorded with its next writes.
+    pub fn set_primary_timeline(&mut self, timeline: Option<u32>) {
+        self.primary_timeline = timeline;
+    }
+
     fn stamp(&self, wal_position: Option<u64>, system_id: Option<&str>) -> Stamp {
         Stamp {
             lease_duration: self.timings.lease_duration,
             renew_deadline: self.timings.renew_deadline,
             wal_position,
+            timeline: self.primary_timeline,
             system_id: system_id.map(str::to_owned),
             min_epoch: self.max_epoch,
         }
@@ -361,6 +370,7 @@ pub fn record_of(lease: &Lease) -> LeaseRecord {
             .and_then(|s| u64::try_from(s).ok())
             .map(Duration::from_secs),
         wal_position: annotation(ANNOTATION_WAL_POSITION).and_then(|p| p.parse().ok()),
+        timeline: annotation(ANNOTATION_TIMELINE).and_then(|t| t.parse().ok()),
         system_id: annotation(ANNOTATION_SYSTEM_ID).filter(|h| !h.is_empty()),
         renew_deadline: annotation(ANNOTATION_RENEW_DEADLINE)
             .and_then(|s| s.parse().ok())
@@ -399,6 +409,8 @@ pub struct Stamp {
     pub renew_deadline: Duration,
     /// The writer's WAL position, the reference for lag (L3); `None` keeps the recorded one.
     pub wal_position: Option<u64>,
+    /// The writer's timeline while it runs as primary; the recorded one only ever rises.
+    pub timeline: Option<u32>,
     /// The data's database system identifier, recorded once: no member bootstraps after that.
     pub system_id: Option<String>,
     /// The highest epoch this member has seen: a recreated Lease never restarts the epoch below it (L7).
@@ -415,6 +427,16 @@ fn apply_stamp(meta: &mut ObjectMeta, spec: &mut LeaseSpec, stamp: &Stamp) {
     );
     if let Some(position) = stamp.wal_position {
         annotations.insert(ANNOTATION_WAL_POSITION.into(), position.to_string());
+    }
+    if let Some(timeline) = stamp.timeline {
+        let recorded = annotations
+            .get(ANNOTATION_TIMELINE)
+            .and_then(|t| t.parse::<u32>().ok())
+            .unwrap_or(0);
+        annotations.insert(
+            ANNOTATION_TIMELINE.into(),
+            timeline.max(recorded).to_string(),
+        );
     }
     if let Some(id) = &stamp.system_id {
         annotations
@@ -558,6 +580,23 @@ mod tests {
             renew_deadline: Duration::from_secs(10),
             ..Stamp::default()
         }
+    }
+
+    #[test]
+    fn the_recorded_timeline_only_rises_and_survives_a_takeover_by_a_standby() {
+        let on = |timeline| Stamp { timeline, ..st() };
+        let first = renewed(&lease(Some("a"), 3), "a", ts(5), &on(Some(2)));
+        assert_eq!(record_of(&first).timeline, Some(2));
+        // A standby's takeover knows no timeline of its own yet: the record keeps the primary's, which
+        // the new holder reserves before it promotes.
+        let taken = acquired(&first, "b", ts(9), &on(None));
+        assert_eq!(record_of(&taken).timeline, Some(2));
+        let promoted = renewed(&taken, "b", ts(10), &on(Some(3)));
+        assert_eq!(record_of(&promoted).timeline, Some(3));
+        let older = renewed(&promoted, "b", ts(11), &on(Some(1)));
+        assert_eq!(record_of(&older).timeline, Some(3), "never lowered");
+        let handed = handed_over(&promoted, "c", ts(12), &on(None));
+        assert_eq!(record_of(&handed).timeline, Some(3));
     }
 
     #[test]

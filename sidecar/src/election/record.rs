@@ -23,6 +23,9 @@ pub struct LeaseRecord {
     /// The holder's WAL position when it last wrote the record (annotation `pgpilot.io/wal-position`):
     /// the reference a restarted member measures its lag against (L3).
     pub wal_position: Option<u64>,
+    /// The newest timeline a primary of the cluster ran on (annotation `pgpilot.io/timeline`): a
+    /// promotion picks an ID above it.
+    pub timeline: Option<u32>,
     /// The cluster's database system identifier (annotation `pgpilot.io/system-identifier`): once set,
     /// nobody bootstraps.
     pub system_id: Option<String>,

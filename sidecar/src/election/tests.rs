@@ -40,6 +40,7 @@ fn record(holder: Option<&str>, rv: &str, transitions: u64) -> LeaseRecord {
         handover_to: None,
         lease_duration: Some(Duration::from_secs(15)),
         wal_position: None,
+        timeline: None,
         system_id: None,
         renew_deadline: Some(Duration::from_secs(10)),
     }

@@ -322,6 +322,11 @@ impl HaLoop {
             self.member.stopped(Phase::Crashed);
         }
         self.mem.last_pg = pg_obs.clone();
+        self.elector.set_primary_timeline(
+            (self.member.phase == Phase::Primary)
+                .then_some(pg_obs.timeline)
+                .flatten(),
+        );
         let peer_states = self.peers.poll(cfg.instances).await;
         let peers = &self.peers;
         let observed = self

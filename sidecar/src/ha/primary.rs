@@ -188,6 +188,13 @@ impl HaLoop {
     async fn promote(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
         info!(member = %self.me, "promoting");
         let desired = self.desired(cfg, Role::Primary, self.initial_sync(cfg));
+        // A timeline ID no primary of the cluster used yet, even one this member never heard from.
+        if let (Some(current), Some(newest)) = (
+            self.mem.last_pg.timeline,
+            self.elector.record().and_then(|r| r.timeline),
+        ) {
+            self.pg.reserve_timelines(current, newest)?;
+        }
         match renewing(
             &mut self.elector,
             &self.timings,
