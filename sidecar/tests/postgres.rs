@@ -1122,12 +1122,12 @@ async fn a_promotion_never_reuses_a_timeline_another_member_used() {
 
     // c, which never heard of timeline 2, is promoted later: the cluster's newest timeline (the
     // Lease records b's) is reserved first, so c picks a new ID.
-    assert_eq!(c.reserve_timelines(1, 2).unwrap(), [2]);
-    assert!(c.reserve_timelines(1, 2).unwrap().is_empty(), "once");
-    assert!(
-        b.reserve_timelines(2, 2).unwrap().is_empty(),
-        "nothing above its own"
-    );
+    let history = |pg: &Postgres| pg.settings().data_dir.join("pg_wal/00000002.history");
+    assert!(!history(&c).exists(), "c never received b's history");
+    assert_eq!(c.reserve_timelines(1, 2).unwrap(), 3, "the ID c will pick");
+    assert!(history(&c).exists());
+    assert_eq!(c.reserve_timelines(1, 2).unwrap(), 3, "the same again");
+    assert_eq!(b.reserve_timelines(2, 1).unwrap(), 3, "above its own");
     c.promote().await.unwrap();
     c.configure(&primary).await.unwrap();
     let c_timeline = c.observe().await.timeline;

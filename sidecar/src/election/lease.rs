@@ -224,7 +224,8 @@ impl Elector {
         self.timings = timings;
     }
 
-    /// The timeline this member runs on as primary (`None` otherwise), recorded with its next writes.
+    /// The timeline this member runs on as primary, or the one a standby takeover will promote onto
+    /// (`None` otherwise): recorded with its next writes.
     pub fn set_primary_timeline(&mut self, timeline: Option<u32>) {
         self.primary_timeline = timeline;
     }

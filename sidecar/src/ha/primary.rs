@@ -34,6 +34,19 @@ impl HaLoop {
         {
             return self.refuse(why);
         }
+        // A standby that wins promotes next, onto a timeline ID no primary of the cluster used, even
+        // one it never heard from (L4): it reserves them, and records the ID it will take in this very
+        // write, so a cut right after the promotion cannot leave the record behind.
+        if self.pg.is_running()
+            && self.mem.last_pg.in_recovery == Some(true)
+            && let Some(current) = self.mem.last_pg.timeline
+        {
+            let newest = self.elector.record().and_then(|r| r.timeline);
+            let next = self
+                .pg
+                .reserve_timelines(current, newest.unwrap_or(current))?;
+            self.elector.set_primary_timeline(Some(next));
+        }
         let result = self
             .elector
             .acquire(self.wal_stamp(), self.mem.system_id.as_deref())
@@ -188,13 +201,6 @@ impl HaLoop {
     async fn promote(&mut self, cfg: &SidecarConfig) -> Result<(), HaError> {
         info!(member = %self.me, "promoting");
         let desired = self.desired(cfg, Role::Primary, self.initial_sync(cfg));
-        // A timeline ID no primary of the cluster used yet, even one this member never heard from.
-        if let (Some(current), Some(newest)) = (
-            self.mem.last_pg.timeline,
-            self.elector.record().and_then(|r| r.timeline),
-        ) {
-            self.pg.reserve_timelines(current, newest)?;
-        }
         match renewing(
             &mut self.elector,
             &self.timings,

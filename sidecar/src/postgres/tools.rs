@@ -317,20 +317,22 @@ impl Postgres {
     }
 
     /// Before a promotion: makes sure PostgreSQL picks a timeline ID above `newest_used`, the newest one
-    /// the cluster's primaries ran on (the Lease records it). PostgreSQL takes the lowest ID above its
-    /// own `current` one that has no history file in `pg_wal`, so a standby that never received a later
-    /// primary's history file would reuse that primary's ID, and pg_rewind, which compares only the IDs,
-    /// would then leave that primary's diverged WAL in place when it rejoins ("the same timeline"). A
-    /// file reserving each missing ID (comments only: no parent, never anyone's real history) closes
-    /// the gap. Returns the IDs reserved.
-    pub fn reserve_timelines(&self, current: u32, newest_used: u32) -> Result<Vec<u32>> {
-        let mut reserved = Vec::new();
-        for timeline in current.saturating_add(1)..=newest_used {
-            let path = self
-                .settings
+    /// the cluster's primaries ran on (the Lease records it), and returns the ID it will pick.
+    /// PostgreSQL takes the ID after the newest one it has a history file for, counting up from its
+    /// `current` one, so a standby that never received a later primary's history file would reuse that
+    /// primary's ID, and pg_rewind, which compares only the IDs, would then leave that primary's diverged
+    /// WAL in place when it rejoins ("the same timeline"). A file reserving each missing ID (comments
+    /// only: no parent, never anyone's real history) closes the gap.
+    pub fn reserve_timelines(&self, current: u32, newest_used: u32) -> Result<u32> {
+        let history = |timeline: u32| {
+            self.settings
                 .data_dir
                 .join("pg_wal")
-                .join(format!("{timeline:08X}.history"));
+                .join(format!("{timeline:08X}.history"))
+        };
+        let mut reserved = Vec::new();
+        for timeline in current.saturating_add(1)..=newest_used {
+            let path = history(timeline);
             if path.exists() {
                 continue;
             }
@@ -344,15 +346,19 @@ impl Postgres {
             self.chown(&path)?;
             reserved.push(timeline);
         }
+        let mut newest = current.max(newest_used);
+        while history(newest.saturating_add(1)).exists() {
+            newest += 1;
+        }
         if !reserved.is_empty() {
             warn!(
                 ?reserved,
                 current,
                 newest_used,
-                "reserved timeline IDs this member never received before promoting"
+                "reserved timeline IDs this member never received, before promoting"
             );
         }
-        Ok(reserved)
+        Ok(newest.saturating_add(1))
     }
 
     pub(super) fn write_standby_signal(&self) -> Result<()> {
