@@ -93,6 +93,10 @@ const CONFLICTS: &str = r#"pgpilot_errors_total{module="ha",category="Conflict"}
 /// How many times [`slow_apiserver_lost_reply`] tries to raise the delay while a renewal is due.
 const LOST_REPLY_ATTEMPTS: u32 = 4;
 
+/// How close to the renewal falling due a loop's read may return and still be a coin flip (renew or
+/// hold): the reads of one loop after another come back within tens of milliseconds of their schedule.
+const HAIR_US: Micros = 300_000;
+
 /// The apiserver's replies to the primary's node delayed past the client timeout for about one renewal —
 /// a renewal commits, its reply is lost, the next one (from the copy the holder read before) gets a 409 —
 /// then on time again (issue 13 hole 1). The primary must stay the confirmed holder or fence; it never
@@ -133,17 +137,34 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
         let r1 = renewal(h, &p, &now, slow).await?;
         let r2 = renewal(h, &p, &r1, slow).await?;
         let r3 = renewal(h, &p, &r2, slow).await?;
-        let (Some(t2), Some(t3)) = (r2.renewed_at_us, r3.renewed_at_us) else {
+        let (Some(t2), Some(mut t3)) = (r2.renewed_at_us, r3.renewed_at_us) else {
             bail!("the Lease renewals carry no renewTime");
         };
-        // The loop reads every `retryPeriod`, and renews in the first loop whose read returns once the
-        // last renewal is `renew_interval` old: when that interval is a whole number of loops, the read
-        // returns just as the renewal becomes due, and the renewals come one or two loops apart (30/20/5:
-        // 10 or 15 s). So the aim is the earliest loop that can renew, not the last gap repeated (which,
-        // after a long gap, aimed between two loops' reads); when that loop's read came a hair early and
-        // it only held, the attempt misses and the schedule is learnt again.
+        let mut r3 = r3;
+        // The loop reads every `retryPeriod` and renews in the first loop whose read returns once the
+        // last renewal is `renew_interval` old. The aim is that loop's read, in flight. When the interval
+        // is a whole number of loops (30/20/5, 6/4/2), the read of the earliest loop that can renew
+        // returns just as the renewal falls due, so that loop renews or only holds by a hair (renewals
+        // then come 10 or 15 s apart): there is no instant to raise the delay that works either way. So
+        // watch that loop from here, and aim at the next one when it only held (that one surely
+        // renews); when it renewed, the next renewal is such a loop again.
+        let mut loops = loops_until(renew_interval, period);
+        for _ in 0..3 {
+            if loops * period - renew_interval >= HAIR_US {
+                break;
+            }
+            sleep_until_us(t3 + loops * period + HAIR_US).await;
+            let now = cluster::lease_write(&h.client, &h.namespace, &name).await?;
+            match now.renewed_at_us.filter(|at| *at > t3 + period / 2) {
+                Some(at) => {
+                    t3 = at;
+                    r3 = now;
+                }
+                None => loops += 1,
+            }
+        }
         let due = t3 + renew_interval;
-        let read_back = t3 + loops_until(renew_interval, period) * period;
+        let read_back = t3 + loops * period;
         let read_sent = read_back - micros(timeout * 45 / 100);
         let aim = (due.max(read_sent) + read_back) / 2;
         let failed_before = rest::metric(&ip, RENEW_ERRORS).await?;
