@@ -167,6 +167,9 @@ pub fn install_crd() -> Result<()> {
     Ok(())
 }
 
+/// The label selector of the operator's pods (the chart's component label).
+pub const OPERATOR_PODS: &str = "app.kubernetes.io/component=operator";
+
 /// Fails when a running pgpilot operator outside the tests manages every namespace: it would reconcile
 /// each test's cluster beside the test's own operator, and two operators race (one asks for the spec's
 /// switchover while the other sees the primary change unasked and records a failover — seen in CI, where

@@ -42,38 +42,46 @@ pub async fn events(
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let mut out = Vec::new();
     for member in members {
-        let params = LogParams {
-            container: Some(contract::POSTGRES_CONTAINER.into()),
-            since_time: Timestamp::from_microsecond(since).ok(),
-            ..LogParams::default()
+        let Some(text) = log_since(&pods, member, Some(contract::POSTGRES_CONTAINER), since).await
+        else {
+            continue;
         };
-        let read = tokio::time::timeout(
-            std::time::Duration::from_secs(5),
-            pods.logs(member, &params),
-        );
-        let Ok(Ok(text)) = read.await else { continue };
         let lines = squeeze(text.lines().filter_map(|l| parse_line(member, l)));
         out.extend(ends(lines, HEAD_LINES, LINES_PER_MEMBER));
     }
     // The operator's own: a spec change (an unpause) reaches the members only through it.
     let operators = pods
-        .list(&ListParams::default().labels("app.kubernetes.io/component=operator"))
+        .list(&ListParams::default().labels(crate::OPERATOR_PODS))
         .await
         .map(|l| l.items)
         .unwrap_or_default();
     for pod in operators {
-        let name = pod.name_any();
-        let params = LogParams {
-            since_time: Timestamp::from_microsecond(since).ok(),
-            ..LogParams::default()
+        let Some(text) = log_since(&pods, &pod.name_any(), None, since).await else {
+            continue;
         };
-        let read =
-            tokio::time::timeout(std::time::Duration::from_secs(5), pods.logs(&name, &params));
-        let Ok(Ok(text)) = read.await else { continue };
         let lines = squeeze(text.lines().filter_map(operator_line));
         out.extend(ends(lines, HEAD_LINES, LINES_PER_MEMBER));
     }
     out
+}
+
+/// What `pod`'s `container` (its only one: `None`) logged since `since`; `None` when it cannot be
+/// read within 5 s.
+async fn log_since(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: Option<&str>,
+    since: Micros,
+) -> Option<String> {
+    let params = LogParams {
+        container: container.map(str::to_owned),
+        since_time: Timestamp::from_microsecond(since).ok(),
+        ..LogParams::default()
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(5), pods.logs(pod, &params))
+        .await
+        .ok()?
+        .ok()
 }
 
 /// One log line as an event, when it is one worth showing: a sidecar line (`<RFC 3339> <LEVEL> <spans>:

@@ -544,7 +544,7 @@ fn operator_node(s: &Scene) -> Result<String> {
         "get",
         "pods",
         "-l",
-        "app.kubernetes.io/component=operator",
+        crate::OPERATOR_PODS,
         "-o",
         "jsonpath={.items[*].spec.nodeName}",
     ])?;
