@@ -269,6 +269,16 @@ async fn count_rows(c: &Client, table: &str) -> i64 {
         .get(0)
 }
 
+/// The values of table `t` in order, polled until one of them is `row` (within `secs`).
+async fn rows_of_t_once_one_is(c: &Client, row: &str, secs: u64, what: &str) -> Vec<String> {
+    eventually(secs, what, async || {
+        let rows = c.query("SELECT v FROM t ORDER BY v", &[]).await.ok()?;
+        let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        rows.iter().any(|v| v == row).then_some(rows)
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------------
 // Tests
 
@@ -644,12 +654,7 @@ async fn rewind_rejoins_a_diverged_former_primary() {
         .await
         .unwrap();
     let asu = superuser(&a).await;
-    let rows: Vec<String> = eventually(10, "a follows b", async || {
-        let rows = asu.query("SELECT v FROM t ORDER BY v", &[]).await.ok()?;
-        let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        rows.contains(&"after rejoin".to_owned()).then_some(rows)
-    })
-    .await;
+    let rows = rows_of_t_once_one_is(&asu, "after rejoin", 10, "a follows b").await;
     assert_eq!(
         rows,
         ["after rejoin", "common", "new on b"],
@@ -1142,12 +1147,7 @@ async fn a_promotion_never_reuses_a_timeline_another_member_used() {
     b.fence().await.unwrap();
     let how = b.rejoin(&replica_of(&c, "m1")).await.unwrap();
     let bsu = superuser(&b).await;
-    let rows: Vec<String> = eventually(15, "b follows c", async || {
-        let rows = bsu.query("SELECT v FROM t ORDER BY v", &[]).await.ok()?;
-        let rows: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        rows.contains(&"on c".to_owned()).then_some(rows)
-    })
-    .await;
+    let rows = rows_of_t_once_one_is(&bsu, "on c", 15, "b follows c").await;
     assert_eq!(
         rows,
         ["common", "on c"],
