@@ -53,7 +53,9 @@ fn init_tracing(format: &str) {
     if format == "json" {
         builder.json().init()
     } else {
-        builder.init()
+        // Colours only on a terminal, as the sidecar does: container logs stay plain text.
+        let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        builder.with_ansi(ansi).init()
     }
 }
 
