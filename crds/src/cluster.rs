@@ -179,6 +179,35 @@ pub struct PostgresClusterSpec {
     /// Which client Services to create and their type.
     #[serde(default)]
     pub services: ServicesSpec,
+    /// A changed pod template (image, resources, environment, a newer operator's sidecar) is rolled by
+    /// the operator, one replica at a time and the primary last. `unsupervised`: the operator updates the
+    /// primary too; `supervised`: it stops before the primary and waits for a switchover in the spec.
+    #[serde(default)]
+    pub primary_update_strategy: PrimaryUpdateStrategy,
+    /// How the primary is updated once every replica runs the new template. `switchover`: it hands over
+    /// to an updated replica (a recorded synchronous standby in the sync modes) and is then updated as a
+    /// replica. `restart`: its pod is deleted without a switchover first; the members elect a primary as
+    /// after any clean shutdown, so writes pause until one takes over.
+    #[serde(default)]
+    pub primary_update_method: PrimaryUpdateMethod,
+}
+
+/// `spec.primaryUpdateStrategy`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PrimaryUpdateStrategy {
+    #[default]
+    Unsupervised,
+    Supervised,
+}
+
+/// `spec.primaryUpdateMethod`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PrimaryUpdateMethod {
+    #[default]
+    Switchover,
+    Restart,
 }
 
 fn default_instances() -> i32 {
@@ -561,6 +590,9 @@ pub struct PostgresClusterStatus {
     /// Members whose pod is Ready.
     #[serde(default)]
     pub ready_instances: i32,
+    /// Members whose pod runs the StatefulSet's current pod template.
+    #[serde(default)]
+    pub updated_instances: i32,
     /// Label selector of the member pods, for the scale subresource.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<String>,
@@ -570,8 +602,8 @@ pub struct PostgresClusterStatus {
     /// The last change of primary the operator observed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
-    /// A switchover the operator asked for itself (a scale-down that removes the primary's pod), until
-    /// it completes or times out.
+    /// A switchover the operator asked for itself (a scale-down that removes the primary's pod, or a
+    /// rolling update that reached it), until it completes or times out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_switchover: Option<PlannedSwitchover>,
     /// `Ready`, `Progressing`, `Degraded`, `FailoverBlocked`, `SwitchoverInProgress`, `Paused`.
@@ -630,7 +662,7 @@ pub struct PlannedSwitchover {
     pub from: String,
     /// The member asked to take over.
     pub to: String,
-    /// Why: `ScaleDown`.
+    /// Why: `ScaleDown` or `RollingUpdate`.
     pub reason: String,
     /// When the operator asked.
     pub requested_at: Time,
@@ -659,6 +691,12 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     // Progressing
     pub const SCALING: &str = "Scaling";
+    /// The operator rolls a changed pod template onto the members, the primary last.
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
+    /// The rolling update waits for a member that does not come back: it never goes on to the primary.
+    pub const ROLLING_UPDATE_STALLED: &str = "RollingUpdateStalled";
+    /// `primaryUpdateStrategy: supervised`: every replica is updated; the primary waits for a switchover
+    /// in the spec.
     pub const UPDATE_PENDING: &str = "UpdatePending";
     pub const STABLE: &str = "Stable";
     // Degraded
@@ -694,6 +732,7 @@ pub mod failover_reason {
 /// Reasons of `status.plannedSwitchover`.
 pub mod planned_reason {
     pub const SCALE_DOWN: &str = "ScaleDown";
+    pub const ROLLING_UPDATE: &str = "RollingUpdate";
 }
 
 /// Reasons of the Events the operator publishes on a cluster (`kubectl describe pgc`). A failed reconcile
@@ -716,6 +755,12 @@ pub mod event {
     pub const FAILOVER_BLOCKED: &str = "FailoverBlocked";
     pub const FAILOVER_POSSIBLE: &str = "FailoverPossible";
     pub const MEMBER_REFUSING: &str = "MemberRefusing";
+    /// A member's pod is deleted so that it comes back on the current pod template.
+    pub const MEMBER_UPDATING: &str = "MemberUpdating";
+    pub const ROLLING_UPDATE_STALLED: &str = "RollingUpdateStalled";
+    /// `supervised`: the replicas are updated and the primary waits for a switchover in the spec.
+    pub const PRIMARY_UPDATE_PENDING: &str = "PrimaryUpdatePending";
+    pub const ROLLING_UPDATE_DONE: &str = "RollingUpdateDone";
 }
 
 /// Values of `status.phase`.
