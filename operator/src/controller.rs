@@ -26,7 +26,7 @@ use kube::{
 };
 use pgpilot_crds::{
     PostgresCluster, PostgresClusterStatus,
-    cluster::{condition, reason},
+    cluster::{condition, planned_reason, reason},
     contract::{LABEL_CLUSTER, error_chain},
 };
 use tokio::time::Instant;
@@ -39,14 +39,15 @@ use crate::{
     events::{self, Transition},
     memo::{AnnouncedFailures, Memo, Memos, cluster_key, needs_apply},
     metrics::Metrics,
-    scale, status,
+    rollout, scale, status,
     switchover::{self, SwitchoverOutcome},
     validate::{InvalidSpec, ValidatedCluster, validate},
 };
 
 /// How often a valid cluster is reconciled without any watched change.
 pub const RESYNC: Duration = Duration::from_secs(10);
-/// How often a scale-down under way is looked at: each of its steps waits on the sidecars.
+/// How often a scale-down or a rolling update under way is looked at: each of its steps waits on the
+/// sidecars.
 const SHRINK_LOOK: Duration = Duration::from_secs(2);
 /// Back-off after a failed reconcile.
 pub const RETRY: Duration = Duration::from_secs(5);
@@ -110,7 +111,8 @@ pub async fn reconcile(cluster: Arc<PostgresCluster>, ctx: Arc<Context>) -> Resu
 }
 
 /// The steps: validate (pure) → scale-down step (reads) → build (pure) → apply (SSA) → observe →
-/// switchover (the spec's, then a leaving primary's) → compute the status
+/// switchover (the spec's) → roll (pure) → hand over (a leaving primary's) → restart (the roll's pod)
+/// → compute the status
 /// (pure) → update it → announce its transitions.
 async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Action, Error> {
     let now = Timestamp::now();
@@ -152,13 +154,48 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     )
     .await;
     let spec_switchover_busy = matches!(outcome, SwitchoverOutcome::InProgress { .. });
-    let decision = scale::hand_over(&c, &prev, &observed, &step, spec_switchover_busy, now);
-    let (progress, handed) = timed(
-        "scale",
-        scale::carry_out(&ctx.client, &ctx.http, &c, &observed, &step, decision, now),
+    let scaling = step != scale::Step::Steady;
+    let roll = rollout::plan(&c, &observed, scaling, spec_switchover_busy, now);
+    // One primary hands over at a time: for the shrink that would remove its pod, or for the roll that
+    // reached it.
+    let (leaving, why_planned) = match (step.leaving_primary(), roll.leaving_primary()) {
+        (Some(p), _) => (Some(p), planned_reason::SCALE_DOWN),
+        (None, p) => (p, planned_reason::ROLLING_UPDATE),
+    };
+    let decision = scale::hand_over(&c, &prev, &observed, leaving, spec_switchover_busy, now);
+    let (planned, why_not, handed) = timed(
+        "hand over",
+        scale::carry_out(&ctx.client, &ctx.http, &c, decision, why_planned, now),
     )
     .await;
     transitions.extend(handed);
+    let restarted = timed("roll", rollout::carry_out(&ctx.client, &c, &roll)).await;
+    let existing = observed
+        .statefulset
+        .as_ref()
+        .and_then(|s| s.status.as_ref())
+        .map_or(c.spec.instances, |s| s.replicas);
+    let shrink_why = why_not
+        .as_deref()
+        .filter(|_| step.leaving_primary().is_some());
+    let rolling = match restarted {
+        Ok(events) => {
+            transitions.extend(events);
+            roll.note(
+                why_not
+                    .as_deref()
+                    .filter(|_| roll.leaving_primary().is_some()),
+            )
+        }
+        Err(e) => Some((reason::ROLLING_UPDATE, format!("{}: {e}", roll.head()))),
+    };
+    transitions.extend(rollout::transitions(&prev, &roll));
+    let progress = scale::Progress {
+        planned,
+        note: scale::note(&step, existing, c.spec.instances, shrink_why),
+        rolling,
+        updated: roll.updated,
+    };
     let (next, more) = status::compute(&c, &prev, &observed, &outcome, &progress, now);
     transitions.extend(more);
     timed("status", update_status(&api, &c, &prev, &next, &mut memo)).await?;
@@ -168,7 +205,7 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     )
     .await;
     ctx.memos.put(cluster_key(cluster), memo);
-    let look = if step == scale::Step::Steady {
+    let look = if !scaling && !roll.rolling() {
         next_look(&outcome, now)
     } else {
         SHRINK_LOOK.min(next_look(&outcome, now))

@@ -65,6 +65,24 @@ pub enum Transition {
     MemberRefusing {
         message: String,
     },
+    /// A rolling update deleted a member's pod so that it comes back on the current template.
+    MemberUpdating {
+        member: String,
+        primary: bool,
+    },
+    /// A rolling update stopped: an updated member did not come back.
+    RollingUpdateStalled {
+        member: String,
+        why: String,
+    },
+    /// `primaryUpdateStrategy: supervised`: only the primary is left, waiting for a switchover.
+    PrimaryUpdatePending {
+        primary: String,
+    },
+    /// Every member runs the current template again.
+    RollingUpdateDone {
+        members: i32,
+    },
     /// A reconcile failed; `reason` is the error's category. Announced once per change of category.
     ReconcileFailed {
         reason: String,
@@ -148,6 +166,34 @@ impl Transition {
                 EventType::Normal,
                 event::FAILOVER_POSSIBLE,
                 "a replica may take over again".to_owned(),
+            ),
+            Self::MemberUpdating { member, primary } => (
+                EventType::Normal,
+                event::MEMBER_UPDATING,
+                if *primary {
+                    format!(
+                        "rolling update: restarting the primary {member} on the current template"
+                    )
+                } else {
+                    format!("rolling update: restarting {member} on the current template")
+                },
+            ),
+            Self::RollingUpdateStalled { member, why } => (
+                EventType::Warning,
+                event::ROLLING_UPDATE_STALLED,
+                format!("rolling update stopped: {member} does not come back ({why})"),
+            ),
+            Self::PrimaryUpdatePending { primary } => (
+                EventType::Normal,
+                event::PRIMARY_UPDATE_PENDING,
+                format!(
+                    "every replica is updated; the primary {primary} waits for a switchover in the spec"
+                ),
+            ),
+            Self::RollingUpdateDone { members } => (
+                EventType::Normal,
+                event::ROLLING_UPDATE_DONE,
+                format!("rolling update done: {members} members on the current template"),
             ),
             Self::ReconcileFailed { reason, message } => (
                 EventType::Warning,

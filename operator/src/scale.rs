@@ -21,7 +21,7 @@ use k8s_openapi::{
 use kube::{Api, Client};
 use pgpilot_crds::{
     PostgresClusterStatus,
-    cluster::{PlannedSwitchover, planned_reason},
+    cluster::PlannedSwitchover,
     contract::{self, ROLE_REPLICA},
 };
 use tracing::{info, warn};
@@ -208,18 +208,23 @@ pub fn note(step: &Step, existing: i32, want: i32, why_no_target: Option<&str>) 
     Some(format!("{head}: {tail}"))
 }
 
-/// Where a shrink stands after this reconcile: the operator's own switchover in flight (kept in
-/// `status.plannedSwitchover`) and the `Progressing` message.
+/// Where a shrink or a roll stands after this reconcile: the operator's own switchover in flight (kept
+/// in `status.plannedSwitchover`), the `Progressing` notes of both and the members updated.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
     pub planned: Option<PlannedSwitchover>,
+    /// The shrink's note ([`note`]).
     pub note: Option<String>,
+    /// The roll's reason and note ([`crate::rollout::Plan::note`]).
+    pub rolling: Option<(&'static str, String)>,
+    /// Members whose pod runs the current template (`status.updatedInstances`).
+    pub updated: i32,
 }
 
-/// What to do about a primary whose pod the shrink would remove.
+/// What to do about a primary that must hand over before a shrink removes its pod or a roll updates it.
 #[derive(Clone, Debug, PartialEq)]
 pub enum HandOver {
-    /// Nothing to hand over (not shrinking, or the primary stays).
+    /// Nothing to hand over (no primary leaves).
     Nothing,
     /// The operator's request is in flight: keep it.
     InFlight(PlannedSwitchover),
@@ -233,18 +238,18 @@ pub enum HandOver {
     },
 }
 
-/// After the observation, pure: a primary whose pod the shrink would remove is asked once to hand over
-/// to [`target`]; the request is kept until it completes or times out. A switchover from the spec that
-/// is under way goes first.
+/// After the observation, pure: a `leaving` primary (one whose pod the shrink would remove, or the last
+/// member a roll updates) is asked once to hand over to [`target`]; the request is kept until it
+/// completes or times out. A switchover from the spec that is under way goes first.
 pub fn hand_over(
     c: &ValidatedCluster,
     prev: &PostgresClusterStatus,
     obs: &Observed,
-    step: &Step,
+    leaving: Option<&str>,
     spec_switchover_busy: bool,
     now: Timestamp,
 ) -> HandOver {
-    let Some(leaving) = step.leaving_primary() else {
+    let Some(leaving) = leaving else {
         // Handed over, not yet reported: while no member serves (the target promotes) the request stays
         // on record, so the change of primary it causes is reported as the switchover it is.
         return unreported(prev, now).map_or(HandOver::Nothing, |p| HandOver::InFlight(p.clone()));
@@ -270,30 +275,24 @@ pub fn hand_over(
     }
 }
 
-/// Carries out [`hand_over`]'s answer (IO: the request) and says where the shrink stands.
+/// Carries out [`hand_over`]'s answer (IO: the request, recorded with `reason`, a
+/// [`pgpilot_crds::cluster::planned_reason`]): returns the switchover in flight, why none is when one was needed, and the Event.
 pub async fn carry_out(
     client: &Client,
     http: &reqwest::Client,
     c: &ValidatedCluster,
-    obs: &Observed,
-    step: &Step,
     decision: HandOver,
+    reason: &'static str,
     now: Timestamp,
-) -> (Progress, Vec<Transition>) {
-    let existing = obs
-        .statefulset
-        .as_ref()
-        .and_then(|s| s.status.as_ref())
-        .map_or(c.spec.instances, |s| s.replicas);
-    let note = |why: Option<&str>| note(step, existing, c.spec.instances, why);
-    let (planned, why, events) = match decision {
+) -> (Option<PlannedSwitchover>, Option<String>, Vec<Transition>) {
+    match decision {
         HandOver::Nothing => (None, None, Vec::new()),
         HandOver::InFlight(p) => (Some(p), None, Vec::new()),
         HandOver::Wait(why) => (None, Some(why), Vec::new()),
         HandOver::Ask { from, to, ip } => {
             match switchover::ask(client, http, c, ip.as_deref(), &from, &to).await {
                 Ok(()) => {
-                    info!(%from, %to, "switchover requested before a scale-down removes the primary");
+                    info!(%from, %to, reason, "the operator asked the primary to switch over");
                     let event = Transition::SwitchoverRequested {
                         from: from.clone(),
                         to: to.clone(),
@@ -301,24 +300,19 @@ pub async fn carry_out(
                     let planned = PlannedSwitchover {
                         from,
                         to,
-                        reason: planned_reason::SCALE_DOWN.into(),
+                        reason: reason.into(),
                         requested_at: Time(now),
                     };
                     (Some(planned), None, vec![event])
                 }
                 Err(e) => {
-                    warn!(%from, %to, error = %e, "switchover before a scale-down failed; asking again");
+                    warn!(%from, %to, reason, error = %e, "the operator's switchover failed; asking again");
                     let why = format!("asking it to hand over to {to} failed: {e}");
                     (None, Some(why), Vec::new())
                 }
             }
         }
-    };
-    let progress = Progress {
-        planned,
-        note: note(why.as_deref()),
-    };
-    (progress, events)
+    }
 }
 
 /// Reads the [`Shape`]: the StatefulSet, the pod removed last, and the Lease.
@@ -559,7 +553,7 @@ mod tests {
         let step = plan("pg", 2, &shape(3, "pg-1", &[]));
         assert_eq!(step.leaving_primary(), None);
         assert_eq!(
-            hand_over(&c, &prev, &between, &step, false, t(1)),
+            hand_over(&c, &prev, &between, step.leaving_primary(), false, t(1)),
             HandOver::InFlight(planned.clone())
         );
         // Once the status names the new primary, the record has served; and it times out.
@@ -568,12 +562,12 @@ mod tests {
             ..prev.clone()
         };
         assert_eq!(
-            hand_over(&c, &reported, &between, &step, false, t(1)),
+            hand_over(&c, &reported, &between, step.leaving_primary(), false, t(1)),
             HandOver::Nothing
         );
         let late = i64::try_from(COMPLETION_TIMEOUT.as_secs()).unwrap() + 1;
         assert_eq!(
-            hand_over(&c, &prev, &between, &step, false, t(late)),
+            hand_over(&c, &prev, &between, step.leaving_primary(), false, t(late)),
             HandOver::Nothing
         );
     }
@@ -590,7 +584,7 @@ mod tests {
                 &c,
                 &PostgresClusterStatus::default(),
                 &obs,
-                &keep,
+                keep.leaving_primary(),
                 false,
                 t(0)
             ),
@@ -600,7 +594,7 @@ mod tests {
         let leaves = plan("pg", 2, &shape(3, "pg-2", &[]));
         let none = PostgresClusterStatus::default();
         assert!(matches!(
-            hand_over(&c, &none, &obs, &leaves, false, t(0)),
+            hand_over(&c, &none, &obs, leaves.leaving_primary(), false, t(0)),
             HandOver::Wait(_)
         ));
         // pg-2 serves: ask it to hand over to pg-1 (pg-1 streams; pg-0 is no replica here).
@@ -612,11 +606,11 @@ mod tests {
         r.replication_state = Some("streaming".into());
         serving.reports.insert("pg-1".into(), r);
         serving.reports.remove("pg-0");
-        let asked = hand_over(&c, &none, &serving, &leaves, false, t(0));
+        let asked = hand_over(&c, &none, &serving, leaves.leaving_primary(), false, t(0));
         assert!(matches!(&asked, HandOver::Ask { from, to, .. } if from == "pg-2" && to == "pg-1"));
         // A switchover from the spec under way goes first.
         assert!(matches!(
-            hand_over(&c, &none, &serving, &leaves, true, t(0)),
+            hand_over(&c, &none, &serving, leaves.leaving_primary(), true, t(0)),
             HandOver::Wait(_)
         ));
         // Asked already: kept, not asked again.
@@ -625,7 +619,7 @@ mod tests {
             ..PostgresClusterStatus::default()
         };
         assert!(matches!(
-            hand_over(&c, &prev, &serving, &leaves, false, t(5)),
+            hand_over(&c, &prev, &serving, leaves.leaving_primary(), false, t(5)),
             HandOver::InFlight(_)
         ));
     }

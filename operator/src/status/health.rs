@@ -6,7 +6,7 @@ use pgpilot_crds::{
     cluster::{condition, phase, reason},
 };
 
-use super::{Derived, Observed, members::outdated_members};
+use super::Derived;
 use crate::{conditions::is_true, events::Transition, validate::ValidatedCluster};
 
 /// Member counts the phase and the conditions are judged by.
@@ -62,8 +62,14 @@ pub(super) fn ready(phase: &str, n: Counts, primary: Option<&str>) -> Derived {
     (phase == phase::RUNNING, why, message)
 }
 
-/// `scale`: what a scale-down under way waits for or does ([`crate::scale::note`]).
-pub(super) fn progressing(phase: &str, n: Counts, obs: &Observed, scale: Option<&str>) -> Derived {
+/// `scale`: what a scale-down under way waits for or does ([`crate::scale::note`]); `rolling`: the same
+/// of a rolling update ([`crate::rollout::Plan::note`]).
+pub(super) fn progressing(
+    phase: &str,
+    n: Counts,
+    scale: Option<&str>,
+    rolling: Option<(&'static str, &str)>,
+) -> Derived {
     let Counts { existing, want, .. } = n;
     if phase == phase::CREATING || phase == phase::PENDING {
         (true, reason::CREATING, "creating the members".to_owned())
@@ -75,17 +81,8 @@ pub(super) fn progressing(phase: &str, n: Counts, obs: &Observed, scale: Option<
             reason::SCALING,
             format!("{existing} members, scaling to {want}"),
         )
-    } else if let Some(outdated) = outdated_members(obs).filter(|o| !o.is_empty()) {
-        // The StatefulSet updates on delete only, so that the primary can go last; until the operator
-        // rolls members itself, say which ones still run the previous pod template.
-        (
-            true,
-            reason::UPDATE_PENDING,
-            format!(
-                "{} run an older pod template: delete the replicas, then switch over and delete the old primary",
-                outdated.join(", ")
-            ),
-        )
+    } else if let Some((why, note)) = rolling {
+        (true, why, note.to_owned())
     } else {
         (false, reason::STABLE, format!("{want} members"))
     }

@@ -91,29 +91,6 @@ pub(super) fn member_status(pod: &Pod, report: Option<&MemberReport>) -> MemberS
     }
 }
 
-/// Members whose pod was created from an older revision of the StatefulSet's template; `None` before the
-/// StatefulSet reports its revision.
-pub(super) fn outdated_members(obs: &Observed) -> Option<Vec<String>> {
-    let revision = obs
-        .statefulset
-        .as_ref()?
-        .status
-        .as_ref()?
-        .update_revision
-        .clone()?;
-    Some(
-        obs.pods
-            .iter()
-            .filter(|p| {
-                p.labels()
-                    .get("controller-revision-hash")
-                    .is_some_and(|r| *r != revision)
-            })
-            .map(ResourceExt::name_any)
-            .collect(),
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::{ContainerState, ContainerStateWaiting};

@@ -167,7 +167,12 @@ pub fn compute(
         (condition::READY, ready),
         (
             condition::PROGRESSING,
-            health::progressing(phase, n, obs, scale.note.as_deref()),
+            health::progressing(
+                phase,
+                n,
+                scale.note.as_deref(),
+                scale.rolling.as_ref().map(|(r, m)| (*r, m.as_str())),
+            ),
         ),
         (condition::DEGRADED, degraded.clone()),
         (condition::FAILOVER_BLOCKED, failover_blocked.clone()),
@@ -215,6 +220,7 @@ pub fn compute(
             .or_else(|| prev.system_identifier.clone()),
         instances: n.existing,
         ready_instances: n.ready,
+        updated_instances: scale.updated,
         selector: Some(format!("{LABEL_CLUSTER}={}", c.name)),
         members,
         last_failover,
@@ -439,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn members_on_an_old_template_are_an_update_pending() {
+    fn a_rolling_update_is_progressing_with_its_count_of_updated_members() {
         let mut obs = healthy();
         obs.statefulset
             .as_mut()
@@ -455,29 +461,37 @@ mod tests {
                 .unwrap()
                 .insert("controller-revision-hash".into(), rev.into());
         }
+        let c = cluster();
+        let roll = crate::rollout::plan(&c, &obs, false, false, t(0));
+        let progress = Progress {
+            rolling: roll.note(None),
+            updated: roll.updated,
+            ..Progress::default()
+        };
         let (s, _) = compute(
-            &cluster(),
+            &c,
             &PostgresClusterStatus::default(),
             &obs,
             &SwitchoverOutcome::None,
-            &Progress::default(),
+            &progress,
             t(0),
         );
         let p = cond(&s, "Progressing");
         assert_eq!(
             (p.status.as_str(), p.reason.as_str()),
-            ("True", "UpdatePending")
+            ("True", "RollingUpdate")
         );
         assert!(
             p.message
-                .starts_with("pg-0, pg-2 run an older pod template"),
+                .starts_with("rolling update: 1/3 members updated: "),
             "{}",
             p.message
         );
+        assert_eq!(s.updated_instances, 1);
         assert_eq!(
             s.phase.as_deref(),
             Some("Running"),
-            "an update pending does not make the cluster unready"
+            "a rolling update does not make the cluster unready"
         );
     }
 
