@@ -681,6 +681,10 @@ scenario_tests! {
         Setup { timings: Timings::SHORT, recovery: Recovery::Node, ..Setup::default() };
     restart_each_member_sync, restart_each_member_async, "restart-each-member", grey::restart_each_member,
         Setup { lossless: true, ..Setup::default() };
+
+    // Issue 14: a changed pod template rolled under load (supervised in sync mode).
+    rolling_update_sync, rolling_update_async, "rolling-update", basic::rolling_update,
+        Setup { lossless: true, converge_within: Some(Duration::from_secs(120)), ..Setup::default() };
 }
 
 /// A synchronous standby lags only in a synchronous mode: one row.

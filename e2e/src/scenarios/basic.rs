@@ -432,3 +432,142 @@ pub async fn manual_failover_blocked(h: &mut Harness, s: &mut Scene) -> Result<(
     h.healed();
     Ok(())
 }
+
+/// `status.<field>` of the cluster, by jsonpath.
+fn status_of(s: &Scene, jsonpath: &str) -> Result<String> {
+    s.kubectl(&[
+        "get",
+        &format!("pgc/{}", s.cluster),
+        "-o",
+        &format!("jsonpath={jsonpath}"),
+    ])
+}
+
+/// Waits until `status.updatedInstances` and `Progressing`'s reason read `want` (`"<n> <reason>"`).
+async fn wait_roll(s: &Scene, want: &str, timeout: Duration) -> Result<()> {
+    let what = format!("updatedInstances and Progressing to read {want:?}");
+    let jsonpath =
+        r#"{.status.updatedInstances} {.status.conditions[?(@.type=="Progressing")].reason}"#;
+    wait_for(&what, timeout, Duration::from_secs(1), || async {
+        let got = status_of(s, jsonpath)?;
+        ensure!(got == want, "they read {got:?}");
+        Ok(Some(()))
+    })
+    .await
+}
+
+/// The messages of the cluster's Events with this reason.
+fn events_of(s: &Scene, reason: &str) -> Result<Vec<String>> {
+    let out = s.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={},reason={reason}", s.cluster),
+        "-o",
+        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
+    ])?;
+    Ok(out
+        .lines()
+        .map(str::to_owned)
+        .filter(|l| !l.trim().is_empty())
+        .collect())
+}
+
+/// Issue 14: a change of the pod template under load is rolled by the operator — replicas one at a time,
+/// then the primary through one switchover to an updated replica, then the former primary as a replica.
+/// In sync mode with `primaryUpdateStrategy: supervised`: the roll stops before the primary and says so
+/// (`UpdatePending`, the primary's pod untouched) until a switchover in the spec, then finishes. Either
+/// way the primary changes once (one Lease transition), never through an observed failover, and every
+/// member is updated with an Event each.
+pub async fn rolling_update(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let before = lease(h).await?.transitions;
+    let uid_of = |m: &str| s.kubectl(&["get", "pod", m, "-o", "jsonpath={.metadata.uid}"]);
+    let primary_uid = uid_of(&p)?;
+    let supervised = s.mode == Mode::Sync;
+    // A new CPU request each time (the soak may roll more than once): a new pod template revision.
+    let cpu = 5 + s.choice % 50;
+    let patch = format!(
+        r#"{{"spec":{{"primaryUpdateStrategy":"{}","resources":{{"requests":{{"cpu":"{cpu}m"}}}}}}}}"#,
+        if supervised {
+            "supervised"
+        } else {
+            "unsupervised"
+        }
+    );
+    let at = now_us();
+    s.patch_spec(&patch)?;
+    h.fault_marked(at, format!("pod template changed ({patch})"));
+    let members = h.members.len();
+    let roll = Duration::from_secs(120 * u64::try_from(members).unwrap_or(3));
+    let new = if supervised {
+        wait_roll(s, &format!("{} UpdatePending", members - 1), roll).await?;
+        ensure!(
+            uid_of(&p)? == primary_uid,
+            "supervised: the primary {p}'s pod was replaced before a switchover in the spec"
+        );
+        ensure!(
+            primary(h).await? == p,
+            "supervised: the primary moved by itself"
+        );
+        let message = status_of(
+            s,
+            r#"{.status.conditions[?(@.type=="Progressing")].message}"#,
+        )?;
+        ensure!(
+            message.contains(&p) && message.contains("spec.switchover"),
+            "UpdatePending does not say what to do: {message:?}"
+        );
+        let to = lease(h)
+            .await?
+            .sync_members
+            .first()
+            .cloned()
+            .context("no recorded synchronous standby to switch over to")?;
+        let at = now_us();
+        s.patch_spec(&format!(
+            r#"{{"spec":{{"switchover":{{"targetInstance":"{to}"}}}}}}"#
+        ))?;
+        h.mark(format!("spec.switchover.targetInstance: {to} ({at} µs)"));
+        let new = wait_new_primary(h, &p, Duration::from_secs(60)).await?;
+        ensure!(new == to, "switched over to {new}, asked for {to}");
+        new
+    } else {
+        wait_new_primary(h, &p, roll).await?
+    };
+    wait_roll(s, &format!("{members} Stable"), roll).await?;
+    h.healed();
+    ensure!(
+        uid_of(&p)? != primary_uid,
+        "the former primary {p} was not updated"
+    );
+    let updating = events_of(s, "MemberUpdating")?;
+    ensure!(
+        updating.len() >= members,
+        "{} MemberUpdating Events for {members} members: {updating:?}",
+        updating.len()
+    );
+    ensure!(
+        !events_of(s, "RollingUpdateDone")?.is_empty(),
+        "no RollingUpdateDone Event"
+    );
+    let unasked = format!("primary changed from {p} to {new}");
+    let observed = events_of(s, "FailoverObserved")?;
+    ensure!(
+        !observed.iter().any(|m| m.trim() == unasked),
+        "the roll's switchover was reported as a failover: {observed:?}"
+    );
+    let record = status_of(
+        s,
+        "{.status.lastFailover.reason} {.status.lastFailover.from} {.status.lastFailover.to}",
+    )?;
+    ensure!(
+        record == format!("Switchover {p} {new}"),
+        "status.lastFailover reads {record:?}"
+    );
+    h.require(Requirement::FinalLease {
+        holder: new,
+        transitions: before + 1,
+    });
+    Ok(())
+}
