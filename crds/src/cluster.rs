@@ -304,6 +304,20 @@ pub struct PostgresqlSpec {
             .message("postgresql.pgHba may not include other files (include, include_if_exists, include_dir)")
     )]
     pub pg_hba: Vec<String>,
+    /// What happens to a member whose PostgreSQL reports `pending_restart` (a changed parameter that
+    /// needs a restart, such as `max_connections`): `roll` (default) restarts the members as a rolling
+    /// update does, the primary last; `manual` leaves it to you (`POST /restart` on each member).
+    #[serde(default)]
+    pub on_pending_restart: OnPendingRestart,
+}
+
+/// `spec.postgresql.onPendingRestart`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnPendingRestart {
+    #[default]
+    Roll,
+    Manual,
 }
 
 /// Replication between the primary and the replicas.

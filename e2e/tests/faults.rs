@@ -687,6 +687,24 @@ scenario_tests! {
         Setup { lossless: true, converge_within: Some(Duration::from_secs(120)), ..Setup::default() };
 }
 
+/// A restart-only parameter rolled like a template: the roll's mechanics are the same in both modes, so
+/// one row (async: the unsupervised path).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn pending_restart_roll_async() -> Result<()> {
+    run_scenario(
+        "pending-restart-roll",
+        Mode::Async,
+        Setup {
+            lossless: true,
+            converge_within: Some(Duration::from_secs(120)),
+            ..Setup::default()
+        },
+        basic::pending_restart_roll,
+    )
+    .await
+}
+
 /// A synchronous standby lags only in a synchronous mode: one row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster (make cluster)"]

@@ -262,10 +262,11 @@ async fn spec_parameters_and_tags_reach_the_running_members() -> Result<()> {
         .find(|m| **m != primary)
         .cloned()
         .unwrap_or_default();
-    // work_mem applies by reload; max_connections needs a restart (PostgreSQL's `postmaster` context).
+    // work_mem applies by reload; max_connections needs a restart (PostgreSQL's `postmaster` context),
+    // which `onPendingRestart: manual` leaves to the user (the operator would roll it otherwise).
     // The replica tagged noLoadBalance leaves -ro and -r, not the cluster.
     let patch = format!(
-        r#"{{"spec":{{"postgresql":{{"parameters":{{"work_mem":"7MB","max_connections":"60"}}}},"tags":{{"{replica}":{{"noLoadBalance":true}}}}}}}}"#
+        r#"{{"spec":{{"postgresql":{{"onPendingRestart":"manual","parameters":{{"work_mem":"7MB","max_connections":"60"}}}},"tags":{{"{replica}":{{"noLoadBalance":true}}}}}}}}"#
     );
     ns.kubectl(&[
         "patch",

@@ -2,7 +2,8 @@
 //! last (docs/design.md, "Changing a running cluster").
 //!
 //! The StatefulSet updates on delete only, so the operator decides which pod goes next. [`plan`] (pure)
-//! reads the observation: a member is *updated* when its pod carries the StatefulSet's update revision.
+//! reads the observation: a member is *updated* when its pod carries the StatefulSet's update revision
+//! and its PostgreSQL does not report `pending_restart` (unless `postgresql.onPendingRestart: manual`).
 //! 1. Nothing while the cluster scales, while a switchover is under way, or while paused.
 //! 2. Every member must have a pod that is not terminating, and every updated member must be healthy
 //!    (Ready, running, streaming within `maximumLagOnFailover` or serving as the primary); one that
@@ -26,7 +27,7 @@ use kube::{
 };
 use pgpilot_crds::{
     PostgresClusterStatus,
-    cluster::{PrimaryUpdateMethod, PrimaryUpdateStrategy, condition, reason},
+    cluster::{OnPendingRestart, PrimaryUpdateMethod, PrimaryUpdateStrategy, condition, reason},
     contract::{self, ROLE_PRIMARY, ROLE_REPLICA},
 };
 use tracing::{info, warn};
@@ -195,13 +196,22 @@ pub fn plan(
         .as_ref()
         .and_then(|s| s.status.as_ref())
         .and_then(|s| s.update_revision.clone());
+    // Updated: on the current template, and not waiting for a restart to apply a parameter (unless
+    // the user restarts those members).
+    let roll_pending = c.spec.postgresql.on_pending_restart == OnPendingRestart::Roll;
     let on_current = |p: &Pod| {
-        revision.as_deref().is_none_or(|rev| {
+        let template = revision.as_deref().is_none_or(|rev| {
             p.labels()
                 .get("controller-revision-hash")
                 .map(String::as_str)
                 == Some(rev)
-        })
+        });
+        let pending = roll_pending
+            && obs
+                .reports
+                .get(&p.name_any())
+                .is_some_and(|r| r.pending_restart);
+        template && !pending
     };
     let outdated: Vec<&Pod> = obs.pods.iter().filter(|p| !on_current(p)).collect();
     let mut out = Plan {
@@ -618,6 +628,35 @@ mod tests {
             plan(&c, &obs, false, false, t(10)).roll,
             restart("pg-0", true)
         );
+    }
+
+    #[test]
+    fn a_parameter_pending_a_restart_is_rolled_unless_manual() {
+        let mut c = cluster();
+        let mut obs = rolling();
+        for n in ["pg-0", "pg-1", "pg-2"] {
+            update(&mut obs, n, 0);
+            obs.reports.get_mut(n).unwrap().pending_restart = true;
+        }
+        let p = plan(&c, &obs, false, false, t(10));
+        assert_eq!(p.updated, 0);
+        assert!(
+            matches!(&p.roll, Roll::Restart { member, primary: false, .. } if member == "pg-2"),
+            "{p:?}"
+        );
+        // Restarted replicas no longer report it: the primary hands over last.
+        for n in ["pg-1", "pg-2"] {
+            obs.reports.get_mut(n).unwrap().pending_restart = false;
+        }
+        assert_eq!(
+            plan(&c, &obs, false, false, t(10)).roll,
+            Roll::HandOver {
+                primary: "pg-0".into()
+            }
+        );
+        c.spec.postgresql.on_pending_restart = OnPendingRestart::Manual;
+        let p = plan(&c, &obs, false, false, t(10));
+        assert_eq!((p.roll, p.updated), (Roll::Current, 3));
     }
 
     #[test]

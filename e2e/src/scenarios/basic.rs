@@ -541,6 +541,20 @@ pub async fn rolling_update(h: &mut Harness, s: &mut Scene) -> Result<()> {
         uid_of(&p)? != primary_uid,
         "the former primary {p} was not updated"
     );
+    roll_done(h, s, &p, &new, before).await
+}
+
+/// What every finished roll shows: an Event per member restarted and one at the end, the primary
+/// changed once through a switchover that is not reported as a failover, a new Lease epoch, and the new
+/// primary staying primary.
+async fn roll_done(
+    h: &mut Harness,
+    s: &Scene,
+    p: &str,
+    new: &str,
+    epoch_before: i32,
+) -> Result<()> {
+    let members = h.members.len();
     let updating = events_of(s, "MemberUpdating")?;
     ensure!(
         updating.len() >= members,
@@ -567,9 +581,62 @@ pub async fn rolling_update(h: &mut Harness, s: &mut Scene) -> Result<()> {
     );
     let after = lease(h).await?.transitions;
     ensure!(
-        after > before,
-        "the Lease's epoch stayed {before} across the switchover"
+        after > epoch_before,
+        "the Lease's epoch stayed {epoch_before} across the switchover"
     );
-    h.require(Requirement::FinalPrimary(new));
+    h.require(Requirement::FinalPrimary(new.to_owned()));
     Ok(())
+}
+
+/// Issue 14: a parameter that needs a restart (`max_connections`, raised) under load is applied by the
+/// same roll — each member reports `pending_restart`, the operator restarts the replicas, switches over
+/// and restarts the former primary — and every member then runs with the new value.
+pub async fn pending_restart_roll(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let before = lease(h).await?.transitions;
+    let current: u64 = show_on(h, s, &p, "max_connections").await?.parse()?;
+    let want = (current + 10).to_string();
+    let patch =
+        format!(r#"{{"spec":{{"postgresql":{{"parameters":{{"max_connections":"{want}"}}}}}}}}"#);
+    let at = now_us();
+    s.patch_spec(&patch)?;
+    h.fault_marked(at, format!("max_connections {current} -> {want} ({patch})"));
+    let members = h.members.len();
+    let roll = Duration::from_secs(120 * u64::try_from(members).unwrap_or(3));
+    let what = "the roll of the pending restart to start";
+    let jsonpath = r#"{.status.conditions[?(@.type=="Progressing")].reason}"#;
+    wait_for(
+        what,
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || async { Ok((status_of(s, jsonpath)? == "RollingUpdate").then_some(())) },
+    )
+    .await?;
+    let new = wait_new_primary(h, &p, roll).await?;
+    wait_roll(s, &format!("{members} Stable"), roll).await?;
+    h.healed();
+    for m in h.members.clone() {
+        let got = show_on(h, s, &m, "max_connections").await?;
+        ensure!(
+            got == want,
+            "{m} runs with max_connections {got}, not {want}"
+        );
+    }
+    roll_done(h, s, &p, &new, before).await
+}
+
+/// `SHOW <setting>` on one member, as the superuser over its pod IP.
+async fn show_on(h: &Harness, s: &Scene, member: &str, setting: &str) -> Result<String> {
+    let pods = h.pods().await?;
+    let ip = cluster::ip_of(&pods, member).with_context(|| format!("{member} has no IP"))?;
+    let (user, password) =
+        cluster::credentials(&h.client, &s.namespace, &s.cluster, "superuser").await?;
+    let conn = format!(
+        "host={ip} port={} user={user} password={password} dbname=postgres connect_timeout=3",
+        pgpilot_crds::contract::PG_PORT
+    );
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
+    Ok(row.get::<_, String>(0))
 }
