@@ -67,6 +67,9 @@ pub struct MemberPod {
     pub role: Option<String>,
     pub ready: bool,
     pub terminating: bool,
+    /// How long the kubelet waits before it starts a container of this pod again, while one waits in
+    /// `CrashLoopBackOff` (the kubelet's message names the back-off: `back-off 1m20s restarting …`).
+    pub crash_loop_backoff: Option<Duration>,
 }
 
 impl MemberPod {
@@ -127,6 +130,14 @@ pub async fn pods(client: &Client, members: &Members) -> Result<Vec<MemberPod>, 
                     .and_then(|s| s.conditions.as_ref())
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")),
                 terminating: p.metadata.deletion_timestamp.is_some(),
+                crash_loop_backoff: status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.state.as_ref()?.waiting.as_ref())
+                    .filter(|w| w.reason.as_deref() == Some("CrashLoopBackOff"))
+                    .filter_map(|w| backoff_of(w.message.as_deref()?))
+                    .max(),
             })
         })
         .collect();
@@ -356,9 +367,51 @@ pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
     out
 }
 
+/// The back-off in a kubelet's `CrashLoopBackOff` message (`back-off 1m20s restarting failed
+/// container=…`): a Go duration of hours, minutes and seconds.
+pub fn backoff_of(message: &str) -> Option<Duration> {
+    let word = message
+        .split_whitespace()
+        .skip_while(|w| *w != "back-off")
+        .nth(1)?;
+    let (mut total, mut number) = (0u64, String::new());
+    for ch in word.chars() {
+        match ch {
+            '0'..='9' => number.push(ch),
+            'h' | 'm' | 's' => {
+                let unit = match ch {
+                    'h' => 3600,
+                    'm' => 60,
+                    _ => 1,
+                };
+                total += number.parse::<u64>().ok()? * unit;
+                number.clear();
+            }
+            _ => return None,
+        }
+    }
+    number.is_empty().then(|| Duration::from_secs(total))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_kubelets_back_off_is_read_from_its_message() {
+        let m = "back-off 1m20s restarting failed container=postgres pod=pg-1_ns(5d52)";
+        assert_eq!(backoff_of(m), Some(Duration::from_secs(80)));
+        assert_eq!(
+            backoff_of("back-off 10s restarting"),
+            Some(Duration::from_secs(10))
+        );
+        assert_eq!(
+            backoff_of("back-off 5m0s restarting"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(backoff_of("back-off 1.5s restarting"), None);
+        assert_eq!(backoff_of("no such words"), None);
+    }
 
     #[test]
     fn the_sync_standbys_are_the_recorded_members_but_the_holder() {
