@@ -1,5 +1,6 @@
 //! The Events the operator publishes on the cluster: one per transition, never per reconcile.
 
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::{
     Resource,
     runtime::events::{Event, EventType, Recorder},
@@ -91,6 +92,14 @@ pub enum Transition {
 }
 
 impl Transition {
+    /// The member pod an Event is about besides the cluster.
+    pub fn member_pod(&self) -> Option<&str> {
+        match self {
+            Self::MemberUpdating { member, .. } => Some(member),
+            _ => None,
+        }
+    }
+
     pub fn to_event(&self) -> Event {
         let (type_, reason, note) = match self {
             Self::Created => (
@@ -223,7 +232,17 @@ impl Transition {
 pub async fn publish(recorder: &Recorder, cluster: &PostgresCluster, transitions: &[Transition]) {
     let reference = cluster.object_ref(&());
     for t in transitions {
-        if let Err(e) = recorder.publish(&t.to_event(), &reference).await {
+        let mut event = t.to_event();
+        // The recorder folds Events with the same reason, action and objects into one series and keeps
+        // the first note: a member's own Event names its pod, so each member's shows.
+        event.secondary = t.member_pod().map(|pod| ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: Some(pod.to_owned()),
+            namespace: cluster.metadata.namespace.clone(),
+            ..ObjectReference::default()
+        });
+        if let Err(e) = recorder.publish(&event, &reference).await {
             warn!(error = %e, event = ?t, "could not publish event");
         }
     }
