@@ -88,6 +88,60 @@ fn synchronous_commit_rule() -> kube::core::Rule {
     .field_path(".postgresql.parameters")
 }
 
+/// The PostgreSQL major version an image's tag declares: the leading number of the tag (`15` of
+/// `postgres:15`, `17` of `registry:5000/postgresql:17.2-bookworm@sha256:…`); `None` for a tag that does
+/// not start with a number (`latest`, `alpine`) or no tag. [`IMAGE_TAG_CEL`] is the same reading in CEL.
+pub fn image_major(image: &str) -> Option<u32> {
+    let name = image.split('@').next().unwrap_or_default();
+    let last = name.rsplit('/').next().unwrap_or_default();
+    let (_, tag) = last.split_once(':')?;
+    let digits: String = tag.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().ok()
+}
+
+/// CEL: `self`'s tag from its colon when the tag starts with a digit (`':17.2-bookworm'`), else `''`.
+/// The digest goes first; a colon followed by a `/` is a registry's port, not a tag.
+const IMAGE_TAG_CEL: &str = "{0}.split('@')[0].find(':[0-9]+[^/:]*$')";
+
+fn image_tag_cel(of: &str) -> String {
+    IMAGE_TAG_CEL.replace("{0}", of)
+}
+
+/// CEL: the major version `of`'s tag declares (only where [`image_tag_cel`] is not empty).
+fn image_major_cel(of: &str) -> String {
+    format!("int({}.find('[0-9]+'))", image_tag_cel(of))
+}
+
+/// `spec.image` may not name a PostgreSQL older than [`crate::contract::MIN_MAJOR`] by its tag.
+fn image_minimum_rule() -> kube::core::Rule {
+    let min = crate::contract::MIN_MAJOR;
+    kube::core::Rule::new(format!(
+        "{} == '' || {} >= {min}",
+        image_tag_cel("self"),
+        image_major_cel("self")
+    ))
+    .message(kube::core::Message::Message(format!(
+        "image: pgpilot needs PostgreSQL {min} or newer, and this image's tag names an older major version"
+    )))
+}
+
+/// A change of `spec.image` may not change the major version the tags declare: a replaced member could
+/// not start on its data directory (major upgrades are not supported yet).
+fn image_major_change_rule() -> kube::core::Rule {
+    kube::core::Rule::new(format!(
+        "{} == '' || {} == '' || {} == {}",
+        image_tag_cel("oldSelf"),
+        image_tag_cel("self"),
+        image_major_cel("oldSelf"),
+        image_major_cel("self")
+    ))
+    .message(
+        "image: the new image's tag names another PostgreSQL major version than the current one's; a major \
+         version upgrade is not an image change (the members' data directories could not be read), keep \
+         the major version and change only the minor one",
+    )
+}
+
 /// A highly-available PostgreSQL cluster: one primary and streaming replicas, elected through a Lease by
 /// the pgpilot sidecar in every pod.
 #[derive(CustomResource, Clone, Debug, PartialEq, Serialize, Deserialize, KubeSchema)]
@@ -142,8 +196,11 @@ pub struct PostgresClusterSpec {
     #[serde(default = "default_instances")]
     pub instances: i32,
     /// A stock PostgreSQL image (Docker's official `postgres` or compatible); the sidecar is copied into it.
+    /// The tag's leading number is read as the PostgreSQL major version: older than 15 is refused, and so
+    /// is a change to another major version (major upgrades are not supported yet).
     #[serde(default = "default_image")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 512))]
+    #[x_kube(validation = image_minimum_rule(), validation = image_major_change_rule())]
     pub image: String,
     /// The volume each member keeps its data directory on.
     #[serde(default)]
@@ -792,6 +849,39 @@ mod tests {
     use kube::CustomResourceExt;
 
     use super::*;
+
+    #[test]
+    fn an_image_tag_declares_its_major_version_by_its_leading_number() {
+        for (image, major) in [
+            ("postgres:15", Some(15)),
+            ("postgres:17.2-bookworm", Some(17)),
+            ("docker.io/library/postgres:15-rebuilt", Some(15)),
+            ("localhost:5000/postgres:16", Some(16)),
+            ("localhost:5000/postgres", None),
+            ("postgres", None),
+            ("postgres:latest", None),
+            ("postgres:alpine3.20", None),
+            ("postgres@sha256:1234abcd", None),
+            ("postgres:14@sha256:9999", Some(14)),
+        ] {
+            assert_eq!(image_major(image), major, "{image}");
+        }
+    }
+
+    #[test]
+    fn the_image_rules_read_the_tag_as_image_major_does() {
+        // The CEL rules and image_major agree only while both read the same part; this pins the CEL.
+        let min = image_minimum_rule().rule;
+        assert!(
+            min.contains("self.split('@')[0].find(':[0-9]+[^/:]*$')"),
+            "{min}"
+        );
+        let change = image_major_change_rule().rule;
+        assert!(
+            change.contains("oldSelf.split('@')[0]") && change.contains("self.split('@')[0]"),
+            "{change}"
+        );
+    }
 
     #[test]
     fn crd_names_columns_and_subresources() {

@@ -73,6 +73,8 @@ pub const PGDATA: &str = "/var/lib/postgresql/data/pgdata";
 /// Where the Secrets are mounted: `<SECRETS_DIR>/<kind>/{username,password}` for kind in
 /// superuser, replication, app; `<SECRETS_DIR>/api/{username,password}` guards mutating REST calls.
 pub const SECRETS_DIR: &str = "/etc/pgpilot/secrets";
+/// The oldest PostgreSQL major version pgpilot runs (the grants and catalog views it uses).
+pub const MIN_MAJOR: u32 = 15;
 /// Unix user id of PostgreSQL in the stock image (and our local stand-in).
 pub const POSTGRES_UID: i64 = 999;
 

@@ -274,6 +274,15 @@ async fn bad_input_is_rejected_with_a_message_the_user_understands() -> Result<(
             "{postgresql: {pgHba: ['include_dir /tmp']}}",
             "postgresql.pgHba may not include other files",
         ),
+        // Issue 14: versions pgpilot cannot run are refused by the tag, not by a failed bootstrap.
+        (
+            "{image: 'postgres:14'}",
+            "image: pgpilot needs PostgreSQL 15 or newer",
+        ),
+        (
+            "{image: 'registry.local:5000/postgresql:13.2-bookworm@sha256:ab12'}",
+            "image: pgpilot needs PostgreSQL 15 or newer",
+        ),
     ];
     // Every case is tried before failing, so one run shows each rule that does not hold.
     let mut wrong = Vec::new();
@@ -292,6 +301,15 @@ async fn bad_input_is_rejected_with_a_message_the_user_understands() -> Result<(
          pgHba: ['host all all 10.0.0.0/8 scram-sha-256', 'local all all trust', 'host all all 10.0.0.0/8 scram-sha-256 # trust nobody']}}",
     )?;
     ensure!(good.success, "a valid spec was rejected: {}", good.stderr);
+    for image in [
+        "registry.local:5000/postgres",
+        "postgres:latest",
+        "postgres@sha256:1234abcd",
+        "postgres:15.4-bookworm",
+    ] {
+        let out = dry_run(&format!("{{image: '{image}'}}"))?;
+        ensure!(out.success, "image {image} was rejected: {}", out.stderr);
+    }
 
     // Immutable after creation: the storage class and the size.
     ns.kubectl_output(
@@ -308,11 +326,24 @@ async fn bad_input_is_rejected_with_a_message_the_user_understands() -> Result<(
             "{storage: {size: 2Gi}}",
             "storage.size cannot be changed after creation",
         ),
+        // Stored with the default image, postgres:17: another major version is not an image change.
+        (
+            "{storage: {size: 1Gi}, image: 'postgres:15'}",
+            "a major version upgrade is not an image change",
+        ),
     ] {
         let out = dry_run(spec)?;
         ensure!(
             !out.success && out.stderr.contains(message),
             "{spec}: expected {message:?} in {:?}",
+            out.stderr
+        );
+    }
+    for image in ["postgres:17.2-bookworm", "postgres:latest"] {
+        let out = dry_run(&format!("{{storage: {{size: 1Gi}}, image: '{image}'}}"))?;
+        ensure!(
+            out.success,
+            "a change to {image} was rejected: {}",
             out.stderr
         );
     }

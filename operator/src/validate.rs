@@ -13,7 +13,7 @@ use k8s_openapi::apimachinery::pkg::{
 use kube::{Resource, ResourceExt};
 use pgpilot_crds::{
     PostgresCluster, PostgresClusterSpec,
-    cluster::{OWNED_PARAMETERS, ReplicationModeSpec, WAITING_SYNCHRONOUS_COMMIT},
+    cluster::{OWNED_PARAMETERS, ReplicationModeSpec, WAITING_SYNCHRONOUS_COMMIT, image_major},
     contract::{self, BootstrapConfig, HaTimings, ReplicationConfig, SidecarConfig},
 };
 
@@ -63,6 +63,10 @@ pub enum InvalidSpec {
         "switchover.targetInstance {0:?} is not a member of this cluster (<cluster name>-<ordinal < instances>)"
     )]
     SwitchoverTarget(String),
+    #[error(
+        "image {image:?} names PostgreSQL {major} by its tag; pgpilot needs PostgreSQL {min} or newer"
+    )]
+    ImageTooOld { image: String, major: u32, min: u32 },
     #[error("storage.size {0:?} is not a positive quantity such as 1Gi")]
     StorageSize(String),
     #[error(
@@ -139,6 +143,15 @@ pub fn validate(
 
     if !(1..=9).contains(&spec.instances) {
         return Err(InvalidSpec::InstancesOutOfRange(spec.instances));
+    }
+    if let Some(major) = image_major(&spec.image)
+        && major < contract::MIN_MAJOR
+    {
+        return Err(InvalidSpec::ImageTooOld {
+            image: spec.image.clone(),
+            major,
+            min: contract::MIN_MAJOR,
+        });
     }
     let timings = ha_timings(spec)?;
     let sync_mode = match spec.replication.mode {
@@ -462,7 +475,7 @@ tags: {pg-2: {noFailover: true, failoverPriority: 3}}
 
     #[test]
     fn each_bad_input_is_rejected_with_its_reason() {
-        let cases: [(&str, InvalidSpec); 11] = [
+        let cases: [(&str, InvalidSpec); 12] = [
             ("instances: 0", InvalidSpec::InstancesOutOfRange(0)),
             ("instances: 10", InvalidSpec::InstancesOutOfRange(10)),
             (
@@ -512,6 +525,14 @@ tags: {pg-2: {noFailover: true, failoverPriority: 3}}
             (
                 "tags: {pg-x: {noFailover: true}}",
                 InvalidSpec::TagKey("pg-x".into()),
+            ),
+            (
+                "image: 'postgres:14.9-bookworm'",
+                InvalidSpec::ImageTooOld {
+                    image: "postgres:14.9-bookworm".into(),
+                    major: 14,
+                    min: 15,
+                },
             ),
         ];
         for (spec, want) in cases {

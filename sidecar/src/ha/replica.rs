@@ -8,7 +8,7 @@
 //! [`Postgres::clone_replica`]: crate::postgres::Postgres::clone_replica
 //! [`Postgres::rejoin`]: crate::postgres::Postgres::rejoin
 
-use pgpilot_crds::contract::{PG_PORT, ROLE_PRIMARY, SidecarConfig};
+use pgpilot_crds::contract::{MIN_MAJOR, PG_PORT, ROLE_PRIMARY, SidecarConfig};
 use tracing::{debug, error, info};
 
 use super::{HaError, HaLoop, Lineage, Phase};
@@ -221,8 +221,6 @@ pub fn system_mismatch(
 }
 
 /// The oldest PostgreSQL major version pgpilot runs (the roles and grants it sets up need 15).
-pub const MIN_MAJOR: u32 = 15;
-
 /// Why this image must not bootstrap, start, clone onto, rewind or wipe the data directory (`None`: it
 /// may): a server older than [`MIN_MAJOR`], or data made by another major version — read by neither
 /// server, and a major upgrade is not an image change: a wipe and re-clone would throw the data away.
