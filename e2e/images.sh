@@ -2,6 +2,7 @@
 # `make images`: pgpilot's images for the local cluster, built with buildah and imported into every node.
 #   localhost/pgpilot-operator:dev, localhost/pgpilot-sidecar:dev  root Dockerfile, host-built release binaries
 #   docker.io/library/postgres:15                                   e2e/images/postgres (stock-image stand-in)
+#   docker.io/library/postgres:15-r2                                e2e/images/postgres-rebuilt (a second tag of it)
 # Unchanged inputs give unchanged image IDs, and a node re-imports only an image whose ID changed.
 LOG_TAG=images
 source "$(dirname "$0")/lib/common.sh"
@@ -10,6 +11,7 @@ source "$E2E_DIR/lib/images.sh"
 OPERATOR_IMAGE=localhost/pgpilot-operator:dev
 SIDECAR_IMAGE=localhost/pgpilot-sidecar:dev
 POSTGRES_IMAGE=docker.io/library/postgres:15
+POSTGRES_REBUILT_IMAGE=docker.io/library/postgres:15-r2
 
 start=$SECONDS
 image_id "$BASE_IMAGE" >/dev/null || die "no $BASE_IMAGE: run 'make cluster' first"
@@ -36,13 +38,16 @@ build_image "$OPERATOR_IMAGE" "$REPO_DIR" "$REPO_DIR/Dockerfile" --target operat
 build_image "$SIDECAR_IMAGE" "$REPO_DIR" "$REPO_DIR/Dockerfile" --target sidecar "${local_build[@]}"
 build_image "$POSTGRES_IMAGE" "$E2E_DIR/images/postgres" "$E2E_DIR/images/postgres/Dockerfile" \
   --build-arg "BASE=$BASE_IMAGE"
+build_image "$POSTGRES_REBUILT_IMAGE" "$E2E_DIR/images/postgres-rebuilt" "$E2E_DIR/images/postgres-rebuilt/Dockerfile" \
+  --build-arg "BASE=$POSTGRES_IMAGE"
 log "images built after $((SECONDS - start))s"
 
 # Archives first, once: the nodes then import in parallel.
-for image in "$OPERATOR_IMAGE" "$SIDECAR_IMAGE" "$POSTGRES_IMAGE"; do image_archive "$image" >/dev/null; done
+all_images=("$OPERATOR_IMAGE" "$SIDECAR_IMAGE" "$POSTGRES_IMAGE" "$POSTGRES_REBUILT_IMAGE")
+for image in "${all_images[@]}"; do image_archive "$image" >/dev/null; done
 pids=()
 for ((i = 0; i < NODE_COUNT; i++)); do
-  ( for image in "$OPERATOR_IMAGE" "$SIDECAR_IMAGE" "$POSTGRES_IMAGE"; do import_image "$i" "$image"; done ) &
+  ( for image in "${all_images[@]}"; do import_image "$i" "$image"; done ) &
   pids+=($!)
 done
 for pid in "${pids[@]}"; do wait "$pid" || die "importing images failed"; done

@@ -473,7 +473,8 @@ fn events_of(s: &Scene, reason: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// Issue 14: a change of the pod template under load is rolled by the operator — replicas one at a time,
+/// Issue 14: a change of the image under load (between two tags of the local PostgreSQL 15 stand-in, as a
+/// minor upgrade is) is rolled by the operator — replicas one at a time,
 /// then the primary through one switchover to an updated replica, then the former primary as a replica.
 /// In sync mode with `primaryUpdateStrategy: supervised`: the roll stops before the primary and says so
 /// (`UpdatePending`, the primary's pod untouched) until a switchover in the spec, then finishes. Either
@@ -485,10 +486,14 @@ pub async fn rolling_update(h: &mut Harness, s: &mut Scene) -> Result<()> {
     let uid_of = |m: &str| s.kubectl(&["get", "pod", m, "-o", "jsonpath={.metadata.uid}"]);
     let primary_uid = uid_of(&p)?;
     let supervised = s.mode == Mode::Sync;
-    // A new CPU request each time (the soak may roll more than once): a new pod template revision.
-    let cpu = 5 + s.choice % 50;
+    // The other tag each time, so a second roll changes the template again.
+    let image = if status_of(s, "{.spec.image}")? == REBUILT_IMAGE {
+        "postgres:15"
+    } else {
+        REBUILT_IMAGE
+    };
     let patch = format!(
-        r#"{{"spec":{{"primaryUpdateStrategy":"{}","resources":{{"requests":{{"cpu":"{cpu}m"}}}}}}}}"#,
+        r#"{{"spec":{{"primaryUpdateStrategy":"{}","image":"{image}"}}}}"#,
         if supervised {
             "supervised"
         } else {
@@ -542,8 +547,27 @@ pub async fn rolling_update(h: &mut Harness, s: &mut Scene) -> Result<()> {
         uid_of(&p)? != primary_uid,
         "the former primary {p} was not updated"
     );
+    let images = s.kubectl(&[
+        "get",
+        "pods",
+        "-l",
+        &format!("{}={}", pgpilot_crds::contract::LABEL_CLUSTER, s.cluster),
+        "-o",
+        r#"jsonpath={range .items[*]}{.metadata.name}={.spec.containers[?(@.name=="postgres")].image} {end}"#,
+    ])?;
+    let stale: Vec<&str> = images
+        .split_whitespace()
+        .filter(|p| !p.ends_with(&format!("={image}")))
+        .collect();
+    ensure!(
+        images.split_whitespace().count() == members && stale.is_empty(),
+        "not every member runs {image}: {images}"
+    );
     roll_done(h, s, &p, &new, before, members).await
 }
+
+/// The second tag of the local PostgreSQL 15 stand-in (`e2e/images/postgres-rebuilt`).
+const REBUILT_IMAGE: &str = "postgres:15-r2";
 
 /// What every finished roll shows: an Event per pod restarted (at least `restarted`) and one at the
 /// end, the primary changed once through a switchover that is not reported as a failover, a new Lease
@@ -638,8 +662,13 @@ async fn show_on(h: &Harness, s: &Scene, member: &str, setting: &str) -> Result<
         "host={ip} port={} user={user} password={password} dbname=postgres connect_timeout=3",
         pgpilot_crds::contract::PG_PORT
     );
-    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls).await?;
+    let (client, connection) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+        .await
+        .with_context(|| format!("connecting to {member} ({ip})"))?;
     tokio::spawn(connection);
-    let row = client.query_one(&format!("SHOW {setting}"), &[]).await?;
+    let row = client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .with_context(|| format!("SHOW {setting} on {member} ({ip})"))?;
     Ok(row.get::<_, String>(0))
 }
