@@ -137,35 +137,33 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
         let r1 = renewal(h, &p, &now, slow).await?;
         let r2 = renewal(h, &p, &r1, slow).await?;
         let r3 = renewal(h, &p, &r2, slow).await?;
-        let (Some(t2), Some(mut t3)) = (r2.renewed_at_us, r3.renewed_at_us) else {
+        let (Some(t2), Some(t3)) = (r2.renewed_at_us, r3.renewed_at_us) else {
             bail!("the Lease renewals carry no renewTime");
         };
-        let mut r3 = r3;
         // The loop reads every `retryPeriod` and renews in the first loop whose read returns once the
-        // last renewal is `renew_interval` old. The aim is that loop's read, in flight. When the interval
-        // is a whole number of loops (30/20/5, 6/4/2), the read of the earliest loop that can renew
-        // returns just as the renewal falls due, so that loop renews or only holds by a hair (renewals
-        // then come 10 or 15 s apart): there is no instant to raise the delay that works either way. So
-        // watch that loop from here, and aim at the next one when it only held (that one surely
-        // renews); when it renewed, the next renewal is such a loop again.
+        // last renewal is `renew_interval` old; the renewal is stamped as its loop's read comes back, so
+        // each later loop's read comes back a whole number of periods after `t3`. The aim is the renewing
+        // loop's read, in flight. When the interval is a whole number of loops (30/20/5, 6/4/2), the
+        // earliest loop that can renew reads back just as the renewal falls due: a coin flip, renew or
+        // hold, with no instant to raise the delay that works either way (one 60-minute soak saw that
+        // loop renew three times running). So the delay is lowered now, by the hair and more: every
+        // later read comes back that much earlier, the coin-flip loop surely holds, the next one surely
+        // renews, and its read is in flight for the whole lowered delay.
         let mut loops = loops_until(renew_interval, period);
-        for _ in 0..3 {
-            if loops * period - renew_interval >= HAIR_US {
-                break;
-            }
-            sleep_until_us(t3 + loops * period + HAIR_US).await;
-            let now = cluster::lease_write(&h.client, &h.namespace, &name).await?;
-            match now.renewed_at_us.filter(|at| *at > t3 + period / 2) {
-                Some(at) => {
-                    t3 = at;
-                    r3 = now;
-                }
-                None => loops += 1,
-            }
+        let mut delay = timeout * 45 / 100;
+        let mut early = 0;
+        if loops * period - renew_interval < HAIR_US {
+            let lower = (delay - Duration::from_micros(HAIR_US as u64)).max(delay / 3);
+            early = micros(delay - lower);
+            delay = lower;
+            h.fault_with("slow-apiserver", &[&node, &delay.as_millis().to_string()])
+                .await?;
+            loops += 1;
         }
+        let delay_ms = delay.as_millis().to_string();
         let due = t3 + renew_interval;
-        let read_back = t3 + loops * period;
-        let read_sent = read_back - micros(timeout * 45 / 100);
+        let read_back = t3 + loops * period - early;
+        let read_sent = read_back - micros(delay);
         let aim = (due.max(read_sent) + read_back) / 2;
         let failed_before = rest::metric(&ip, RENEW_ERRORS).await?;
         let conflicts_before = rest::metric(&ip, CONFLICTS).await?;
@@ -174,7 +172,7 @@ pub async fn slow_apiserver_lost_reply(h: &mut Harness, s: &mut Scene) -> Result
         // toxic, or a change that waits for held bytes, takes a second more, and aiming by it raised the
         // delay a second early, before the read went out, in all four attempts of one CI run.
         let called = now_us();
-        let lead = h.fault_with("slow-apiserver", &[&node, &below]).await? - called;
+        let lead = h.fault_with("slow-apiserver", &[&node, &delay_ms]).await? - called;
         sleep_until_us(aim - lead).await;
         let called = now_us();
         let raised = h.fault_with("slow-apiserver", &[&node, &above]).await?;
