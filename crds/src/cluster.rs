@@ -223,6 +223,11 @@ pub struct PostgresClusterSpec {
     /// Pause automatic failover: members keep their roles and the primary keeps its Lease.
     #[serde(default)]
     pub paused: bool,
+    /// Hibernate: pause the members, then stop every one and remove the pods, keeping the volumes.
+    /// Turned off again, the members start on the same data and the member that was primary when they
+    /// stopped takes its role back.
+    #[serde(default)]
+    pub hibernation: bool,
     /// The database and owner created when the cluster is first initialised.
     #[serde(default)]
     pub bootstrap: BootstrapSpec,
@@ -634,7 +639,7 @@ impl ServiceTypeSpec {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresClusterStatus {
-    /// `Pending`, `Creating`, `Running`, `Degraded`, `NoPrimary` or `Invalid`.
+    /// `Pending`, `Creating`, `Running`, `Degraded`, `NoPrimary`, `Hibernated` or `Invalid`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The member holding the Lease and labelled primary.
@@ -677,6 +682,10 @@ pub struct PostgresClusterStatus {
     /// rolling update that reached it), until it completes or times out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_switchover: Option<PlannedSwitchover>,
+    /// Set from the moment the members stop for `spec.hibernation` until they are back with the same
+    /// primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hibernation: Option<HibernationStatus>,
     /// `Ready`, `Progressing`, `Degraded`, `FailoverBlocked`, `SwitchoverInProgress`, `Paused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -739,6 +748,20 @@ pub struct PlannedSwitchover {
     pub requested_at: Time,
 }
 
+/// A hibernation: the members were stopped, and are stopped or waking up.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HibernationStatus {
+    /// The primary when the members stopped; on wake it takes its role back. Unset: there was none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<String>,
+    /// When the operator stopped the members.
+    pub stopped_at: Time,
+    /// When `spec.hibernation` turned false again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waking_since: Option<Time>,
+}
+
 /// Condition types of `status.conditions`.
 pub mod condition {
     pub const READY: &str = "Ready";
@@ -770,6 +793,12 @@ pub mod reason {
     /// in the spec.
     pub const UPDATE_PENDING: &str = "UpdatePending";
     pub const STABLE: &str = "Stable";
+    /// `spec.hibernation`: the members are paused, then stopped.
+    pub const HIBERNATING: &str = "Hibernating";
+    /// `spec.hibernation` turned off: the members start, the former primary takes its role back.
+    pub const WAKING_UP: &str = "WakingUp";
+    /// `Ready`: every member is stopped for `spec.hibernation`.
+    pub const HIBERNATED: &str = "Hibernated";
     // Degraded
     pub const HEALTHY: &str = "Healthy";
     /// A member refuses to act on its data: it, or the primary, belongs to another database system.
@@ -832,6 +861,10 @@ pub mod event {
     /// `supervised`: the replicas are updated and the primary waits for a switchover in the spec.
     pub const PRIMARY_UPDATE_PENDING: &str = "PrimaryUpdatePending";
     pub const ROLLING_UPDATE_DONE: &str = "RollingUpdateDone";
+    /// The members are paused and stopped for `spec.hibernation`.
+    pub const HIBERNATING: &str = "Hibernating";
+    /// After a hibernation, the members run again with the former primary as primary.
+    pub const WOKE_UP: &str = "WokeUp";
 }
 
 /// Values of `status.phase`.
@@ -842,6 +875,8 @@ pub mod phase {
     pub const DEGRADED: &str = "Degraded";
     pub const NO_PRIMARY: &str = "NoPrimary";
     pub const INVALID: &str = "Invalid";
+    /// Every member is stopped for `spec.hibernation`; the volumes are kept.
+    pub const HIBERNATED: &str = "Hibernated";
 }
 
 #[cfg(test)]
