@@ -37,6 +37,7 @@ use crate::{
     build::{self, Children},
     conditions::find_condition,
     events::{self, Transition},
+    hibernation,
     memo::{AnnouncedFailures, Memo, Memos, cluster_key, needs_apply},
     metrics::Metrics,
     rollout, scale, status,
@@ -129,17 +130,21 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     if cluster.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let c = match validate(cluster, &ctx.sidecar_image) {
+    let mut c = match validate(cluster, &ctx.sidecar_image) {
         Ok(c) => c,
         Err(invalid) => return reject_invalid_spec(ctx, cluster, &api, &prev, &invalid, now).await,
     };
+    // A hibernation pauses the members, then stops them; on wake the former primary goes first.
+    let hibernation = hibernation::stage(c.spec.hibernation, &prev, now);
+    hibernation.configure(&mut c);
+    let c = c;
     // How far a scale-down may shrink the StatefulSet now (never the primary's pod, never a member
     // still recorded synchronous, one at a time), from the StatefulSet and the Lease as they are now.
     let shape = timed("read the scale", scale::read(&ctx.client, &c))
         .await
         .map_err(Error::ReadScale)?;
     let step = scale::plan(&c.name, c.spec.instances, &shape);
-    let replicas = step.replicas(&shape, c.spec.instances);
+    let replicas = hibernation.replicas(step.replicas(&shape, c.spec.instances));
     let children = build::build_children(&c, prev.system_identifier.as_deref(), replicas)
         .map_err(Error::Build)?;
     let mut memo = timed(
@@ -155,10 +160,12 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     .await;
     let spec_switchover_busy = matches!(outcome, SwitchoverOutcome::InProgress { .. });
     let scaling = step != scale::Step::Steady;
-    let roll = rollout::plan(&c, &observed, scaling, spec_switchover_busy, now);
+    let held = hibernation.holds_changes();
+    let roll = rollout::plan(&c, &observed, scaling || held, spec_switchover_busy, now);
     // One primary hands over at a time: for the shrink that would remove its pod, or for the roll that
     // reached it.
     let (leaving, why_planned) = match (step.leaving_primary(), roll.leaving_primary()) {
+        _ if held => (None, planned_reason::SCALE_DOWN),
         (Some(p), _) => (Some(p), planned_reason::SCALE_DOWN),
         (None, p) => (p, planned_reason::ROLLING_UPDATE),
     };
@@ -195,9 +202,13 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
         note: scale::note(&step, existing, c.spec.instances, shrink_why),
         rolling,
         updated: roll.updated,
+        hibernation: hibernation.note(observed.pods.is_empty()),
     };
-    let (next, more) = status::compute(&c, &prev, &observed, &outcome, &progress, now);
+    let (mut next, more) = status::compute(&c, &prev, &observed, &outcome, &progress, now);
     transitions.extend(more);
+    let (hibernated, step_event) = hibernation::next(&hibernation, &prev, &observed, now);
+    next.hibernation = hibernated;
+    transitions.extend(step_event);
     timed("status", update_status(&api, &c, &prev, &next, &mut memo)).await?;
     timed(
         "events",
@@ -205,7 +216,9 @@ async fn reconcile_steps(cluster: &PostgresCluster, ctx: &Context) -> Result<Act
     )
     .await;
     ctx.memos.put(cluster_key(cluster), memo);
-    let look = if !scaling && !roll.rolling() {
+    let settled = matches!(hibernation, hibernation::Stage::Awake)
+        || (hibernation == hibernation::Stage::Stopped && observed.pods.is_empty());
+    let look = if !scaling && !roll.rolling() && settled {
         next_look(&outcome, now)
     } else {
         SHRINK_LOOK.min(next_look(&outcome, now))

@@ -84,6 +84,15 @@ pub enum Transition {
     RollingUpdateDone {
         members: i32,
     },
+    /// `spec.hibernation`: every member answering is paused; the operator stops them all.
+    Hibernating {
+        primary: Option<String>,
+    },
+    /// Back from a hibernation: a primary runs again (the former one unless it could not come back).
+    WokeUp {
+        primary: String,
+        former: Option<String>,
+    },
     /// A reconcile failed; `reason` is the error's category. Announced once per change of category.
     ReconcileFailed {
         reason: String,
@@ -203,6 +212,29 @@ impl Transition {
                 EventType::Normal,
                 event::ROLLING_UPDATE_DONE,
                 format!("rolling update done: {members} members on the current template"),
+            ),
+            Self::Hibernating { primary } => (
+                EventType::Normal,
+                event::HIBERNATING,
+                match primary {
+                    Some(p) => format!(
+                        "hibernation: stopping every member, volumes kept; {p} is the primary again on wake"
+                    ),
+                    None => {
+                        "hibernation: stopping every member, volumes kept (no primary ran)".into()
+                    }
+                },
+            ),
+            Self::WokeUp { primary, former } => (
+                EventType::Normal,
+                event::WOKE_UP,
+                match former {
+                    Some(f) if f != primary => format!(
+                        "woke up from hibernation with {primary} as primary: {f}, the primary when the \
+                         members stopped, did not take its role back in time"
+                    ),
+                    _ => format!("woke up from hibernation with {primary} as primary"),
+                },
             ),
             Self::ReconcileFailed { reason, message } => (
                 EventType::Warning,

@@ -13,6 +13,7 @@ pub mod build;
 pub mod conditions;
 pub mod controller;
 pub mod events;
+pub mod hibernation;
 pub mod leader;
 pub mod memo;
 pub mod metrics;

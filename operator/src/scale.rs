@@ -219,6 +219,8 @@ pub struct Progress {
     pub rolling: Option<(&'static str, String)>,
     /// Members whose pod runs the current template (`status.updatedInstances`).
     pub updated: i32,
+    /// A hibernation's reason and note ([`crate::hibernation::Stage::note`]).
+    pub hibernation: Option<(&'static str, String)>,
 }
 
 /// What to do about a primary that must hand over before a shrink removes its pod or a roll updates it.

@@ -54,6 +54,10 @@ pub(super) fn ready(phase: &str, n: Counts, primary: Option<&str>) -> Derived {
             reason::NO_PRIMARY,
             "no member holds the leader Lease as primary".into(),
         ),
+        phase::HIBERNATED => (
+            reason::HIBERNATED,
+            "every member is stopped (spec.hibernation); the volumes are kept".into(),
+        ),
         _ => (
             reason::CREATING,
             format!("{ready}/{want} members ready, waiting for the first primary"),
@@ -63,15 +67,19 @@ pub(super) fn ready(phase: &str, n: Counts, primary: Option<&str>) -> Derived {
 }
 
 /// `scale`: what a scale-down under way waits for or does ([`crate::scale::note`]); `rolling`: the same
-/// of a rolling update ([`crate::rollout::Plan::note`]).
+/// of a rolling update ([`crate::rollout::Plan::note`]); `hibernation`: the same of a hibernation
+/// ([`crate::hibernation::Stage::note`]), which comes first (it holds the others).
 pub(super) fn progressing(
     phase: &str,
     n: Counts,
     scale: Option<&str>,
     rolling: Option<(&'static str, &str)>,
+    hibernation: Option<(&'static str, &str)>,
 ) -> Derived {
     let Counts { existing, want, .. } = n;
-    if phase == phase::CREATING || phase == phase::PENDING {
+    if let Some((why, note)) = hibernation {
+        (why != reason::HIBERNATED, why, note.to_owned())
+    } else if phase == phase::CREATING || phase == phase::PENDING {
         (true, reason::CREATING, "creating the members".to_owned())
     } else if let Some(note) = scale {
         (true, reason::SCALING, note.to_owned())
@@ -110,6 +118,11 @@ pub(super) fn degraded(phase: &str, n: Counts, refusals: &[(String, String)]) ->
             "the cluster has no writable primary".to_owned(),
         ),
         phase::RUNNING => (false, reason::HEALTHY, "every member is ready".to_owned()),
+        phase::HIBERNATED => (
+            false,
+            reason::HIBERNATED,
+            "every member is stopped (spec.hibernation)".to_owned(),
+        ),
         _ => (
             false,
             reason::CREATING,

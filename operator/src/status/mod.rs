@@ -146,12 +146,17 @@ pub fn compute(
         .map(i64::from);
     let (last_failover, change) =
         failover::change_of_primary(prev, primary.as_deref(), switchover, now);
-    let phase = health::phase(
-        primary.is_some(),
-        last_primary.is_some(),
-        obs.statefulset.is_some() || !obs.pods.is_empty(),
-        n,
-    );
+    let hibernation = scale.hibernation.as_ref().map(|(r, m)| (*r, m.as_str()));
+    let phase = if hibernation.is_some_and(|(r, _)| r == reason::HIBERNATED) {
+        phase::HIBERNATED
+    } else {
+        health::phase(
+            primary.is_some(),
+            last_primary.is_some(),
+            obs.statefulset.is_some() || !obs.pods.is_empty(),
+            n,
+        )
+    };
 
     let failover_blocked = failover::blocked(c, obs, prev);
     let refusals: Vec<(String, String)> = obs
@@ -172,6 +177,7 @@ pub fn compute(
                 n,
                 scale.note.as_deref(),
                 scale.rolling.as_ref().map(|(r, m)| (*r, m.as_str())),
+                hibernation,
             ),
         ),
         (condition::DEGRADED, degraded.clone()),
@@ -225,6 +231,7 @@ pub fn compute(
         members,
         last_failover,
         planned_switchover: scale.planned.clone(),
+        hibernation: prev.hibernation.clone(),
         conditions,
         observed_generation: generation,
     };
@@ -493,6 +500,74 @@ mod tests {
             Some("Running"),
             "a rolling update does not make the cluster unready"
         );
+    }
+
+    #[test]
+    fn a_hibernated_cluster_says_so_and_a_hibernating_one_is_progressing() {
+        let c = cluster();
+        let was_running = compute(
+            &c,
+            &PostgresClusterStatus::default(),
+            &healthy(),
+            &SwitchoverOutcome::None,
+            &Progress::default(),
+            t(0),
+        )
+        .0;
+        let stopping = crate::hibernation::Stage::Stopped;
+        let progress = Progress {
+            hibernation: stopping.note(false),
+            ..Progress::default()
+        };
+        let (s, _) = compute(
+            &c,
+            &was_running,
+            &healthy(),
+            &SwitchoverOutcome::None,
+            &progress,
+            t(1),
+        );
+        let p = cond(&s, "Progressing");
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("True", "Hibernating")
+        );
+        let gone = Observed {
+            statefulset: Some(sts(0)),
+            pods: Vec::new(),
+            lease: Some(lease(None, 4)),
+            reports: BTreeMap::new(),
+        };
+        let progress = Progress {
+            hibernation: stopping.note(true),
+            ..Progress::default()
+        };
+        let (s, events) = compute(&c, &s, &gone, &SwitchoverOutcome::None, &progress, t(2));
+        assert_eq!(s.phase.as_deref(), Some("Hibernated"));
+        let (r, p, d) = (
+            cond(&s, "Ready"),
+            cond(&s, "Progressing"),
+            cond(&s, "Degraded"),
+        );
+        assert_eq!(
+            (r.status.as_str(), r.reason.as_str()),
+            ("False", "Hibernated")
+        );
+        assert_eq!(
+            (p.status.as_str(), p.reason.as_str()),
+            ("False", "Hibernated")
+        );
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("False", "Hibernated")
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Transition::FailoverObserved { .. })),
+            "{events:?}"
+        );
+        assert_eq!(s.last_primary.as_deref(), Some("pg-0"), "kept for the wake");
     }
 
     #[test]
