@@ -685,6 +685,9 @@ scenario_tests! {
     // Issue 14: a changed pod template rolled under load (supervised in sync mode).
     rolling_update_sync, rolling_update_async, "rolling-update", basic::rolling_update,
         Setup { lossless: true, converge_within: Some(Duration::from_secs(120)), ..Setup::default() };
+    // Issue 14: hibernated under load and woken up: every acknowledged write kept in both modes.
+    hibernation_sync, hibernation_async, "hibernation", basic::hibernation,
+        Setup { lossless: true, converge_within: Some(Duration::from_secs(180)), ..Setup::default() };
 }
 
 /// A restart-only parameter rolled like a template: the roll's mechanics are the same in both modes, so
