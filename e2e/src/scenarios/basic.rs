@@ -547,14 +547,7 @@ pub async fn rolling_update(h: &mut Harness, s: &mut Scene) -> Result<()> {
         uid_of(&p)? != primary_uid,
         "the former primary {p} was not updated"
     );
-    let images = s.kubectl(&[
-        "get",
-        "pods",
-        "-l",
-        &format!("{}={}", pgpilot_crds::contract::LABEL_CLUSTER, s.cluster),
-        "-o",
-        r#"jsonpath={range .items[*]}{.metadata.name}={.spec.containers[?(@.name=="postgres")].image} {end}"#,
-    ])?;
+    let images = s.get_of_cluster("pods", r#"jsonpath={range .items[*]}{.metadata.name}={.spec.containers[?(@.name=="postgres")].image} {end}"#)?;
     let stale: Vec<&str> = images
         .split_whitespace()
         .filter(|p| !p.ends_with(&format!("={image}")))
@@ -680,14 +673,10 @@ async fn show_on(h: &Harness, s: &Scene, member: &str, setting: &str) -> Result<
 pub async fn hibernation(h: &mut Harness, s: &mut Scene) -> Result<()> {
     let p = primary(h).await?;
     let claims = || {
-        s.kubectl(&[
-            "get",
+        s.get_of_cluster(
             "pvc",
-            "-l",
-            &format!("{}={}", pgpilot_crds::contract::LABEL_CLUSTER, s.cluster),
-            "-o",
             "jsonpath={range .items[*]}{.metadata.name}/{.metadata.uid} {end}",
-        ])
+        )
     };
     let before = claims()?;
     let at = now_us();
@@ -708,14 +697,7 @@ pub async fn hibernation(h: &mut Harness, s: &mut Scene) -> Result<()> {
         phase == format!("Hibernated {p}"),
         "status reads {phase:?}, not the primary {p} recorded"
     );
-    let pods = s.kubectl(&[
-        "get",
-        "pods",
-        "-l",
-        &format!("{}={}", pgpilot_crds::contract::LABEL_CLUSTER, s.cluster),
-        "-o",
-        "name",
-    ])?;
+    let pods = s.get_of_cluster("pods", "name")?;
     ensure!(pods.trim().is_empty(), "pods left while hibernated: {pods}");
     let kept = claims()?;
     ensure!(

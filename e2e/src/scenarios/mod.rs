@@ -151,6 +151,12 @@ impl Scene {
         crate::kubectl(&all)
     }
 
+    /// `kubectl get KIND` of the cluster's objects (its label), printed as `output` (`-o`).
+    pub fn get_of_cluster(&self, kind: &str, output: &str) -> Result<String> {
+        let selector = format!("{}={}", pgpilot_crds::contract::LABEL_CLUSTER, self.cluster);
+        self.kubectl(&["get", kind, "-l", &selector, "-o", output])
+    }
+
     /// A merge patch of the PostgresCluster.
     pub fn patch_spec(&self, patch: &str) -> Result<String> {
         let pgc = format!("pgc/{}", self.cluster);
