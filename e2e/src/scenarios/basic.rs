@@ -633,8 +633,16 @@ pub async fn pending_restart_roll(h: &mut Harness, s: &mut Scene) -> Result<()> 
     let new = wait_new_primary(h, &p, roll).await?;
     wait_roll(s, &format!("{members} Stable"), roll).await?;
     h.healed();
+    // The former primary may still be restarting as it rejoins the new primary's timeline (the roll
+    // counts it updated once it stepped down): a refused connection is waited out, a wrong value is not.
     for m in h.members.clone() {
-        let got = show_on(h, s, &m, "max_connections").await?;
+        let got = wait_for(
+            &format!("{m} to answer SHOW max_connections"),
+            Duration::from_secs(60),
+            Duration::from_millis(500),
+            || async { Ok(Some(show_on(h, s, &m, "max_connections").await?)) },
+        )
+        .await?;
         ensure!(
             got == want,
             "{m} runs with max_connections {got}, not {want}"
