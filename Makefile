@@ -23,7 +23,7 @@ cluster: components ## control plane + 3 kubelet nodes on this machine; writes t
 	e2e/cluster-up.sh
 cluster-down:    ## stop everything `make cluster` started and remove its state
 	e2e/cluster-down.sh
-images: cluster  ## build operator, sidecar and postgres:15 images with buildah; import into every node
+images: cluster  ## build operator, sidecar and postgres:15/17 images with buildah; import into every node
 	e2e/images.sh
 
 ## Checks

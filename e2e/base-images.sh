@@ -6,22 +6,32 @@ source "$(dirname "$0")/lib/common.sh"
 source "$E2E_DIR/lib/images.sh"
 mkdir -p "$LOG_DIR"
 
-if ! image_id "$BASE_IMAGE" >/dev/null; then
-  start=$SECONDS
+# debian_base SUITE: localhost/debian:SUITE, a minbase debootstrap committed with buildah, unless it exists.
+debian_base() {
+  local suite=$1 image="localhost/debian:$1" start=$SECONDS rootfs
+  image_id "$image" >/dev/null && return 0
   rootfs=$(mktemp -d /var/tmp/pgpilot-rootfs.XXXXXX)
-  trap 'rm -rf "$rootfs" "$rootfs.tar"' EXIT
-  log "debootstrap $DEBIAN_SUITE from $DEBIAN_MIRROR"
-  debootstrap --variant=minbase "$DEBIAN_SUITE" "$rootfs" "$DEBIAN_MIRROR" >>"$LOG_DIR/images-build.log" 2>&1 \
-    || die "debootstrap failed: see $LOG_DIR/images-build.log"
+  log "debootstrap $suite from $DEBIAN_MIRROR"
+  if ! debootstrap --variant=minbase "$suite" "$rootfs" "$DEBIAN_MIRROR" >>"$LOG_DIR/images-build.log" 2>&1; then
+    rm -rf "$rootfs"
+    die "debootstrap $suite failed: see $LOG_DIR/images-build.log"
+  fi
   rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
   tar -C "$rootfs" -cf "$rootfs.tar" .
+  rm -rf "$rootfs"
+  local container
   container=$(bh from scratch)
   bh add --quiet "$container" "$rootfs.tar" / >/dev/null
+  rm -f "$rootfs.tar"
   bh config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin --env LANG=C.UTF-8 \
     --cmd /bin/bash "$container"
-  bh commit --quiet --rm "$container" "$BASE_IMAGE" >/dev/null
-  log "committed $BASE_IMAGE in $((SECONDS - start))s"
-fi
+  bh commit --quiet --rm "$container" "$image" >/dev/null
+  log "committed $image in $((SECONDS - start))s"
+}
+
+# The cluster's base, and the one of the postgres:17 stand-in (`make images`).
+debian_base "$DEBIAN_SUITE"
+debian_base "$DEBIAN_SUITE_PG17"
 
 # context_with FILE...: a fresh build context holding FILEs (binaries are not in the repository).
 context_with() {

@@ -7,6 +7,7 @@ BUILDAH_ROOT="$CACHE_DIR/buildah"
 ARCHIVES="$CACHE_DIR/images"
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 BASE_IMAGE="localhost/debian:$DEBIAN_SUITE"
+PG17_BASE_IMAGE="localhost/debian:$DEBIAN_SUITE_PG17"
 PAUSE_IMAGE=localhost/pause:pgpilot
 COREDNS_IMAGE="localhost/coredns:$COREDNS_VERSION"
 LOCAL_PATH_IMAGE="localhost/local-path-provisioner:$LOCAL_PATH_VERSION"
