@@ -11,8 +11,7 @@ use crate::{
     cluster::{self, MemberPod, Members},
 };
 
-/// What varies between the clusters the tests run. Everything else is fixed: `postgres:15`, 1Gi
-/// volumes, `max_connections` 50, `shared_buffers` 16MB, database and owner `app`, one synchronous
+/// What varies between the clusters the tests run. Everything else is fixed: 1Gi volumes, `max_connections` 50, `shared_buffers` 16MB, database and owner `app`, one synchronous
 /// standby and 1Mi `maximumLagOnFailover` (the CRD's defaults, written out).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
@@ -25,7 +24,13 @@ pub struct Manifest {
     pub failsafe: bool,
     /// One member per node, required (so every node-level fault hits exactly one member).
     pub spread_required: bool,
+    /// `spec.image`: [`POSTGRES_15`] unless a row runs on the PostgreSQL 17 stand-in.
+    pub image: &'static str,
 }
+
+/// The local stand-ins of the stock images (`e2e/images/postgres`, built by `make images`).
+pub const POSTGRES_15: &str = "postgres:15";
+pub const POSTGRES_17: &str = "postgres:17";
 
 impl Manifest {
     /// `instances` members named `name`-0… in `mode`, with the CRD's default timings (15/10/2 s).
@@ -37,6 +42,7 @@ impl Manifest {
             timings: (15, 10, 2),
             failsafe: false,
             spread_required: false,
+            image: POSTGRES_15,
         }
     }
 
@@ -48,6 +54,7 @@ impl Manifest {
             timings: (lease, renew, retry),
             failsafe,
             spread_required,
+            image,
         } = self;
         let pod = if *spread_required {
             format!(
@@ -70,7 +77,7 @@ metadata:
   name: {name}
 spec:
   instances: {instances}
-  image: postgres:15
+  image: {image}
   storage:
     size: 1Gi
   postgresql:
@@ -123,12 +130,14 @@ mod tests {
             failsafe: true,
             spread_required: true,
             timings: (30, 20, 5),
+            image: POSTGRES_17,
             ..Manifest::new("pg", 3, "sync")
         };
         let text = m.render();
         for line in [
             "  name: pg",
             "  instances: 3",
+            "  image: postgres:17",
             "    mode: sync",
             "    leaseDurationSeconds: 30",
             "    renewDeadlineSeconds: 20",
@@ -142,5 +151,9 @@ mod tests {
         let plain = Manifest::new("pg", 3, "async").render();
         assert!(plain.lines().any(|l| l == "  pod: {}"), "{plain}");
         assert!(!plain.contains("affinity"));
+        assert!(
+            plain.lines().any(|l| l == "  image: postgres:15"),
+            "{plain}"
+        );
     }
 }

@@ -497,6 +497,8 @@ struct Setup {
     /// A forced manual failover: the user accepted losing what only the stopped members had, so writes
     /// may be lost in a synchronous mode too (the verdict still counts them).
     forced: bool,
+    /// `spec.image` (`deploy::POSTGRES_15` but in the PostgreSQL 17 rows).
+    image: &'static str,
 }
 
 impl Default for Setup {
@@ -510,6 +512,7 @@ impl Default for Setup {
             max_write_gap: None,
             lossless: false,
             forced: false,
+            image: deploy::POSTGRES_15,
         }
     }
 }
@@ -532,6 +535,7 @@ impl Setup {
             timings: (secs(lease), secs(renew), secs(retry)),
             failsafe: self.failsafe,
             spread_required: self.spread_required,
+            image: self.image,
             ..Manifest::new(CLUSTER, 3, mode.name())
         }
     }
@@ -734,6 +738,49 @@ async fn manual_failover_blocked_sync() -> Result<()> {
             ..Setup::default()
         },
         basic::manual_failover_blocked,
+    )
+    .await
+}
+
+/// Issue 14: the CRD's default major version, on the local PostgreSQL 17 stand-in. A crash failover in
+/// sync mode (the former primary rejoins with pg_rewind of 17) and a planned switchover in async mode
+/// (the former primary follows without a rewind) cover what differs between majors: initdb, the
+/// replication and rewind tools, the control file, the SQL the sidecar reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster (make cluster images)"]
+async fn pg17_kill_primary_sync() -> Result<()> {
+    let setup = Setup {
+        image: deploy::POSTGRES_17,
+        ..Setup::default()
+    };
+    run_scenario(
+        "kill-primary-pg17",
+        Mode::Sync,
+        setup,
+        async |h: &mut Harness, s: &mut Scene| {
+            basic::expect_major(h, s, 17).await?;
+            basic::kill_primary(h, s).await
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster (make cluster images)"]
+async fn pg17_switchover_async() -> Result<()> {
+    let setup = Setup {
+        image: deploy::POSTGRES_17,
+        lossless: true,
+        ..Setup::default()
+    };
+    run_scenario(
+        "switchover-pg17",
+        Mode::Async,
+        setup,
+        async |h: &mut Harness, s: &mut Scene| {
+            basic::expect_major(h, s, 17).await?;
+            basic::switchover_under_load(h, s).await
+        },
     )
     .await
 }

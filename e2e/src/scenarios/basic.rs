@@ -653,6 +653,19 @@ pub async fn pending_restart_roll(h: &mut Harness, s: &mut Scene) -> Result<()> 
     roll_done(h, s, &p, &new, before, members - 1).await
 }
 
+/// Every member runs PostgreSQL `major` (`server_version_num` read over SQL): a row that names a major
+/// version checks it runs that one before its fault.
+pub async fn expect_major(h: &Harness, s: &Scene, major: u32) -> Result<()> {
+    for m in &h.members {
+        let num: u32 = show_on(h, s, m, "server_version_num").await?.parse()?;
+        ensure!(
+            num / 10_000 == major,
+            "{m} runs PostgreSQL {num}, not {major}"
+        );
+    }
+    Ok(())
+}
+
 /// `SHOW <setting>` on one member, as the superuser over its pod IP.
 async fn show_on(h: &Harness, s: &Scene, member: &str, setting: &str) -> Result<String> {
     let pods = h.pods().await?;
