@@ -38,13 +38,21 @@ fn ensure_members(reports: &BTreeMap<String, MemberReport>, n: usize) -> Result<
 
 /// A cluster of 3 with the default timings (15/10/2 s) in `mode`, converged.
 async fn three(prefix: &str, mode: &str) -> Result<(TestNamespace, String)> {
+    three_on(prefix, mode, deploy::POSTGRES_15).await
+}
+
+/// [`three`] with `spec.image` `image`.
+async fn three_on(
+    prefix: &str,
+    mode: &str,
+    image: &'static str,
+) -> Result<(TestNamespace, String)> {
     let mut ns = TestNamespace::create(prefix)?;
-    deploy::deploy(
-        &mut ns,
-        &deploy::Manifest::new(CLUSTER, 3, mode),
-        Duration::from_secs(300),
-    )
-    .await?;
+    let manifest = deploy::Manifest {
+        image,
+        ..deploy::Manifest::new(CLUSTER, 3, mode)
+    };
+    deploy::deploy(&mut ns, &manifest, Duration::from_secs(300)).await?;
     let c = client().await?;
     let primary = rest::wait_converged(&c, &ns.name, CLUSTER, Duration::from_secs(120)).await?;
     Ok((ns, primary))
@@ -167,8 +175,30 @@ async fn three_members_one_primary_two_streaming_replicas_rw_routes_to_it() -> R
 #[tokio::test]
 #[ignore = "needs the local cluster (make cluster)"]
 async fn rest_restart_reload_and_reinitialize_act_on_the_member() -> Result<()> {
-    let (ns, primary) = three("ha-rest", "async").await?;
+    rest_actions_on(deploy::POSTGRES_15, 15).await
+}
+
+/// The same on the PostgreSQL 17 stand-in (issue 14): restart, and a reinitialize (pg_basebackup of 17).
+#[tokio::test]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn rest_restart_reload_and_reinitialize_act_on_the_member_pg17() -> Result<()> {
+    rest_actions_on(deploy::POSTGRES_17, 17).await
+}
+
+/// REST restart, reload and reinitialize on a replica of a cluster running `image`, whose members must
+/// all report PostgreSQL `major`.
+async fn rest_actions_on(image: &'static str, major: u32) -> Result<()> {
+    let (ns, primary) = three_on(&format!("ha-rest-{major}"), "async", image).await?;
     let c = client().await?;
+    let reports = rest::reports(&c, &ns.name, CLUSTER).await?;
+    ensure_members(&reports, 3)?;
+    for (m, r) in &reports {
+        ensure!(
+            r.server_version.map(|v| v / 10_000) == Some(major),
+            "{m} reports server_version {:?}, not PostgreSQL {major}",
+            r.server_version
+        );
+    }
     let pods = cluster::member_pods(&c, &ns.name, CLUSTER).await?;
     let ip_of = |name: &str| cluster::ip_of(&pods, name).unwrap_or_default();
     let replica = members(CLUSTER, 3)
