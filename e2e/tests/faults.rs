@@ -712,6 +712,25 @@ async fn pending_restart_roll_async() -> Result<()> {
     .await
 }
 
+/// 3 → 1 while the highest ordinal is the primary: one row, starting in sync mode (the change sets
+/// `mode: async` too, a single member cannot be synchronous), so the switchover starts from a recorded
+/// synchronous standby; the 3 → 2 rows cover both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn scale_down_to_one_sync() -> Result<()> {
+    run_scenario(
+        "scale-down-to-one",
+        Mode::Sync,
+        Setup {
+            lossless: true,
+            converge_within: Some(Duration::from_secs(180)),
+            ..Setup::default()
+        },
+        basic::scale_down_to_one,
+    )
+    .await
+}
+
 /// A synchronous standby lags only in a synchronous mode: one row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster (make cluster)"]

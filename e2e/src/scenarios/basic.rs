@@ -188,14 +188,11 @@ pub async fn scale_under_load(h: &mut Harness, s: &mut Scene) -> Result<()> {
     Ok(())
 }
 
-/// Issue 14: a scale-down never removes the primary without a switchover first. The primary is moved
-/// to the highest ordinal (in a synchronous mode with `syncReplicas: 2` for that, so the member is a
-/// recorded synchronous standby); then `instances: 2` (and `syncReplicas: 1`). The operator must ask that
-/// primary to hand over to a surviving member — a recorded synchronous one in a synchronous mode — and
-/// only then remove its pod: no acknowledged write is lost in either mode, nobody takes over unasked,
-/// the status records the change as a switchover, and the removed member's volume is kept.
-pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<()> {
-    let top = format!("{}-2", s.cluster);
+/// Setup of the scale-down rows: a switchover through the REST API moves the primary to the highest
+/// ordinal (in a synchronous mode with `syncReplicas: 2` first, so that member is a recorded synchronous
+/// standby), unless it is there already. Returns that member.
+async fn primary_to_highest(h: &mut Harness, s: &mut Scene) -> Result<String> {
+    let top = format!("{}-{}", s.cluster, h.members.len() - 1);
     let p = primary(h).await?;
     if p != top {
         if s.mode == Mode::Sync {
@@ -226,6 +223,17 @@ pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<(
         h.wait_converged_since(now_us(), Duration::from_secs(60))
             .await?;
     }
+    Ok(top)
+}
+
+/// Issue 14: a scale-down never removes the primary without a switchover first. The primary is moved
+/// to the highest ordinal (in a synchronous mode with `syncReplicas: 2` for that, so the member is a
+/// recorded synchronous standby); then `instances: 2` (and `syncReplicas: 1`). The operator must ask that
+/// primary to hand over to a surviving member — a recorded synchronous one in a synchronous mode — and
+/// only then remove its pod: no acknowledged write is lost in either mode, nobody takes over unasked,
+/// the status records the change as a switchover, and the removed member's volume is kept.
+pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let top = primary_to_highest(h, s).await?;
     let at = now_us();
     let patch = match s.mode {
         Mode::Sync => r#"{"spec":{"instances":2,"replication":{"syncReplicas":1}}}"#,
@@ -251,38 +259,7 @@ pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<(
         )
         .await?;
     }
-    // The operator's own switchover, as the status and the Events tell it.
-    let pgc = format!("pgc/{}", s.cluster);
-    let record = "jsonpath={.status.lastFailover.reason} {.status.lastFailover.from} {.status.lastFailover.to}";
-    let want = format!("Switchover {top} {new}");
-    let what = format!("status.lastFailover to read {want:?}");
-    let scene: &Scene = s;
-    wait_for(
-        &what,
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-        || async {
-            let got = scene.kubectl(&["get", &pgc, "-o", record])?;
-            ensure!(got == want, "status.lastFailover is {got:?}");
-            Ok(Some(()))
-        },
-    )
-    .await?;
-    // The setup's own switchover through the REST API is one the operator was not asked for (an
-    // observed failover); the scale-down's must not be.
-    let observed = s.kubectl(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={},reason=FailoverObserved", s.cluster),
-        "-o",
-        "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}",
-    ])?;
-    let unasked = format!("primary changed from {top} to {new}");
-    ensure!(
-        !observed.lines().any(|m| m.trim() == unasked),
-        "the scale-down's switchover was reported as a failover: {observed}"
-    );
+    expect_operator_switchover(s, &top, &new).await?;
     // The pod goes, its volume stays (storage.deleteOnScaleDown is off by default).
     let harness: &Harness = h;
     let what = format!("{top}'s pod to be removed after the switchover");
@@ -298,6 +275,103 @@ pub async fn scale_down_primary_last(h: &mut Harness, s: &mut Scene) -> Result<(
     .await?;
     s.kubectl(&["get", "pvc", &format!("data-{top}")])
         .with_context(|| format!("the volume of the removed member {top}"))?;
+    h.require(Requirement::FinalPrimary(new));
+    Ok(())
+}
+
+/// The primary moved from `from` to `to` by the operator's own switchover, as the status and the Events
+/// tell it: `status.lastFailover` reads a switchover, and no `FailoverObserved` Event names it.
+async fn expect_operator_switchover(s: &Scene, from: &str, to: &str) -> Result<()> {
+    let pgc = format!("pgc/{}", s.cluster);
+    let record = "jsonpath={.status.lastFailover.reason} {.status.lastFailover.from} {.status.lastFailover.to}";
+    let want = format!("Switchover {from} {to}");
+    let what = format!("status.lastFailover to read {want:?}");
+    wait_for(
+        &what,
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+        || async {
+            let got = s.kubectl(&["get", &pgc, "-o", record])?;
+            ensure!(got == want, "status.lastFailover is {got:?}");
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    // The setup's own switchover through the REST API is one the operator was not asked for (an
+    // observed failover); the scale-down's must not be.
+    let observed = events_of(s, "FailoverObserved")?;
+    let unasked = format!("primary changed from {from} to {to}");
+    ensure!(
+        !observed.iter().any(|m| m.trim() == unasked),
+        "the scale-down's switchover was reported as a failover: {observed:?}"
+    );
+    Ok(())
+}
+
+/// Issue 14: 3 → 1 in one change while the highest ordinal is the primary. The operator switches over
+/// straight to the one member that stays (`-0`), then removes the others one at a time, the pod removed
+/// last gone before the next: no acknowledged write lost, nobody takes over unasked, both volumes kept.
+/// A single member cannot be synchronous (the CRD refuses `syncReplicas` ≥ `instances` outside `async`),
+/// so in a synchronous mode the same change sets `mode: async`, as a user must.
+pub async fn scale_down_to_one(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let top = primary_to_highest(h, s).await?;
+    let at = now_us();
+    let patch = match s.mode {
+        Mode::Sync => r#"{"spec":{"instances":1,"replication":{"mode":"async","syncReplicas":1}}}"#,
+        Mode::Async => r#"{"spec":{"instances":1}}"#,
+    };
+    s.patch_spec(patch)?;
+    h.fault_marked(
+        at,
+        format!("instances: 1 while {top} is the primary ({patch})"),
+    );
+    h.set_members(1);
+    h.healed();
+    let stays = format!("{}-0", s.cluster);
+    let new = wait_new_primary(h, &top, Duration::from_secs(90)).await?;
+    ensure!(
+        new == stays,
+        "{new} took over, not {stays}, the member that stays"
+    );
+    expect_operator_switchover(s, &top, &new).await?;
+    // One member at a time: the StatefulSet's size steps 3 → 2 → 1 (each step waits for the pod removed
+    // last to be gone, seconds here), polled more often than a step lasts.
+    let sts = format!("statefulset/{}", s.cluster);
+    let mut sizes: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let left = loop {
+        let size = s.kubectl(&["get", &sts, "-o", "jsonpath={.spec.replicas}"])?;
+        if sizes.last() != Some(&size) {
+            h.mark(format!("checker: StatefulSet replicas {size}"));
+            sizes.push(size);
+        }
+        let pods = h.pods().await?;
+        if pods.len() == 1 && sizes.last().is_some_and(|z| z == "1") {
+            break pods[0].name.clone();
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "still {} pods after 180 s (StatefulSet replicas {sizes:?})",
+            pods.len()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    h.mark(format!("checker: only {left} left"));
+    ensure!(left == stays, "{left} is left, not {stays}");
+    let steps: Vec<&str> = sizes
+        .iter()
+        .map(String::as_str)
+        .skip_while(|z| *z == "3")
+        .collect();
+    ensure!(
+        steps == ["2", "1"],
+        "the StatefulSet shrank {sizes:?}, not one member at a time"
+    );
+    wait_roll(s, "1 Stable", Duration::from_secs(60)).await?;
+    for gone in (1..3).map(|i| format!("{}-{i}", s.cluster)) {
+        s.kubectl(&["get", "pvc", &format!("data-{gone}")])
+            .with_context(|| format!("the volume of the removed member {gone}"))?;
+    }
     h.require(Requirement::FinalPrimary(new));
     Ok(())
 }
