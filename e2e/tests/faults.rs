@@ -768,18 +768,11 @@ async fn manual_failover_blocked_sync() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the local cluster (make cluster images)"]
 async fn pg17_kill_primary_sync() -> Result<()> {
-    let setup = Setup {
-        image: deploy::POSTGRES_17,
-        ..Setup::default()
-    };
-    run_scenario(
+    run_on_pg17(
         "kill-primary-pg17",
         Mode::Sync,
-        setup,
-        async |h: &mut Harness, s: &mut Scene| {
-            basic::expect_major(h, s, 17).await?;
-            basic::kill_primary(h, s).await
-        },
+        Setup::default(),
+        basic::kill_primary,
     )
     .await
 }
@@ -788,18 +781,30 @@ async fn pg17_kill_primary_sync() -> Result<()> {
 #[ignore = "needs the local cluster (make cluster images)"]
 async fn pg17_switchover_async() -> Result<()> {
     let setup = Setup {
-        image: deploy::POSTGRES_17,
         lossless: true,
         ..Setup::default()
     };
-    run_scenario(
+    run_on_pg17(
         "switchover-pg17",
         Mode::Async,
         setup,
-        async |h: &mut Harness, s: &mut Scene| {
-            basic::expect_major(h, s, 17).await?;
-            basic::switchover_under_load(h, s).await
-        },
+        basic::switchover_under_load,
     )
+    .await
+}
+
+/// [`run_scenario`] on the PostgreSQL 17 image, the body preceded by the check that every member runs 17.
+async fn run_on_pg17<F>(id: &str, mode: Mode, setup: Setup, body: F) -> Result<()>
+where
+    F: AsyncFnOnce(&mut Harness, &mut Scene) -> Result<()>,
+{
+    let setup = Setup {
+        image: deploy::POSTGRES_17,
+        ..setup
+    };
+    run_scenario(id, mode, setup, async |h: &mut Harness, s: &mut Scene| {
+        basic::expect_major(h, s, 17).await?;
+        body(h, s).await
+    })
     .await
 }
