@@ -335,7 +335,8 @@ pub async fn lease_write(
 }
 
 /// What a failing test should show about the pgpilot cluster `cluster` in `ns`: the pods (node, role),
-/// the last events, the `-rw` Service's EndpointSlices and each member's last log lines.
+/// the last events, the `-rw` Service's EndpointSlices and each member's last log lines (and those of
+/// its previous container when the kubelet restarted it).
 pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
     let show = |args: &[&str]| {
         let out = ns.kubectl_output(args, None).map_or_else(
@@ -355,14 +356,25 @@ pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
     ));
     out.push_str(&show(&["get", "endpointslices", "-l", &rw, "-o", "yaml"]));
     for i in 0..members {
-        out.push_str(&show(&[
+        let pod = format!("{cluster}-{i}");
+        let logs = [
             "logs",
-            &format!("{cluster}-{i}"),
+            &pod,
             "-c",
             contract::POSTGRES_CONTAINER,
             "--tail",
             "60",
-        ]));
+        ];
+        // A container the kubelet restarted: what it did before it was killed is the story.
+        let previous = ns.kubectl_output(&[&logs[..], &["--previous"]].concat(), None);
+        if let Some(previous) = previous.ok().filter(|o| o.success) {
+            out.push_str(&format!(
+                "--- kubectl {} --previous\n{}\n",
+                logs.join(" "),
+                previous.stdout
+            ));
+        }
+        out.push_str(&show(&logs));
     }
     out
 }
