@@ -338,12 +338,13 @@ pub async fn lease_write(
 /// the last events, the `-rw` Service's EndpointSlices and each member's last log lines (and those of
 /// its previous container when the kubelet restarted it).
 pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
+    let section = |args: &[&str], text: &str| format!("--- kubectl {}\n{text}\n", args.join(" "));
     let show = |args: &[&str]| {
         let out = ns.kubectl_output(args, None).map_or_else(
             |e| format!("{e:#}"),
             |o| format!("{}{}", o.stdout, o.stderr),
         );
-        format!("--- kubectl {}\n{out}\n", args.join(" "))
+        section(args, &out)
     };
     let rw = format!("kubernetes.io/service-name={cluster}-rw");
     let mut out = show(&["get", "pods", "-o", "wide", "-L", contract::LABEL_ROLE]);
@@ -366,13 +367,10 @@ pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
             "60",
         ];
         // A container the kubelet restarted: what it did before it was killed is the story.
-        let previous = ns.kubectl_output(&[&logs[..], &["--previous"]].concat(), None);
+        let previous_args = [&logs[..], &["--previous"]].concat();
+        let previous = ns.kubectl_output(&previous_args, None);
         if let Some(previous) = previous.ok().filter(|o| o.success) {
-            out.push_str(&format!(
-                "--- kubectl {} --previous\n{}\n",
-                logs.join(" "),
-                previous.stdout
-            ));
+            out.push_str(&section(&previous_args, &previous.stdout));
         }
         out.push_str(&show(&logs));
     }
