@@ -15,11 +15,13 @@ export KUBECONFIG=$KUBECONFIG_FILE
 
 # The demo's operator manages the demo's namespace only: the tests install an operator per namespace on
 # the same local cluster, and an operator for every namespace would reconcile their clusters too.
+# The chart makes its Role and RoleBinding in the managed namespace, so that namespace must exist first
+# (`--create-namespace` only makes the release's own).
+k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
 log "helm upgrade --install pgpilot (namespace pgpilot-system, managing $NAMESPACE)"
 "$OUT_DIR/bin/helm" upgrade --install pgpilot "$CHART" --namespace pgpilot-system --create-namespace \
   --values "$E2E_DIR/demo-values.yaml" --set watchNamespace="$NAMESPACE" --wait --timeout 120s
 
-k create namespace "$NAMESPACE" --dry-run=client -o yaml | k apply -f - >/dev/null
 k -n "$NAMESPACE" apply -f "$EXAMPLE"
 log "waiting for 3 Ready members of $NAMESPACE/$CLUSTER"
 ready_members() {
