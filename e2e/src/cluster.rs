@@ -373,8 +373,30 @@ pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
             out.push_str(&section(&previous_args, &previous.stdout));
         }
         out.push_str(&show(&logs));
+        out.push_str(&host_view(&format!("{}/{pod}", ns.name)));
     }
     out
+}
+
+/// `e2e/fault host-view NS/POD` as a dump section: a member that stops answering while it runs is either
+/// frozen or unreachable (a second network namespace holding its IP, a host link down), and only the host
+/// can tell which.
+fn host_view(target: &str) -> String {
+    let out = std::process::Command::new(crate::fault::hook())
+        .args(["host-view", target])
+        .env("KUBECONFIG", crate::kubeconfig_path())
+        .output();
+    let text = out.map_or_else(
+        |e| format!("running the hook: {e}"),
+        |o| {
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            )
+        },
+    );
+    format!("--- e2e/fault host-view {target}\n{text}\n")
 }
 
 /// The back-off in a kubelet's `CrashLoopBackOff` message (`back-off 1m20s restarting failed
