@@ -282,6 +282,28 @@ async fn one_system_identifier(h: &Harness) -> Result<String> {
 pub async fn lease_recreate(h: &mut Harness, s: &mut Scene) -> Result<()> {
     let p = primary(h).await?;
     let system_id = one_system_identifier(h).await?;
+    // What the recreated Lease gets back is what the holder knows of its own data: a member that cloned
+    // or bootstrapped in this process must know it as well as one that found its data at start-up.
+    let what = format!("every member reporting system identifier {system_id} over REST");
+    wait_for(
+        &what,
+        Duration::from_secs(10),
+        Duration::from_millis(250),
+        || async {
+            let reports = rest::reports(&h.client, &s.namespace, &s.cluster).await?;
+            let reported: BTreeMap<&String, Option<&str>> = reports
+                .iter()
+                .map(|(m, r)| (m, r.pgpilot.system_identifier.as_deref()))
+                .collect();
+            if reported.len() != h.members.len()
+                || reported.values().any(|id| *id != Some(system_id.as_str()))
+            {
+                bail!("reported {reported:?}");
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
     let before = lease(h).await?;
     h.mark(format!(
         "checker: every member has system identifier {system_id}; the Lease is at epoch {}",
