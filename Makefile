@@ -8,6 +8,9 @@ export KUBECONFIG ?= $(CURDIR)/target/e2e/kubeconfig
 # compiled dependencies). Set CARGO_TARGET_DIR to build elsewhere.
 export PGPILOT_CACHE ?= /var/cache/pgpilot
 export CARGO_TARGET_DIR ?= $(PGPILOT_CACHE)/cargo-target
+# A failing test's error without anyhow's backtrace: CI shows the head and the tail of the output, and
+# the tail should be the failure's story (the dump's end and the error), not 80 lines of frames.
+export RUST_LIB_BACKTRACE ?= 0
 
 CARGO ?= cargo
 CRD_FILE := charts/pgpilot/crds/postgresclusters.pgpilot.io.yaml

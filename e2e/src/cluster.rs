@@ -335,8 +335,8 @@ pub async fn lease_write(
 }
 
 /// What a failing test should show about the pgpilot cluster `cluster` in `ns`: the pods (node, role),
-/// the last events, the `-rw` Service's EndpointSlices and each member's last log lines (and those of
-/// its previous container when the kubelet restarted it).
+/// what the host sees of each member, the last events, the `-rw` Service's EndpointSlices and each
+/// member's last log lines (and those of its previous container when the kubelet restarted it).
 pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
     let section = |args: &[&str], text: &str| format!("--- kubectl {}\n{text}\n", args.join(" "));
     let show = |args: &[&str]| {
@@ -348,6 +348,10 @@ pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
     };
     let rw = format!("kubernetes.io/service-name={cluster}-rw");
     let mut out = show(&["get", "pods", "-o", "wide", "-L", contract::LABEL_ROLE]);
+    // The host's view of every member comes first: CI shows only the head and the tail of a failure.
+    for i in 0..members {
+        out.push_str(&host_view(&format!("{}/{cluster}-{i}", ns.name)));
+    }
     let events = show(&["get", "events", "--sort-by", ".lastTimestamp"]);
     let (header, events) = events.split_once('\n').unwrap_or_default();
     let events: Vec<&str> = events.lines().collect();
@@ -373,7 +377,6 @@ pub fn describe(ns: &TestNamespace, cluster: &str, members: usize) -> String {
             out.push_str(&section(&previous_args, &previous.stdout));
         }
         out.push_str(&show(&logs));
-        out.push_str(&host_view(&format!("{}/{pod}", ns.name)));
     }
     out
 }
