@@ -188,6 +188,8 @@ impl HaLoop {
         self.pg
             .clone_replica(&self.desired(cfg, role, None))
             .await?;
+        // Its renewals record it on a recreated Lease once it is primary (L4), and the refusals compare it.
+        self.note_system_id().await;
         self.member = super::Member {
             phase: Phase::Replica,
             lineage: Lineage::Follows,
