@@ -712,6 +712,23 @@ async fn pending_restart_roll_async() -> Result<()> {
     .await
 }
 
+/// The primary's log pipe full (its node's containerd stopped reading): nothing in the member may block
+/// on it. One row: the log path does not depend on the mode; sync is the stricter one (no write lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the local cluster (make cluster)"]
+async fn log_stall_sync() -> Result<()> {
+    run_scenario(
+        "log-stall",
+        Mode::Sync,
+        Setup {
+            lossless: true,
+            ..Setup::default()
+        },
+        grey::log_stall,
+    )
+    .await
+}
+
 /// 3 → 1 while the highest ordinal is the primary: one row, starting in sync mode (the change sets
 /// `mode: async` too, a single member cannot be synchronous), so the switchover starts from a recorded
 /// synchronous standby; the 3 → 2 rows cover both modes.

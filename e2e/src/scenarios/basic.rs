@@ -742,6 +742,20 @@ pub async fn expect_major(h: &Harness, s: &Scene, major: u32) -> Result<()> {
 
 /// `SHOW <setting>` on one member, as the superuser over its pod IP.
 async fn show_on(h: &Harness, s: &Scene, member: &str, setting: &str) -> Result<String> {
+    let client = superuser_on(h, s, member).await?;
+    let row = client
+        .query_one(&format!("SHOW {setting}"), &[])
+        .await
+        .with_context(|| format!("SHOW {setting} on {member}"))?;
+    Ok(row.get::<_, String>(0))
+}
+
+/// A superuser session on one member, over its pod IP.
+pub(super) async fn superuser_on(
+    h: &Harness,
+    s: &Scene,
+    member: &str,
+) -> Result<tokio_postgres::Client> {
     let pods = h.pods().await?;
     let ip = cluster::ip_of(&pods, member).with_context(|| format!("{member} has no IP"))?;
     let (user, password) =
@@ -754,11 +768,7 @@ async fn show_on(h: &Harness, s: &Scene, member: &str, setting: &str) -> Result<
         .await
         .with_context(|| format!("connecting to {member} ({ip})"))?;
     tokio::spawn(connection);
-    let row = client
-        .query_one(&format!("SHOW {setting}"), &[])
-        .await
-        .with_context(|| format!("SHOW {setting} on {member} ({ip})"))?;
-    Ok(row.get::<_, String>(0))
+    Ok(client)
 }
 
 /// Issue 14: `spec.hibernation` under load. The members are paused, then every pod is removed with the

@@ -705,6 +705,55 @@ pub async fn restart_member(h: &mut Harness, s: &mut Scene) -> Result<()> {
     Ok(())
 }
 
+/// Log lines the primary's PostgreSQL writes during [`log_stall`]: about 1 MB, far more than the
+/// container's pipes hold.
+const FLOOD_LINES: u32 = 4000;
+
+/// The primary's node stops draining its pods' output (its containerd stopped, `e2e/fault log-stall`)
+/// and the primary's PostgreSQL logs a flood. Neither PostgreSQL nor the HA loop may block on the full
+/// log pipe: the flooding statement completes, the holder goes on renewing the Lease, and the member
+/// counts the lines it had to drop (which shows the pipe really was full). Then the node drains again.
+pub async fn log_stall(h: &mut Harness, s: &mut Scene) -> Result<()> {
+    let p = primary(h).await?;
+    let node = node_of(h, &p).await?;
+    let pods = h.pods().await?;
+    let ip = cluster::ip_of(&pods, &p).with_context(|| format!("{p} has no IP"))?;
+    let session = super::basic::superuser_on(h, s, &p).await?;
+    let name = contract::lease_name(&h.cluster);
+    h.fault("log-stall", &node).await?;
+    let flood = format!(
+        "DO $$ BEGIN FOR i IN 1..{FLOOD_LINES} LOOP \
+         RAISE LOG 'log-stall flood line %: %', i, repeat('x', 200); END LOOP; END $$"
+    );
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(Duration::from_secs(30), session.batch_execute(&flood)).await {
+        Ok(done) => done.context("the flood")?,
+        Err(_) => bail!(
+            "{p}'s PostgreSQL is blocked on its log output: {FLOOD_LINES} RAISE LOG lines not done in 30 s"
+        ),
+    }
+    h.mark(format!(
+        "checker: {FLOOD_LINES} log lines written by {p}'s PostgreSQL in {:.1} s with its log pipe full",
+        started.elapsed().as_secs_f64()
+    ));
+    // The HA loop goes on: two renewals after the flood.
+    let mut last = cluster::lease_write(&h.client, &h.namespace, &name).await?;
+    for _ in 0..2 {
+        last = renewal(h, &p, &last, Duration::from_secs(15)).await?;
+    }
+    let dropped = rest::metric(&ip, "pgpilot_log_lines_dropped_total").await?;
+    ensure!(
+        dropped > 0.0,
+        "{p} dropped no log line: the fault did not fill its log pipe"
+    );
+    h.mark(format!(
+        "checker: {p} renewed twice more while its log was stalled, {dropped} lines dropped"
+    ));
+    h.fault("heal", &node).await?;
+    h.healed();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::loops_until;
