@@ -12,6 +12,7 @@
 pub mod config;
 pub mod election;
 pub mod ha;
+pub mod logsink;
 pub mod metrics;
 pub mod peers;
 pub mod postgres;

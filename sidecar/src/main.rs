@@ -25,6 +25,7 @@ use pgpilot_sidecar::{
         lease::{Elector, LeaseClient},
     },
     ha::{HaLoop, Parts},
+    logsink,
     metrics::Metrics,
     peers::Peers,
     postgres::{Credentials, PgSettings, Postgres},
@@ -86,24 +87,32 @@ async fn main() -> anyhow::Result<()> {
 
 /// `RUST_LOG` in the `target=level,...` form (default `info`). A plain per-target filter rather than
 /// `EnvFilter`: it keeps the regex engine out of the binary, which matters for the sidecar's memory.
-fn init_tracing(format: &str) {
+///
+/// Lines go through [`logsink`]'s writer, which never blocks; the guard it returns flushes at exit.
+fn init_tracing(format: &str) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::{filter::Targets, fmt, prelude::*};
+    let (writer, guard) = logsink::install(std::io::stdout());
     let targets: Targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| Targets::new().with_default(tracing::Level::INFO));
     let registry = tracing_subscriber::registry().with(targets);
     if format == "json" {
-        registry.with(fmt::layer().json()).init();
+        registry
+            .with(fmt::layer().json().with_writer(writer))
+            .init();
     } else {
         // Colours only on a terminal: container logs stay plain text.
         let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-        registry.with(fmt::layer().with_ansi(ansi)).init();
+        registry
+            .with(fmt::layer().with_ansi(ansi).with_writer(writer))
+            .init();
     }
+    guard
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing(&args.log_format);
+    let _log_guard = init_tracing(&args.log_format);
     info!(cluster = %args.cluster, member = %args.member, namespace = %args.namespace, "pgpilot-sidecar starting");
 
     let (state_tx, state_rx) = watch::channel(MemberState::new(&args.cluster, &args.member));

@@ -35,6 +35,8 @@ pub struct Metrics {
     pub errors: Family<Labels, Counter>,
     /// Lease writes by kind (renew, acquire, release, handover, sync-members) and result.
     pub lease_writes: Family<Labels, Counter>,
+    /// Log lines dropped because the container's stdout was not drained (crate::logsink).
+    log_lines_dropped: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +73,7 @@ impl Metrics {
             decisions: Family::default(),
             errors: Family::default(),
             lease_writes: Family::default(),
+            log_lines_dropped: Counter::default(),
         };
         let gauges: [(&str, &str, &Gauge); 14] = [
             (
@@ -150,6 +153,11 @@ impl Metrics {
             "conditional Lease writes by kind and result",
             m.lease_writes.clone(),
         );
+        registry.register(
+            "log_lines_dropped",
+            "log lines dropped because the container's stdout was not drained",
+            m.log_lines_dropped.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             ..m
@@ -202,6 +210,9 @@ impl Metrics {
         self.pending_restart.set(flag(state.pending_restart));
         self.paused.set(flag(state.config.paused));
         self.sync_standby.set(flag(state.is_sync_replica()));
+        let dropped = crate::logsink::dropped() as u64;
+        self.log_lines_dropped
+            .inc_by(dropped.saturating_sub(self.log_lines_dropped.get()));
         let mut out = String::new();
         let registry = match self.registry.lock() {
             Ok(r) => r,

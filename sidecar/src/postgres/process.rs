@@ -79,14 +79,27 @@ impl Postgres {
                 })?;
                 cmd.stdout(log).stderr(err);
             }
+            // Through the sidecar's log writer when it has one: a container log that is not drained
+            // drops the server's lines instead of blocking its processes (crate::logsink).
+            None if crate::logsink::writer().is_some() => {
+                cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
             None => {
                 cmd.stdout(Stdio::inherit()).stderr(Stdio::inherit());
             }
         }
-        let child = cmd.spawn().map_err(|source| Error::Io {
+        let mut child = cmd.spawn().map_err(|source| Error::Io {
             context: "spawn postgres".into(),
             source,
         })?;
+        if let Some(to) = crate::logsink::writer() {
+            if let Some(out) = child.stdout.take() {
+                tokio::spawn(crate::logsink::forward(out, to.clone()));
+            }
+            if let Some(err) = child.stderr.take() {
+                tokio::spawn(crate::logsink::forward(err, to));
+            }
+        }
         info!(pid = child.id(), "postgres started");
         self.child = Some(child);
         self.wait_ready(self.settings.start_timeout).await
