@@ -63,6 +63,7 @@ impl Postgres {
         self.ensure_dir(&self.settings.socket_dir.clone(), 0o2775)?;
         let mut cmd = self.command("postgres");
         cmd.arg("-D").arg(&self.settings.data_dir);
+        let sink = crate::logsink::writer();
         match &self.settings.log_file {
             Some(path) => {
                 let log = std::fs::OpenOptions::new()
@@ -81,7 +82,7 @@ impl Postgres {
             }
             // Through the sidecar's log writer when it has one: a container log that is not drained
             // drops the server's lines instead of blocking its processes (crate::logsink).
-            None if crate::logsink::writer().is_some() => {
+            None if sink.is_some() => {
                 cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
             }
             None => {
@@ -92,7 +93,8 @@ impl Postgres {
             context: "spawn postgres".into(),
             source,
         })?;
-        if let Some(to) = crate::logsink::writer() {
+        // Only the piped arm above leaves the child's stdout and stderr to take.
+        if let Some(to) = sink {
             if let Some(out) = child.stdout.take() {
                 tokio::spawn(crate::logsink::forward(out, to.clone()));
             }
